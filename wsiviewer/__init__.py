@@ -1,0 +1,42 @@
+"""wsiviewer: whole-slide images with a CancerNet IDC probability heatmap.
+
+Research use only: the probabilities are a model's output, not a diagnosis.
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+
+from wsiviewer.errors import (
+    DeviceError,
+    ExportError,
+    ModelError,
+    ResolutionError,
+    SlideOpenError,
+    SlideReadError,
+    StoreError,
+    WsiViewerError,
+)
+
+try:
+    __version__ = version("wsiviewer")
+except PackageNotFoundError:  # running from a source tree that was never installed
+    __version__ = "0.0.0+unknown"
+
+RESEARCH_USE_NOTICE = (
+    "Research use only. Not for diagnosis: IDC probabilities are a model's output "
+    "and must be reviewed by a pathologist."
+)
+
+__all__ = [
+    "RESEARCH_USE_NOTICE",
+    "DeviceError",
+    "ExportError",
+    "ModelError",
+    "ResolutionError",
+    "SlideOpenError",
+    "SlideReadError",
+    "StoreError",
+    "WsiViewerError",
+    "__version__",
+]

@@ -1,0 +1,200 @@
+"""Model architectures, registered by name, and safetensors weights checked against the card."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from wsiviewer.core.cards import ModelCard
+from wsiviewer.errors import ModelError
+
+ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {}
+
+
+def register_architecture(
+    name: str,
+) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+    """Register a model constructor under ``name`` (a card's ``architecture``)."""
+
+    def decorator(constructor: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        if name in ARCHITECTURES:
+            raise ValueError(f"Architecture {name!r} is already registered")
+        ARCHITECTURES[name] = constructor
+        return constructor
+
+    return decorator
+
+
+class SeparableConv2d(nn.Sequential):
+    """A depthwise 3×3 convolution followed by a pointwise 1×1 convolution."""
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__(
+            nn.Conv2d(in_channels, in_channels, 3, padding=1, groups=in_channels, bias=False),
+            nn.Conv2d(in_channels, out_channels, 1),
+        )
+
+
+def _conv_group(in_channels: int, widths: tuple[int, ...], dropout: float) -> list[nn.Module]:
+    layers: list[nn.Module] = []
+    for width in widths:
+        layers += [
+            SeparableConv2d(in_channels, width),
+            nn.ReLU(inplace=True),
+            nn.BatchNorm2d(width),
+        ]
+        in_channels = width
+    layers += [nn.MaxPool2d(2), nn.Dropout(dropout)]
+    return layers
+
+
+@register_architecture("cancernet")
+class CancerNet(nn.Module):
+    """CancerNet (Rosebrock, PyImageSearch 2019) for 50×50 RGB patches.
+
+    Depthwise-separable 3×3 convolutions in groups of (32), (64, 64), (128, 128, 128), each
+    followed by ReLU and batch norm; max-pool and dropout after each group; a dense layer of
+    256 (ReLU, batch norm, dropout 0.5); two logits (softmax is applied by the Predictor, with
+    the card's temperature).
+    """
+
+    def __init__(
+        self,
+        input_size: int = 50,
+        num_classes: int = 2,
+        conv_dropout: float = 0.25,
+        dense_dropout: float = 0.5,
+    ) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            *_conv_group(3, (32,), conv_dropout),
+            *_conv_group(32, (64, 64), conv_dropout),
+            *_conv_group(64, (128, 128, 128), conv_dropout),
+        )
+        side = input_size // 2 // 2 // 2
+        self.classifier = nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(128 * side * side, 256),
+            nn.ReLU(inplace=True),
+            nn.BatchNorm1d(256),
+            nn.Dropout(dense_dropout),
+            nn.Linear(256, num_classes),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+
+def build_model(architecture: str, args: Mapping[str, Any] | None = None) -> nn.Module:
+    """Construct a registered architecture."""
+    try:
+        constructor = ARCHITECTURES[architecture]
+    except KeyError:
+        known = ", ".join(sorted(ARCHITECTURES))
+        raise ModelError(f"Unknown architecture {architecture!r}; known: {known}") from None
+    try:
+        return constructor(**dict(args or {}))
+    except TypeError as exc:
+        raise ModelError(f"Bad architecture_args for {architecture!r}: {exc}") from exc
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def load_model(card: ModelCard) -> nn.Module:
+    """The card's network with its weights, in eval mode on the CPU.
+
+    Raises
+    ------
+    ModelError
+        If the weights file does not match ``weights_sha256``, is not safetensors, or does
+        not fit the architecture.
+    """
+    weights_path = card.weights_path
+    actual = sha256_file(weights_path)
+    if actual != card.weights_sha256:
+        raise ModelError(
+            f"Weights {weights_path.name} do not match the card: sha256 {actual[:12]}…, "
+            f"card says {card.weights_sha256[:12]}…"
+        )
+    model = build_model(card.architecture, card.architecture_args)
+    try:
+        state = load_file(weights_path, device="cpu")
+    except (SafetensorError, OSError) as exc:
+        raise ModelError(f"Weights {weights_path.name} are not a safetensors file: {exc}") from exc
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        first_line = str(exc).splitlines()[0]
+        raise ModelError(
+            f"Weights {weights_path.name} do not fit architecture {card.architecture!r}: "
+            f"{first_line}"
+        ) from exc
+    return model.eval()
+
+
+def write_model(
+    model: nn.Module,
+    folder: Path,
+    card_fields: Mapping[str, Any],
+) -> Path:
+    """Write ``<name>.safetensors`` and ``<name>.json`` into ``folder``; return the card path.
+
+    The card's ``weights_sha256`` is computed from the written weights. Both files are
+    written atomically.
+    """
+    name = str(card_fields["name"])
+    folder.mkdir(parents=True, exist_ok=True)
+    weights_path = folder / f"{name}.safetensors"
+    state = {key: value.detach().cpu().contiguous() for key, value in model.state_dict().items()}
+    fd, tmp_name = tempfile.mkstemp(dir=folder, suffix=".safetensors.tmp")
+    os.close(fd)
+    try:
+        save_file(state, tmp_name, metadata={"name": name})
+        card = {**card_fields, "weights_sha256": sha256_file(Path(tmp_name))}
+        os.replace(tmp_name, weights_path)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+    card_path = folder / f"{name}.json"
+    from wsiviewer.core.atomic import atomic_write_text
+
+    atomic_write_text(card_path, json.dumps(card, indent=2) + "\n")
+    return card_path
+
+
+def untrained_card_fields(name: str = "cancernet-untrained") -> dict[str, Any]:
+    """Card keys for a randomly initialised CancerNet (tests and development only)."""
+    return {
+        "name": name,
+        "version": "0.0.0",
+        "architecture": "cancernet",
+        "architecture_args": {},
+        "input_size": 50,
+        "input_mpp": 4.0,
+        "normalization": {"mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0]},
+        "classes": ["non-IDC", "IDC"],
+        "threshold": 0.5,
+        "temperature": 1.0,
+        "operating_points": {},
+        "training_data": "none: randomly initialised weights",
+        "split": None,
+        "metrics": {},
+        "intended_use": "Testing only: random weights. Research use only, not for diagnosis.",
+        "default": False,
+    }

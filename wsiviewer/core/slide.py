@@ -1,0 +1,435 @@
+"""One slide interface over OpenSlide files and in-memory arrays.
+
+Every algorithm in core sees only :class:`Slide`, so the same code runs on a real
+OpenSlide-backed file and on a numpy pyramid (tests, rebuilt IDC patients).
+
+Frames: ``l0_`` coordinates are level-0 pixels (the world frame), ``lv_`` are a pyramid
+level's own pixels, ``l0 = lv * downsample``. Pixel arrays are ``(H, W, 3) uint8`` RGB.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from wsiviewer.errors import ResolutionError, SlideOpenError, SlideReadError
+
+MppSource = Literal["metadata", "objective-power", "user"]
+
+#: µm/px outside this range (e.g. a 72-dpi default TIFF resolution) is implausible: missing.
+PLAUSIBLE_MPP_RANGE = (0.05, 50.0)
+
+#: Property keys (matched case-insensitively on the part after the vendor prefix) that can
+#: identify a patient, an operator or a case. ``openslide.comment`` and the TIFF
+#: ImageDescription repeat Aperio's Filename/User/Date, so they are withheld too.
+_IDENTIFYING_KEY = re.compile(
+    r"(filename|user|operator|date|time$|patient|accession|birth|barcode|"
+    r"institution|physician|studyid|study_id|studyinstance|seriesinstance|"
+    r"imagedescription|comment|label|slideid|slide_id|caseid|case_id)",
+    re.IGNORECASE,
+)
+
+#: Associated images that show the slide label or the whole glass: withheld by default.
+_IDENTIFYING_IMAGES = frozenset({"label", "macro"})
+
+
+def is_identifying_property(key: str) -> bool:
+    """Whether a slide property may identify a patient or operator (DESIGN.md, Privacy)."""
+    return _IDENTIFYING_KEY.search(key.rsplit(".", 1)[-1]) is not None
+
+
+def plausible_mpp(value: float | None) -> float | None:
+    """``value`` if it is a plausible µm/px, else ``None``."""
+    if value is None or not math.isfinite(value):
+        return None
+    low, high = PLAUSIBLE_MPP_RANGE
+    return value if low <= value <= high else None
+
+
+@dataclass(frozen=True)
+class Mpp:
+    """Microns per level-0 pixel and where the value came from."""
+
+    value: float
+    source: MppSource
+
+    def __post_init__(self) -> None:
+        if plausible_mpp(self.value) is None:
+            low, high = PLAUSIBLE_MPP_RANGE
+            raise ResolutionError(
+                f"Implausible resolution {self.value} µm/px; expected {low}–{high} µm/px"
+            )
+
+
+class Slide(ABC):
+    """A multi-resolution slide: level geometry, resolution, identity and pixel reads."""
+
+    #: A stable identity of the slide's content (OpenSlide quickhash-1 or a pixel hash).
+    identity: str
+    #: Vendor name as OpenSlide reports it (``aperio``, ``dicom``, ``generic-tiff``...).
+    vendor: str | None
+    level_dimensions: tuple[tuple[int, int], ...]
+    level_downsamples: tuple[float, ...]
+    objective_power: float | None
+
+    @property
+    def dimensions(self) -> tuple[int, int]:
+        """Level-0 ``(width, height)`` in px."""
+        return self.level_dimensions[0]
+
+    @property
+    def level_count(self) -> int:
+        return len(self.level_dimensions)
+
+    @property
+    @abstractmethod
+    def metadata_mpp(self) -> float | None:
+        """Plausible µm/px from the file's metadata, or ``None``."""
+
+    @property
+    def mpp(self) -> Mpp | None:
+        """Best available µm/px: metadata first, then 10 / objective power."""
+        if self.metadata_mpp is not None:
+            return Mpp(self.metadata_mpp, "metadata")
+        if self.objective_power:
+            guess = plausible_mpp(10.0 / self.objective_power)
+            if guess is not None:
+                return Mpp(guess, "objective-power")
+        return None
+
+    def resolve_mpp(self, user_mpp: float | None = None) -> Mpp:
+        """The µm/px to analyse with: the user's value wins, else :attr:`mpp`.
+
+        Raises
+        ------
+        ResolutionError
+            If neither the user nor the slide gives a plausible value.
+        """
+        if user_mpp is not None:
+            return Mpp(float(user_mpp), "user")
+        if self.mpp is None:
+            raise ResolutionError(
+                "Slide has no usable µm/px in its metadata and no objective power; "
+                "pass the scan resolution with --mpp (e.g. 0.25 for 40x, 0.5 for 20x)"
+            )
+        return self.mpp
+
+    @property
+    @abstractmethod
+    def properties(self) -> Mapping[str, str]:
+        """Every property, identifying ones included; prefer :meth:`public_properties`."""
+
+    def public_properties(self, include_identifying: bool = False) -> dict[str, str]:
+        """Properties safe to print, show or export (DESIGN.md, Privacy)."""
+        return {
+            key: value
+            for key, value in sorted(self.properties.items())
+            if include_identifying or not is_identifying_property(key)
+        }
+
+    @property
+    @abstractmethod
+    def associated_image_names(self) -> tuple[str, ...]:
+        """Names of every associated image (label, macro, thumbnail...)."""
+
+    def public_associated_image_names(self, include_identifying: bool = False) -> tuple[str, ...]:
+        return tuple(
+            name
+            for name in self.associated_image_names
+            if include_identifying or name not in _IDENTIFYING_IMAGES
+        )
+
+    @abstractmethod
+    def associated_image(self, name: str, include_identifying: bool = False) -> np.ndarray:
+        """An associated image as ``(H, W, 3) uint8``; label and macro need the opt-in."""
+
+    def _check_associated(self, name: str, include_identifying: bool) -> None:
+        if name not in self.associated_image_names:
+            raise SlideReadError(
+                f"No associated image {name!r}; slide has {list(self.associated_image_names)}"
+            )
+        if name in _IDENTIFYING_IMAGES and not include_identifying:
+            raise SlideReadError(
+                f"Associated image {name!r} may identify the patient and is withheld; "
+                "ask for it explicitly"
+            )
+
+    def _check_level(self, level: int) -> None:
+        if not 0 <= level < self.level_count:
+            raise SlideReadError(f"Invalid level {level}; slide has {self.level_count} levels")
+
+    @abstractmethod
+    def read_region(
+        self, l0_xy: tuple[int, int], level: int, lv_size: tuple[int, int]
+    ) -> np.ndarray:
+        """Read ``lv_size = (width, height)`` level px whose top-left is ``l0_xy``.
+
+        Returns ``(height, width, 3) uint8`` RGB; pixels outside the slide are white (255).
+        """
+
+    def best_level_for_downsample(self, downsample: float) -> int:
+        """The coarsest level whose downsample is at most ``downsample`` (tolerance 1e-6)."""
+        best = 0
+        for level, level_downsample in enumerate(self.level_downsamples):
+            if level_downsample <= downsample * (1 + 1e-6):
+                best = level
+        return best
+
+    def read_l0_box(
+        self,
+        l0_box: tuple[float, float, float, float],
+        out_size: tuple[int, int],
+        level: int | None = None,
+    ) -> np.ndarray:
+        """Area-average the level-0 box ``(x, y, width, height)`` into ``out_size`` px.
+
+        Reads ``level`` (by default the coarsest level at least as fine as the output needs),
+        then area-averages, exactly, fractional pixel edges included, to ``(width, height)``.
+        Parts of the box outside the slide are white.
+        """
+        from wsiviewer.core.resample import area_resample
+
+        l0_x, l0_y, l0_w, l0_h = l0_box
+        out_w, out_h = out_size
+        if level is None:
+            level = self.best_level_for_downsample(min(l0_w / out_w, l0_h / out_h))
+        self._check_level(level)
+        level_downsample = self.level_downsamples[level]
+        lv_x0 = math.floor(l0_x / level_downsample)
+        lv_y0 = math.floor(l0_y / level_downsample)
+        lv_x1 = math.ceil((l0_x + l0_w) / level_downsample)
+        lv_y1 = math.ceil((l0_y + l0_h) / level_downsample)
+        pixels = self.read_region(
+            (round(lv_x0 * level_downsample), round(lv_y0 * level_downsample)),
+            level,
+            (lv_x1 - lv_x0, lv_y1 - lv_y0),
+        )
+        return area_resample(
+            pixels,
+            lv_origin=(l0_x / level_downsample - lv_x0, l0_y / level_downsample - lv_y0),
+            lv_extent=(l0_w / level_downsample, l0_h / level_downsample),
+            out_size=out_size,
+        )
+
+    def thumbnail(self, max_size: int = 1024) -> np.ndarray:
+        """The whole slide, area-averaged to fit in ``max_size`` px (aspect kept)."""
+        width, height = self.dimensions
+        scale = max(width, height) / max_size
+        out_size = (max(1, round(width / scale)), max(1, round(height / scale)))
+        return self.read_l0_box((0.0, 0.0, float(width), float(height)), out_size)
+
+    def close(self) -> None:  # noqa: B027 -- optional for sources that hold nothing
+        """Release the file handle, if any."""
+
+    def __enter__(self) -> Slide:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def describe(self, include_identifying: bool = False) -> dict[str, object]:
+        """A JSON-ready summary; nothing identifying unless asked (DESIGN.md, Privacy)."""
+        mpp = self.mpp
+        return {
+            "identity": self.identity,
+            "vendor": self.vendor,
+            "dimensions": list(self.dimensions),
+            "level_count": self.level_count,
+            "level_dimensions": [list(d) for d in self.level_dimensions],
+            "level_downsamples": list(self.level_downsamples),
+            "mpp": mpp.value if mpp else None,
+            "mpp_source": mpp.source if mpp else None,
+            "objective_power": self.objective_power,
+            "associated_images": list(self.public_associated_image_names(include_identifying)),
+            "properties": self.public_properties(include_identifying),
+        }
+
+
+def _premultiplied_rgba_to_rgb(rgba: np.ndarray) -> np.ndarray:
+    """Composite OpenSlide's premultiplied RGBA over white."""
+    rgb = rgba[..., :3].astype(np.uint16)
+    rgb += (255 - rgba[..., 3:4]).astype(np.uint16)
+    return np.minimum(rgb, 255).astype(np.uint8)
+
+
+class OpenSlideSource(Slide):
+    """A slide file read by OpenSlide: every format OpenSlide 4 supports, DICOM included."""
+
+    def __init__(self, path: str | Path) -> None:
+        import openslide
+
+        self.path = Path(path)
+        if not self.path.exists():
+            raise SlideOpenError(f"Slide not found: {self.path}")
+        if self.path.is_dir():
+            raise SlideOpenError(f"Slide path is a folder, not a slide file: {self.path}")
+        try:
+            self._osr = openslide.OpenSlide(self.path)
+        except openslide.OpenSlideUnsupportedFormatError as exc:
+            raise SlideOpenError(
+                f"Unsupported slide format: {self.path.name} is not a format OpenSlide reads"
+            ) from exc
+        except (openslide.OpenSlideError, OSError) as exc:
+            raise SlideOpenError(f"Cannot open slide {self.path.name}: {exc}") from exc
+        props = self._osr.properties
+        self._properties = dict(props)
+        self.vendor = props.get(openslide.PROPERTY_NAME_VENDOR)
+        self.level_dimensions = tuple(tuple(d) for d in self._osr.level_dimensions)  # type: ignore[misc]
+        self.level_downsamples = tuple(float(d) for d in self._osr.level_downsamples)
+        self.identity = props.get(openslide.PROPERTY_NAME_QUICKHASH1) or _file_hash(self.path)
+        self.objective_power = _float_or_none(props.get(openslide.PROPERTY_NAME_OBJECTIVE_POWER))
+        mpp_x = _float_or_none(props.get(openslide.PROPERTY_NAME_MPP_X))
+        mpp_y = _float_or_none(props.get(openslide.PROPERTY_NAME_MPP_Y))
+        values = [v for v in (mpp_x, mpp_y) if v is not None]
+        self._metadata_mpp = plausible_mpp(sum(values) / len(values)) if values else None
+
+    @property
+    def metadata_mpp(self) -> float | None:
+        return self._metadata_mpp
+
+    @property
+    def properties(self) -> Mapping[str, str]:
+        return self._properties
+
+    @property
+    def associated_image_names(self) -> tuple[str, ...]:
+        return tuple(self._osr.associated_images.keys())
+
+    def associated_image(self, name: str, include_identifying: bool = False) -> np.ndarray:
+        self._check_associated(name, include_identifying)
+        import openslide
+
+        try:
+            image = self._osr.associated_images[name]
+        except openslide.OpenSlideError as exc:
+            raise SlideReadError(f"Cannot read associated image {name!r}: {exc}") from exc
+        return _premultiplied_rgba_to_rgb(np.asarray(image.convert("RGBA")))
+
+    def read_region(
+        self, l0_xy: tuple[int, int], level: int, lv_size: tuple[int, int]
+    ) -> np.ndarray:
+        import openslide
+
+        self._check_level(level)
+        width, height = lv_size
+        if width <= 0 or height <= 0:
+            raise SlideReadError(f"Invalid region size {lv_size}; width and height must be > 0")
+        try:
+            image = self._osr.read_region((int(l0_xy[0]), int(l0_xy[1])), level, (width, height))
+        except openslide.OpenSlideError as exc:
+            raise SlideReadError(
+                f"Cannot read pixels at l0 {tuple(l0_xy)} level {level}: {exc}"
+            ) from exc
+        return _premultiplied_rgba_to_rgb(np.asarray(image))
+
+    def close(self) -> None:
+        self._osr.close()
+
+
+class ArraySource(Slide):
+    """An in-memory pyramid of ``(H, W, 3) uint8`` arrays (level 0 first).
+
+    Coarser levels are built by area-averaging level 0 when only level 0 is given.
+    """
+
+    def __init__(
+        self,
+        level0: np.ndarray,
+        *,
+        mpp: float | None = None,
+        downsamples: Sequence[int] = (1,),
+        objective_power: float | None = None,
+        vendor: str = "array",
+        properties: Mapping[str, str] | None = None,
+    ) -> None:
+        from wsiviewer.core.resample import block_mean
+
+        if level0.ndim != 3 or level0.shape[2] != 3 or level0.dtype != np.uint8:
+            raise SlideOpenError(
+                f"Array slide must be (H, W, 3) uint8, got {level0.shape} {level0.dtype}"
+            )
+        if list(downsamples)[:1] != [1] or sorted(downsamples) != list(downsamples):
+            raise SlideOpenError(f"Downsamples must start at 1 and increase, got {downsamples}")
+        self._levels = [level0] + [block_mean(level0, int(d)) for d in list(downsamples)[1:]]
+        self.level_dimensions = tuple((lv.shape[1], lv.shape[0]) for lv in self._levels)
+        self.level_downsamples = tuple(float(d) for d in downsamples)
+        self.vendor = vendor
+        self.objective_power = objective_power
+        self._metadata_mpp = plausible_mpp(mpp)
+        self._properties = dict(properties or {})
+        digest = hashlib.sha256()
+        digest.update(np.asarray(level0.shape).tobytes())
+        digest.update(np.ascontiguousarray(level0).data)
+        self.identity = digest.hexdigest()
+
+    @property
+    def metadata_mpp(self) -> float | None:
+        return self._metadata_mpp
+
+    @property
+    def properties(self) -> Mapping[str, str]:
+        return self._properties
+
+    @property
+    def associated_image_names(self) -> tuple[str, ...]:
+        return ()
+
+    def associated_image(self, name: str, include_identifying: bool = False) -> np.ndarray:
+        self._check_associated(name, include_identifying)
+        raise AssertionError("unreachable: array slides have no associated images")
+
+    def read_region(
+        self, l0_xy: tuple[int, int], level: int, lv_size: tuple[int, int]
+    ) -> np.ndarray:
+        self._check_level(level)
+        width, height = lv_size
+        if width <= 0 or height <= 0:
+            raise SlideReadError(f"Invalid region size {lv_size}; width and height must be > 0")
+        pixels = self._levels[level]
+        downsample = self.level_downsamples[level]
+        lv_x0 = math.floor(l0_xy[0] / downsample)
+        lv_y0 = math.floor(l0_xy[1] / downsample)
+        out = np.full((height, width, 3), 255, dtype=np.uint8)
+        src_x0, src_y0 = max(lv_x0, 0), max(lv_y0, 0)
+        src_x1 = min(lv_x0 + width, pixels.shape[1])
+        src_y1 = min(lv_y0 + height, pixels.shape[0])
+        if src_x1 > src_x0 and src_y1 > src_y0:
+            out[src_y0 - lv_y0 : src_y1 - lv_y0, src_x0 - lv_x0 : src_x1 - lv_x0] = pixels[
+                src_y0:src_y1, src_x0:src_x1
+            ]
+        return out
+
+
+def open_slide(path: str | Path) -> Slide:
+    """Open a slide file with OpenSlide.
+
+    Raises
+    ------
+    SlideOpenError
+        If the file is missing, a folder, or not a format OpenSlide can open.
+    """
+    return OpenSlideSource(path)
+
+
+def _float_or_none(text: str | None) -> float | None:
+    if text is None:
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
+def _file_hash(path: Path, limit: int = 16 * 1024 * 1024) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        digest.update(handle.read(limit))
+    return digest.hexdigest()

@@ -1,0 +1,962 @@
+"""The results database: analyses, their probability maps, and the region sets drawn from them.
+
+One SQLite database, ``wsiviewer.sqlite`` in the user data directory (:mod:`.paths`), which the
+CLI and the GUI (and several processes at once) read and write:
+
+- WAL mode, so readers never block the writer and the writer never blocks readers;
+- a busy timeout, so two writers queue for the write lock instead of failing;
+- foreign keys on, and write transactions that take the write lock up front
+  (``BEGIN IMMEDIATE``), so a transaction never fails half-way on a lock;
+- a ``schema_version`` table and :data:`MIGRATIONS`, forward steps applied in order, each in
+  its own transaction. A database from a newer wsiviewer is refused, never downgraded; a file
+  that is not a wsiviewer database is refused and left untouched.
+
+Probability maps are arrays, so they live beside the database as compressed ``.npz`` files in
+``maps/`` (``probabilities`` float32 with NaN = not scored, ``tissue`` bool), written atomically
+and referenced from their analysis row by a path relative to the database's folder.
+
+Privacy: the database records a slide by its content identity (OpenSlide quickhash) and its
+geometry, never by its path or file name.
+
+Every finished run is recorded, even a repeat: ``analyses.analysis_key`` (what determines the
+map, see :attr:`wsiviewer.core.analysis.Analysis.key`) is indexed, not unique. Region sets are
+immutable and, once review starts, frozen: review decisions will reference ``regions.id``, which
+never changes, and the database refuses (by trigger) to alter or delete a frozen set's regions.
+
+A :class:`Store` may be shared by threads (its calls are serialised); each process opens its own.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sqlite3
+import struct
+import threading
+import uuid
+import zipfile
+import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path, PurePosixPath
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, cast
+
+import numpy as np
+import shapely
+from shapely.geometry import Polygon
+
+from wsiviewer import __version__
+from wsiviewer.core.atomic import atomic_path
+from wsiviewer.core.cards import ModelSummary
+from wsiviewer.core.grid import PatchGrid
+from wsiviewer.core.paths import data_dir as default_data_dir
+from wsiviewer.core.probability import ProbabilityMap
+from wsiviewer.core.regions import Region, RegionSet
+from wsiviewer.core.slide import Mpp, MppSource
+from wsiviewer.errors import ResolutionError, StoreError
+
+if TYPE_CHECKING:
+    from wsiviewer.core.analysis import Analysis
+
+#: File name of the database in the data directory.
+DATABASE_NAME = "wsiviewer.sqlite"
+#: Folder, beside the database, of the probability map files.
+MAPS_DIR = "maps"
+#: How long a writer waits for another process's write transaction before giving up.
+DEFAULT_BUSY_TIMEOUT_S = 10.0
+
+_SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+@dataclass(frozen=True)
+class Migration:
+    """One forward step of the schema: the statements that take version - 1 to version."""
+
+    version: int
+    description: str
+    #: Run one by one inside one transaction (never ``executescript``: it commits first).
+    statements: tuple[str, ...]
+
+
+_SCHEMA_V1 = (
+    # A slide by content identity and geometry; never a path or file name (privacy).
+    # mpp/mpp_source: the resolution its latest analysis used.
+    """
+    CREATE TABLE slides (
+        id INTEGER PRIMARY KEY,
+        identity TEXT NOT NULL UNIQUE,
+        vendor TEXT,
+        l0_width INTEGER NOT NULL CHECK (l0_width >= 0),
+        l0_height INTEGER NOT NULL CHECK (l0_height >= 0),
+        mpp REAL NOT NULL CHECK (mpp > 0),
+        mpp_source TEXT NOT NULL,
+        first_seen_at TEXT NOT NULL,
+        last_seen_at TEXT NOT NULL
+    )
+    """,
+    # A model is its weights and its card; card_json is the ModelSummary recorded with it.
+    """
+    CREATE TABLE models (
+        id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL,
+        version TEXT NOT NULL,
+        architecture TEXT NOT NULL,
+        weights_sha256 TEXT NOT NULL,
+        card_sha256 TEXT NOT NULL,
+        input_mpp REAL NOT NULL,
+        threshold REAL NOT NULL,
+        card_json TEXT NOT NULL,
+        UNIQUE (weights_sha256, card_sha256)
+    )
+    """,
+    # One row per finished run. map_path is relative to the database's folder.
+    """
+    CREATE TABLE analyses (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        analysis_key TEXT NOT NULL,
+        slide_id INTEGER NOT NULL REFERENCES slides (id),
+        model_id INTEGER NOT NULL REFERENCES models (id),
+        mpp REAL NOT NULL CHECK (mpp > 0),
+        mpp_source TEXT NOT NULL,
+        tissue_settings_json TEXT NOT NULL,
+        grid_json TEXT NOT NULL,
+        device TEXT NOT NULL,
+        batch_size INTEGER NOT NULL,
+        started_at TEXT NOT NULL,
+        finished_at TEXT NOT NULL,
+        timings_json TEXT NOT NULL,
+        warnings_json TEXT NOT NULL,
+        cell_count INTEGER NOT NULL,
+        tissue_count INTEGER NOT NULL,
+        scored_count INTEGER NOT NULL,
+        software_version TEXT NOT NULL,
+        map_path TEXT NOT NULL UNIQUE
+    )
+    """,
+    "CREATE INDEX analyses_by_key ON analyses (analysis_key)",
+    "CREATE INDEX analyses_by_slide_model ON analyses (slide_id, model_id)",
+    "CREATE INDEX analyses_by_model ON analyses (model_id)",
+    # Regions of one analysis at one threshold and minimum area; frozen_at is set when review
+    # starts. content_sha256 (of the regions) lets an identical recomputation reuse the set.
+    """
+    CREATE TABLE region_sets (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        analysis_id INTEGER NOT NULL REFERENCES analyses (id),
+        threshold REAL NOT NULL CHECK (threshold BETWEEN 0 AND 1),
+        min_area_mm2 REAL NOT NULL CHECK (min_area_mm2 >= 0),
+        region_count INTEGER NOT NULL,
+        content_sha256 TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        frozen_at TEXT
+    )
+    """,
+    "CREATE INDEX region_sets_by_analysis ON region_sets (analysis_id, threshold, min_area_mm2)",
+    # polygon_wkb: level-0 px outline (WKB, little-endian). grid_cells: zlib-compressed
+    # little-endian int32 (row, col) pairs.
+    """
+    CREATE TABLE regions (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        region_set_id INTEGER NOT NULL REFERENCES region_sets (id),
+        number INTEGER NOT NULL CHECK (number >= 1),
+        area_mm2 REAL NOT NULL,
+        max_prob REAL NOT NULL,
+        mean_prob REAL NOT NULL,
+        cell_count INTEGER NOT NULL,
+        polygon_wkb BLOB NOT NULL,
+        grid_cells BLOB NOT NULL,
+        UNIQUE (region_set_id, number)
+    )
+    """,
+    # Region sets and regions are immutable; review decisions will reference regions.id.
+    """
+    CREATE TRIGGER region_sets_immutable
+    BEFORE UPDATE OF id, analysis_id, threshold, min_area_mm2, region_count, content_sha256,
+        created_at ON region_sets
+    BEGIN
+        SELECT RAISE(ABORT, 'region sets are immutable: compute a new one');
+    END
+    """,
+    """
+    CREATE TRIGGER region_sets_stay_frozen
+    BEFORE UPDATE OF frozen_at ON region_sets
+    WHEN OLD.frozen_at IS NOT NULL
+    BEGIN
+        SELECT RAISE(ABORT, 'region set is frozen');
+    END
+    """,
+    """
+    CREATE TRIGGER region_sets_frozen_kept
+    BEFORE DELETE ON region_sets
+    WHEN OLD.frozen_at IS NOT NULL
+    BEGIN
+        SELECT RAISE(ABORT, 'a frozen region set cannot be deleted');
+    END
+    """,
+    """
+    CREATE TRIGGER regions_immutable
+    BEFORE UPDATE ON regions
+    BEGIN
+        SELECT RAISE(ABORT, 'regions are immutable: compute a new region set');
+    END
+    """,
+    """
+    CREATE TRIGGER regions_frozen_kept
+    BEFORE DELETE ON regions
+    WHEN (SELECT frozen_at FROM region_sets WHERE id = OLD.region_set_id) IS NOT NULL
+    BEGIN
+        SELECT RAISE(ABORT, 'regions of a frozen region set cannot be deleted');
+    END
+    """,
+    """
+    CREATE TRIGGER regions_frozen_closed
+    BEFORE INSERT ON regions
+    WHEN (SELECT frozen_at FROM region_sets WHERE id = NEW.region_set_id) IS NOT NULL
+    BEGIN
+        SELECT RAISE(ABORT, 'region set is frozen');
+    END
+    """,
+)
+
+#: Forward migrations, in order: ``MIGRATIONS[i]`` takes the schema from version i to i + 1.
+#: Append new steps; never edit a released one.
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, "slides, models, analyses, region sets, regions", _SCHEMA_V1),
+)
+
+_SCHEMA_VERSION_TABLE = """
+    CREATE TABLE IF NOT EXISTS schema_version (
+        version INTEGER PRIMARY KEY,
+        description TEXT NOT NULL,
+        applied_at TEXT NOT NULL,
+        software_version TEXT NOT NULL
+    )
+"""
+
+
+@dataclass(frozen=True)
+class AnalysisRecord:
+    """A recorded analysis, columns parsed; :meth:`Store.load_probability_map` reads its map."""
+
+    id: int
+    #: sha256 of what determines the map (slide, weights, card, mpp, tissue settings).
+    key: str
+    slide_identity: str
+    slide_vendor: str | None
+    #: Level-0 ``(width, height)`` of the slide in px.
+    l0_dimensions: tuple[int, int]
+    #: The µm/px the analysis used, and where it came from.
+    mpp: Mpp
+    #: The model as it was recorded, and its row id.
+    model: ModelSummary
+    model_id: int
+    tissue_settings: dict[str, Any] = field(hash=False)
+    grid: PatchGrid
+    device: str
+    batch_size: int
+    #: ISO-8601 UTC.
+    started_at: str
+    #: ISO-8601 UTC: when the finished analysis was recorded.
+    finished_at: str
+    timings_s: dict[str, float] = field(hash=False)
+    warnings: tuple[str, ...]
+    cell_count: int
+    tissue_count: int
+    scored_count: int
+    software_version: str
+    #: Path of the probability map file, relative to the database's folder (POSIX separators).
+    map_path: str
+
+
+@dataclass(frozen=True)
+class RegionSetRecord:
+    """A row of ``region_sets``."""
+
+    id: int
+    analysis_id: int
+    threshold: float
+    min_area_mm2: float
+    region_count: int
+    #: ISO-8601 UTC.
+    created_at: str
+    #: ISO-8601 UTC when review started; ``None`` while the set is not frozen.
+    frozen_at: str | None
+
+    @property
+    def frozen(self) -> bool:
+        return self.frozen_at is not None
+
+
+@dataclass(frozen=True)
+class RegionRecord:
+    """A stored region: its stable row id (what review decisions reference) and the region."""
+
+    id: int
+    region_set_id: int
+    region: Region = field(compare=False, hash=False)
+
+
+class Store:
+    """The results database at ``path``, with its map files in ``path.parent / "maps"``.
+
+    Create it with :meth:`open` (the user data directory) or ``Store(path)``; use it as a
+    context manager or call :meth:`close`.
+
+    Raises
+    ------
+    StoreError
+        If the file is not a SQLite database or not a wsiviewer one (it is left untouched),
+        comes from a newer wsiviewer, cannot be opened, or cannot be migrated.
+    """
+
+    def __init__(self, path: Path | str, *, busy_timeout_s: float = DEFAULT_BUSY_TIMEOUT_S) -> None:
+        self.path = Path(path)
+        #: The folder that map paths are relative to.
+        self.root = self.path.parent
+        self._lock = threading.RLock()
+        self._connection: sqlite3.Connection | None = None
+        self._check_file()
+        self._connection = self._connect(busy_timeout_s)
+        try:
+            self._migrate()
+        except BaseException:
+            self.close()
+            raise
+
+    @classmethod
+    def open(
+        cls, data_dir: Path | None = None, *, busy_timeout_s: float = DEFAULT_BUSY_TIMEOUT_S
+    ) -> Store:
+        """The database ``wsiviewer.sqlite`` in ``data_dir`` (default: the user data directory,
+        or ``$WSIVIEWER_DATA_DIR``), created with its folder if missing."""
+        try:
+            root = default_data_dir() if data_dir is None else Path(data_dir)
+            root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"Cannot create the data directory: {exc}") from exc
+        return cls(root / DATABASE_NAME, busy_timeout_s=busy_timeout_s)
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the connection; further calls raise :class:`StoreError`. Idempotent."""
+        with self._lock:
+            if self._connection is not None:
+                self._connection.close()
+                self._connection = None
+
+    @property
+    def closed(self) -> bool:
+        return self._connection is None
+
+    @property
+    def schema_version(self) -> int:
+        with self._reading("read the schema version") as connection:
+            return self._read_schema_version(connection)
+
+    @property
+    def journal_mode(self) -> str:
+        with self._reading("read the journal mode") as connection:
+            return str(connection.execute("PRAGMA journal_mode").fetchone()[0])
+
+    # -- analyses -------------------------------------------------------------------------
+
+    def save_analysis(self, analysis: Analysis) -> int:
+        """Record a finished analysis and its probability map; return its id.
+
+        The slide and model rows are added or refreshed, the map is written to its own file,
+        then the analysis row is inserted, all slide/model/analysis rows in one transaction.
+        If the transaction fails, the map file is removed again. Every call adds a new
+        analysis row, even for a key already recorded.
+        """
+        probability_map = analysis.probability_map
+        grid = probability_map.grid
+        probabilities = np.asarray(probability_map.probabilities, dtype=np.float32)
+        tissue = np.asarray(probability_map.tissue, dtype=bool)
+        if probabilities.shape != grid.shape or tissue.shape != grid.shape:
+            raise StoreError(
+                f"Probability map {probabilities.shape} and tissue {tissue.shape} do not match "
+                f"grid {grid.shape}"
+            )
+        slide = analysis.slide
+        model = analysis.model
+        key = analysis.key
+        tissue_settings_json = _to_json(analysis.tissue_settings.to_dict(), "tissue settings")
+        grid_json = _to_json(grid.to_dict(), "grid")
+        card_json = _to_json(model.to_dict(), "model card")
+        timings_json = _to_json(dict(analysis.timings_s), "timings")
+        warnings_json = _to_json(list(analysis.warnings), "warnings")
+        scored_count = int(np.count_nonzero(~np.isnan(probabilities)))
+
+        map_path = f"{MAPS_DIR}/{uuid.uuid4().hex}.npz"
+        map_file = self._map_file(map_path)
+        # Compress outside the transaction: other processes keep writing meanwhile.
+        _write_map(map_file, probabilities, tissue)
+        try:
+            with self._transaction("save the analysis") as connection:
+                now = _utc_now()
+                connection.execute(
+                    """
+                    INSERT INTO slides (identity, vendor, l0_width, l0_height, mpp, mpp_source,
+                                        first_seen_at, last_seen_at)
+                    VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+                    ON CONFLICT (identity) DO UPDATE SET
+                        vendor = coalesce(excluded.vendor, vendor),
+                        mpp = excluded.mpp,
+                        mpp_source = excluded.mpp_source,
+                        last_seen_at = excluded.last_seen_at
+                    """,
+                    (
+                        slide.identity,
+                        slide.vendor,
+                        int(slide.l0_dimensions[0]),
+                        int(slide.l0_dimensions[1]),
+                        float(slide.mpp.value),
+                        slide.mpp.source,
+                        now,
+                        now,
+                    ),
+                )
+                slide_id = _scalar(
+                    connection, "SELECT id FROM slides WHERE identity = ?", (slide.identity,)
+                )
+                connection.execute(
+                    """
+                    INSERT INTO models (name, version, architecture, weights_sha256, card_sha256,
+                                        input_mpp, threshold, card_json)
+                    VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+                    ON CONFLICT (weights_sha256, card_sha256) DO NOTHING
+                    """,
+                    (
+                        model.name,
+                        str(model.version),
+                        model.architecture,
+                        model.weights_sha256,
+                        model.card_sha256,
+                        float(model.input_mpp),
+                        float(model.threshold),
+                        card_json,
+                    ),
+                )
+                model_id = _scalar(
+                    connection,
+                    "SELECT id FROM models WHERE weights_sha256 = ? AND card_sha256 = ?",
+                    (model.weights_sha256, model.card_sha256),
+                )
+                cursor = connection.execute(
+                    """
+                    INSERT INTO analyses (analysis_key, slide_id, model_id, mpp, mpp_source,
+                        tissue_settings_json, grid_json, device, batch_size, started_at,
+                        finished_at, timings_json, warnings_json, cell_count, tissue_count,
+                        scored_count, software_version, map_path)
+                    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                    """,
+                    (
+                        key,
+                        slide_id,
+                        model_id,
+                        float(slide.mpp.value),
+                        slide.mpp.source,
+                        tissue_settings_json,
+                        grid_json,
+                        analysis.device,
+                        int(analysis.batch_size),
+                        analysis.started_at,
+                        now,
+                        timings_json,
+                        warnings_json,
+                        grid.cell_count,
+                        int(np.count_nonzero(tissue)),
+                        scored_count,
+                        __version__,
+                        map_path,
+                    ),
+                )
+                analysis_id = cursor.lastrowid
+                assert analysis_id is not None
+        except BaseException:
+            map_file.unlink(missing_ok=True)
+            raise
+        return analysis_id
+
+    def analysis(self, analysis_id: int) -> AnalysisRecord:
+        """The analysis with ``analysis_id``; :class:`StoreError` if there is none."""
+        with self._reading("read an analysis") as connection:
+            row = connection.execute(f"{_ANALYSIS_SELECT} WHERE a.id = ?", (analysis_id,))
+            found = row.fetchone()
+        if found is None:
+            raise StoreError(f"No analysis {analysis_id} in {self.path}")
+        return _analysis_record(found)
+
+    def latest_analysis(
+        self, slide_identity: str, weights_sha256: str | None = None
+    ) -> AnalysisRecord | None:
+        """The most recently recorded analysis of a slide (by a model with these weights)."""
+        query = f"{_ANALYSIS_SELECT} WHERE s.identity = ?"
+        parameters: tuple[object, ...] = (slide_identity,)
+        if weights_sha256 is not None:
+            query += " AND m.weights_sha256 = ?"
+            parameters += (weights_sha256,)
+        query += " ORDER BY a.id DESC LIMIT 1"
+        with self._reading("find the latest analysis") as connection:
+            found = connection.execute(query, parameters).fetchone()
+        return None if found is None else _analysis_record(found)
+
+    def find_analyses(self, key: str) -> list[AnalysisRecord]:
+        """Every recorded analysis with this analysis key, newest first."""
+        with self._reading("find analyses") as connection:
+            rows = connection.execute(
+                f"{_ANALYSIS_SELECT} WHERE a.analysis_key = ? ORDER BY a.id DESC", (key,)
+            ).fetchall()
+        return [_analysis_record(row) for row in rows]
+
+    def load_probability_map(self, record: AnalysisRecord) -> ProbabilityMap:
+        """The probability map of a recorded analysis.
+
+        Raises
+        ------
+        StoreError
+            If the map file is missing, unreadable, corrupt, or does not match the grid.
+        """
+        map_file = self._map_file(record.map_path)
+        what = f"Probability map {map_file} of analysis {record.id}"
+        try:
+            # Our own file handle: np.load leaks its own when the zip directory is unreadable.
+            with map_file.open("rb") as file:
+                loaded = np.load(file, allow_pickle=False)
+                if not isinstance(loaded, np.lib.npyio.NpzFile):
+                    raise StoreError(f"{what} is corrupt: not an .npz archive")
+                with loaded as npz:
+                    probabilities = np.asarray(npz["probabilities"])
+                    tissue = np.asarray(npz["tissue"])
+        except FileNotFoundError as exc:
+            raise StoreError(f"{what} is missing") from exc
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
+            raise StoreError(f"{what} is corrupt: {exc}") from exc
+        grid = record.grid
+        if probabilities.shape != grid.shape or tissue.shape != grid.shape:
+            raise StoreError(
+                f"{what} is corrupt: arrays {probabilities.shape} and {tissue.shape} do not "
+                f"match grid {grid.shape}"
+            )
+        if probabilities.dtype != np.float32 or tissue.dtype != np.bool_:
+            raise StoreError(
+                f"{what} is corrupt: dtypes {probabilities.dtype} and {tissue.dtype}, "
+                "expected float32 and bool"
+            )
+        return ProbabilityMap(grid, probabilities, tissue)
+
+    # -- region sets ----------------------------------------------------------------------
+
+    def save_region_set(self, analysis_id: int, region_set: RegionSet) -> int:
+        """Record the regions of an analysis at one threshold and minimum area; return the
+        set's id.
+
+        If an identical set (same threshold, minimum area and regions) of this analysis is
+        recorded and not frozen, its id is returned and nothing is written. A frozen set is
+        never reused: review of it has started.
+        """
+        rows: list[tuple[int, float, float, float, int, bytes, bytes]] = []
+        digest = hashlib.sha256()
+        for region in region_set.regions:
+            polygon_wkb = shapely.to_wkb(region.polygon, byte_order=1, output_dimension=2)
+            cells = np.ascontiguousarray(region.grid_cells, dtype="<i4").reshape(-1, 2)
+            numbers = (
+                int(region.number),
+                float(region.area_mm2),
+                float(region.max_prob),
+                float(region.mean_prob),
+                len(cells),
+            )
+            digest.update(struct.pack("<qdddq", *numbers))
+            for blob in (polygon_wkb, cells.tobytes()):
+                digest.update(struct.pack("<q", len(blob)))
+                digest.update(blob)
+            rows.append((*numbers, polygon_wkb, zlib.compress(cells.tobytes())))
+        content_sha256 = digest.hexdigest()
+        threshold = float(region_set.threshold)
+        min_area_mm2 = float(region_set.min_area_mm2)
+
+        with self._transaction("save the region set") as connection:
+            self._require(connection, "analyses", analysis_id, "analysis")
+            existing = connection.execute(
+                """
+                SELECT id FROM region_sets
+                WHERE analysis_id = ? AND threshold = ? AND min_area_mm2 = ?
+                    AND content_sha256 = ? AND frozen_at IS NULL
+                ORDER BY id LIMIT 1
+                """,
+                (analysis_id, threshold, min_area_mm2, content_sha256),
+            ).fetchone()
+            if existing is not None:
+                return int(existing[0])
+            cursor = connection.execute(
+                """
+                INSERT INTO region_sets (analysis_id, threshold, min_area_mm2, region_count,
+                                         content_sha256, created_at)
+                VALUES (?, ?, ?, ?, ?, ?)
+                """,
+                (analysis_id, threshold, min_area_mm2, len(rows), content_sha256, _utc_now()),
+            )
+            region_set_id = cursor.lastrowid
+            assert region_set_id is not None
+            connection.executemany(
+                """
+                INSERT INTO regions (region_set_id, number, area_mm2, max_prob, mean_prob,
+                                     cell_count, polygon_wkb, grid_cells)
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+                """,
+                [(region_set_id, *row) for row in rows],
+            )
+        return region_set_id
+
+    def region_set(self, region_set_id: int) -> RegionSetRecord:
+        """The region set with this id; :class:`StoreError` if there is none."""
+        with self._reading("read a region set") as connection:
+            found = connection.execute(
+                f"{_REGION_SET_SELECT} WHERE id = ?", (region_set_id,)
+            ).fetchone()
+        if found is None:
+            raise StoreError(f"No region set {region_set_id} in {self.path}")
+        return _region_set_record(found)
+
+    def region_sets(self, analysis_id: int) -> list[RegionSetRecord]:
+        """The region sets of an analysis, oldest first; :class:`StoreError` if there is no
+        such analysis."""
+        with self._reading("list region sets") as connection:
+            self._require(connection, "analyses", analysis_id, "analysis")
+            rows = connection.execute(
+                f"{_REGION_SET_SELECT} WHERE analysis_id = ? ORDER BY id", (analysis_id,)
+            ).fetchall()
+        return [_region_set_record(row) for row in rows]
+
+    def regions(self, region_set_id: int) -> list[RegionRecord]:
+        """The regions of a region set in order of their number; :class:`StoreError` if there
+        is no such set or a stored region is corrupt."""
+        with self._reading("read regions") as connection:
+            self._require(connection, "region_sets", region_set_id, "region set")
+            rows = connection.execute(
+                """
+                SELECT id, region_set_id, number, area_mm2, max_prob, mean_prob, cell_count,
+                       polygon_wkb, grid_cells
+                FROM regions WHERE region_set_id = ? ORDER BY number
+                """,
+                (region_set_id,),
+            ).fetchall()
+        return [self._region_record(row) for row in rows]
+
+    def load_region_set(self, region_set_id: int) -> RegionSet:
+        """A recorded region set as a :class:`RegionSet`."""
+        record = self.region_set(region_set_id)
+        regions = tuple(stored.region for stored in self.regions(region_set_id))
+        return RegionSet(record.threshold, record.min_area_mm2, regions)
+
+    def freeze_region_set(self, region_set_id: int) -> RegionSetRecord:
+        """Freeze a region set (review has started); already frozen sets keep their time."""
+        with self._transaction("freeze the region set") as connection:
+            connection.execute(
+                "UPDATE region_sets SET frozen_at = ? WHERE id = ? AND frozen_at IS NULL",
+                (_utc_now(), region_set_id),
+            )
+            found = connection.execute(
+                f"{_REGION_SET_SELECT} WHERE id = ?", (region_set_id,)
+            ).fetchone()
+            if found is None:
+                raise StoreError(f"No region set {region_set_id} in {self.path}")
+        return _region_set_record(found)
+
+    # -- internals ------------------------------------------------------------------------
+
+    def _check_file(self) -> None:
+        """Refuse, without touching it, a file that is not a SQLite database."""
+        if not self.root.is_dir():
+            raise StoreError(f"Folder {self.root} of the results database does not exist")
+        if self.path.exists() and not self.path.is_file():
+            raise StoreError(f"Results database {self.path} is not a file")
+        try:
+            with self.path.open("rb") as file:
+                header = file.read(len(_SQLITE_HEADER))
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            raise StoreError(f"Cannot read results database {self.path}: {exc}") from exc
+        # An empty file is a new database to SQLite; anything else must carry its header.
+        if header and header != _SQLITE_HEADER:
+            raise StoreError(
+                f"{self.path} is not a SQLite database; it was left untouched. Move it aside "
+                "to start a new results database."
+            )
+
+    def _connect(self, busy_timeout_s: float) -> sqlite3.Connection:
+        try:
+            # isolation_level=None: no implicit transactions, we BEGIN IMMEDIATE ourselves.
+            connection = sqlite3.connect(
+                self.path,
+                timeout=busy_timeout_s,
+                isolation_level=None,
+                check_same_thread=False,
+            )
+        except sqlite3.Error as exc:
+            raise StoreError(f"Cannot open results database {self.path}: {exc}") from exc
+        try:
+            connection.row_factory = sqlite3.Row
+            connection.execute(f"PRAGMA busy_timeout = {round(busy_timeout_s * 1000)}")
+            connection.execute("PRAGMA foreign_keys = ON")
+            # Read before anything writes: a corrupt database fails here and stays untouched.
+            connection.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        except sqlite3.Error as exc:
+            connection.close()
+            raise StoreError(
+                f"Cannot open results database {self.path} (is it corrupt?): {exc}"
+            ) from exc
+        return connection
+
+    def _migrate(self) -> None:
+        """Check the schema version, switch to WAL, and apply the pending migrations."""
+        migrations = MIGRATIONS
+        for index, migration in enumerate(migrations):
+            if migration.version != index + 1:
+                raise StoreError(
+                    f"Migration {index} has version {migration.version}, expected {index + 1}"
+                )
+        latest = len(migrations)
+        with self._reading("read the schema version") as connection:
+            # Refuse a foreign or newer database before anything writes to it.
+            current = self._read_schema_version(connection)
+            self._refuse_newer(current, latest)
+            connection.execute("PRAGMA journal_mode = WAL").fetchone()
+            # In WAL mode NORMAL cannot corrupt the database; a power cut may lose the last
+            # commits, never half of one.
+            connection.execute("PRAGMA synchronous = NORMAL")
+        while current < latest:
+            with self._transaction("migrate the schema") as connection:
+                connection.execute(_SCHEMA_VERSION_TABLE)
+                # Again under the write lock: another process may have migrated meanwhile.
+                current = self._read_schema_version(connection)
+                self._refuse_newer(current, latest)
+                if current == latest:
+                    break
+                migration = migrations[current]
+                try:
+                    for statement in migration.statements:
+                        connection.execute(statement)
+                except sqlite3.Error as exc:
+                    raise StoreError(
+                        f"Cannot migrate results database {self.path} to schema version "
+                        f"{migration.version} ({migration.description}): {exc}"
+                    ) from exc
+                connection.execute(
+                    "INSERT INTO schema_version (version, description, applied_at, "
+                    "software_version) VALUES (?, ?, ?, ?)",
+                    (migration.version, migration.description, _utc_now(), __version__),
+                )
+                current = migration.version
+
+    def _refuse_newer(self, current: int, latest: int) -> None:
+        if current > latest:
+            raise StoreError(
+                f"Results database {self.path} has schema version {current}, newer than this "
+                f"wsiviewer {__version__} knows ({latest}); upgrade wsiviewer to open it"
+            )
+
+    def _read_schema_version(self, connection: sqlite3.Connection) -> int:
+        has_table = connection.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_version'"
+        ).fetchone()
+        if has_table is None:
+            other = connection.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table' "
+                "AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\' LIMIT 1"
+            ).fetchone()
+            if other is not None:
+                raise StoreError(
+                    f"{self.path} is a SQLite database but not a wsiviewer results database "
+                    f"(table {other[0]!r}, no schema_version); it was left untouched"
+                )
+            return 0
+        version = connection.execute("SELECT max(version) FROM schema_version").fetchone()[0]
+        return int(version or 0)
+
+    def _require(self, connection: sqlite3.Connection, table: str, row_id: int, what: str) -> None:
+        found = connection.execute(f"SELECT 1 FROM {table} WHERE id = ?", (row_id,)).fetchone()
+        if found is None:
+            raise StoreError(f"No {what} {row_id} in {self.path}")
+
+    def _region_record(self, row: sqlite3.Row) -> RegionRecord:
+        try:
+            polygon = shapely.from_wkb(bytes(row["polygon_wkb"]))
+            cells = np.frombuffer(zlib.decompress(row["grid_cells"]), dtype="<i4")
+        except (shapely.errors.GEOSException, zlib.error, ValueError, TypeError) as exc:
+            raise StoreError(f"Region {row['id']} in {self.path} is corrupt: {exc}") from exc
+        if not isinstance(polygon, Polygon) or len(cells) != 2 * row["cell_count"]:
+            raise StoreError(f"Region {row['id']} in {self.path} is corrupt")
+        region = Region(
+            number=int(row["number"]),
+            polygon=polygon,
+            area_mm2=float(row["area_mm2"]),
+            max_prob=float(row["max_prob"]),
+            mean_prob=float(row["mean_prob"]),
+            grid_cells=cells.reshape(-1, 2).astype(np.intp),
+        )
+        return RegionRecord(int(row["id"]), int(row["region_set_id"]), region)
+
+    def _map_file(self, map_path: str) -> Path:
+        """The map file of a stored relative path, refusing paths that leave the folder."""
+        relative = PurePosixPath(map_path)
+        if relative.is_absolute() or ".." in relative.parts or not relative.parts:
+            raise StoreError(f"Invalid probability map path {map_path!r} in {self.path}")
+        return self.root.joinpath(*relative.parts)
+
+    def _open_connection(self) -> sqlite3.Connection:
+        if self._connection is None:
+            raise StoreError(f"Results database {self.path} is closed")
+        return self._connection
+
+    @contextmanager
+    def _reading(self, action: str) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            connection = self._open_connection()
+            try:
+                yield connection
+            except sqlite3.Error as exc:
+                raise StoreError(f"Cannot {action} in {self.path}: {exc}") from exc
+
+    @contextmanager
+    def _transaction(self, action: str) -> Iterator[sqlite3.Connection]:
+        """A write transaction holding the write lock from its start (waits up to the busy
+        timeout for it); commits on success, rolls back on any exception."""
+        with self._lock:
+            connection = self._open_connection()
+            try:
+                connection.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as exc:
+                raise StoreError(f"Cannot {action} in {self.path}: {exc}") from exc
+            try:
+                yield connection
+                connection.execute("COMMIT")
+            except BaseException as exc:
+                if connection.in_transaction:
+                    connection.rollback()
+                if isinstance(exc, sqlite3.Error):
+                    raise StoreError(f"Cannot {action} in {self.path}: {exc}") from exc
+                raise
+
+
+_ANALYSIS_SELECT = """
+    SELECT a.id, a.analysis_key, s.identity AS slide_identity, s.vendor AS slide_vendor,
+           s.l0_width, s.l0_height, a.mpp, a.mpp_source,
+           m.id AS model_id, m.name AS model_name, m.version AS model_version,
+           m.architecture, m.weights_sha256, m.card_sha256, m.input_mpp, m.threshold,
+           a.tissue_settings_json, a.grid_json, a.device, a.batch_size,
+           a.started_at, a.finished_at, a.timings_json, a.warnings_json, a.cell_count,
+           a.tissue_count, a.scored_count, a.software_version, a.map_path
+    FROM analyses AS a
+    JOIN slides AS s ON s.id = a.slide_id
+    JOIN models AS m ON m.id = a.model_id
+"""
+
+_REGION_SET_SELECT = """
+    SELECT id, analysis_id, threshold, min_area_mm2, region_count, created_at, frozen_at
+    FROM region_sets
+"""
+
+
+def _analysis_record(row: sqlite3.Row) -> AnalysisRecord:
+    try:
+        model = ModelSummary(
+            name=row["model_name"],
+            version=row["model_version"],
+            architecture=row["architecture"],
+            weights_sha256=row["weights_sha256"],
+            card_sha256=row["card_sha256"],
+            input_mpp=float(row["input_mpp"]),
+            threshold=float(row["threshold"]),
+        )
+        return AnalysisRecord(
+            id=int(row["id"]),
+            key=row["analysis_key"],
+            slide_identity=row["slide_identity"],
+            slide_vendor=row["slide_vendor"],
+            l0_dimensions=(int(row["l0_width"]), int(row["l0_height"])),
+            mpp=Mpp(float(row["mpp"]), cast(MppSource, row["mpp_source"])),
+            model=model,
+            model_id=int(row["model_id"]),
+            tissue_settings=json.loads(row["tissue_settings_json"]),
+            grid=PatchGrid.from_dict(json.loads(row["grid_json"])),
+            device=row["device"],
+            batch_size=int(row["batch_size"]),
+            started_at=row["started_at"],
+            finished_at=row["finished_at"],
+            timings_s={
+                str(name): float(seconds)
+                for name, seconds in json.loads(row["timings_json"]).items()
+            },
+            warnings=tuple(str(note) for note in json.loads(row["warnings_json"])),
+            cell_count=int(row["cell_count"]),
+            tissue_count=int(row["tissue_count"]),
+            scored_count=int(row["scored_count"]),
+            software_version=row["software_version"],
+            map_path=row["map_path"],
+        )
+    except (
+        ValueError,
+        KeyError,
+        TypeError,
+        AttributeError,
+        AssertionError,
+        ResolutionError,
+    ) as exc:
+        # json.JSONDecodeError is a ValueError; ResolutionError is an implausible stored mpp.
+        raise StoreError(f"Analysis {row['id']} is corrupt: {exc}") from exc
+
+
+def _region_set_record(row: sqlite3.Row) -> RegionSetRecord:
+    return RegionSetRecord(
+        id=int(row["id"]),
+        analysis_id=int(row["analysis_id"]),
+        threshold=float(row["threshold"]),
+        min_area_mm2=float(row["min_area_mm2"]),
+        region_count=int(row["region_count"]),
+        created_at=row["created_at"],
+        frozen_at=row["frozen_at"],
+    )
+
+
+def _write_map(map_file: Path, probabilities: np.ndarray, tissue: np.ndarray) -> None:
+    """Write a map file atomically, and durably before the row that references it commits."""
+    try:
+        with atomic_path(map_file) as temporary, temporary.open("wb") as file:
+            np.savez_compressed(file, probabilities=probabilities, tissue=tissue)
+            file.flush()
+            os.fsync(file.fileno())
+    except OSError as exc:
+        raise StoreError(f"Cannot write probability map {map_file}: {exc}") from exc
+
+
+def _to_json(value: object, what: str) -> str:
+    try:
+        return json.dumps(value, sort_keys=True, ensure_ascii=False)
+    except (TypeError, ValueError) as exc:
+        raise StoreError(f"Cannot store the {what}: {exc}") from exc
+
+
+def _scalar(connection: sqlite3.Connection, query: str, parameters: tuple[object, ...]) -> int:
+    row = connection.execute(query, parameters).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def _utc_now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")

@@ -1,0 +1,429 @@
+"""Tissue detection: which parts of a slide hold tissue, and which grid cells to analyse.
+
+The mask is computed on a low-resolution overview of the slide (about 8 µm/px), read with
+:meth:`~wsiviewer.core.slide.Slide.read_l0_box` so a huge slide is never read at level 0.
+
+Method, in the overview's pixels:
+
+1. **Flat-field correction.** The glass colour is estimated locally (a wide normalised
+   Gaussian average of the pixels that look like glass) and every pixel is divided by it, so
+   uneven illumination, a tinted background or tiles scanned at different brightness all
+   become white.
+2. **Stain saturation.** H&E tissue is coloured; glass, dust and grey debris are not. The HSV
+   saturation of the corrected image is thresholded with hysteresis: a *strong* threshold
+   (Otsu, clipped to sane bounds so an all-glass or all-tissue slide still gets a sensible
+   value) seeds tissue, and a *weak* one grows it along faint pixels that touch it. The weak
+   threshold is what keeps breast fat: its vacuoles are as white as glass, but the thin pink
+   membranes between them are faintly coloured and connected to the rest of the tissue.
+3. **Artefacts out.** Near-black pixels (black pen, scanner borders) and pen ink (green,
+   blue, cyan: hues where red is darker than green, which haematoxylin and eosin never give)
+   are never tissue.
+4. **Morphology.** A closing bridges the membranes of fat lobules at the tissue's edge,
+   holes up to a size (fat vacuoles, duct and vessel lumens) are filled, fragments below a
+   size (dust) are dropped, and a small dilation adds a margin so the patches at the tissue's
+   edge are analysed too.
+
+Sizes are in µm and converted with the slide's µm/px; a slide without one is assumed to be
+scanned at :attr:`TissueSettings.assumed_mpp`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from wsiviewer.core.grid import PatchGrid
+from wsiviewer.core.slide import Slide
+
+#: Level px read (and resampled) at once while building the overview: small strips keep the
+#: float arrays of the resampling in cache (measured 10x faster than one whole-slide read).
+_STRIP_PIXEL_BUDGET = 262_144
+
+
+@dataclass(frozen=True)
+class TissueSettings:
+    """Parameters of :func:`detect_tissue` and :func:`tissue_cells` (part of the analysis key)."""
+
+    #: µm per mask px when the slide's µm/px is known.
+    target_mpp: float = 8.0
+    #: Without a µm/px the mask is at ``target_mpp`` for ``assumed_mpp``, but at least this
+    #: many px on its longest side (a small image may be a low-magnification one).
+    unknown_mpp_min_dimension: int = 1024
+    #: Longest side of the mask in px, whatever the resolution (bounds memory on huge slides).
+    max_dimension: int = 8192
+    #: µm/px assumed for level 0 when the slide has none, to size the morphology.
+    assumed_mpp: float = 0.5
+    #: Scale (Gaussian sigma, µm) of the local glass colour estimate.
+    background_sigma_um: float = 400.0
+    #: Bounds of the strong (Otsu) saturation threshold.
+    strong_saturation_bounds: tuple[float, float] = (0.08, 0.2)
+    #: Weak saturation threshold: faint pixels connected to tissue (fat membranes) are kept.
+    weak_saturation: float = 0.04
+    #: Fat is found by its texture: the local standard deviation of saturation (membranes
+    #: against white vacuoles) over a Gaussian window of this sigma (µm) ...
+    texture_sigma_um: float = 12.0
+    #: ... above this marks tissue where the saturation is at least ``texture_floor``.
+    texture_threshold: float = 0.03
+    texture_floor: float = 0.02
+    #: Pixels whose brightest channel is below this (0–1) are artefacts (black pen, borders).
+    dark_value: float = 0.2
+    #: Exclude pen ink (green, blue, cyan): pixels whose green exceeds red by this (0–1).
+    pen_margin: float | None = 0.04
+    #: Radius of the morphological closing, µm.
+    closing_um: float = 40.0
+    #: Holes up to this area (mm²) inside tissue are filled.
+    max_hole_mm2: float = 1.0
+    #: Fragments smaller than this area (µm²) are dropped.
+    min_object_um2: float = 10_000.0
+    #: Margin added around the tissue, µm.
+    dilation_um: float = 16.0
+    #: A grid cell is analysed when at least this fraction of it is tissue.
+    min_cell_coverage: float = 0.1
+
+    def __post_init__(self) -> None:
+        low, high = self.strong_saturation_bounds
+        if not 0.0 < low <= high:
+            raise ValueError(f"Invalid strong_saturation_bounds {self.strong_saturation_bounds}")
+        if not 0.0 < self.min_cell_coverage <= 1.0:
+            raise ValueError(
+                f"Invalid min_cell_coverage {self.min_cell_coverage}; expected 0 < value <= 1"
+            )
+        if self.target_mpp <= 0 or self.assumed_mpp <= 0:
+            raise ValueError(
+                f"Invalid target_mpp {self.target_mpp} or assumed_mpp {self.assumed_mpp}"
+            )
+        if self.unknown_mpp_min_dimension < 1 or self.max_dimension < 1:
+            raise ValueError(
+                f"Invalid mask dimensions {self.unknown_mpp_min_dimension}, {self.max_dimension}"
+            )
+
+    def to_dict(self) -> dict[str, object]:
+        """JSON-ready settings (tuples as lists)."""
+        return {
+            key: list(value) if isinstance(value, tuple) else value
+            for key, value in asdict(self).items()
+        }
+
+
+@dataclass
+class TissueMask:
+    """A boolean tissue mask over the whole slide at a uniform downsample of level 0.
+
+    Mask px ``(row, col)`` covers the level-0 box ``[col * d, row * d, d, d]`` with
+    ``d = l0_downsample``; the mask may run a little past the slide's edge (no tissue there).
+    """
+
+    #: ``(H, W) bool``, True = tissue.
+    mask: np.ndarray
+    #: Level-0 px per mask px, in x and in y.
+    l0_downsample: float
+
+    @property
+    def tissue_fraction(self) -> float:
+        """Fraction of the mask's px that are tissue."""
+        return float(self.mask.mean()) if self.mask.size else 0.0
+
+    def cell_coverage(self, grid: PatchGrid) -> np.ndarray:
+        """``(rows, cols) float32``: the fraction of each grid cell covered by tissue.
+
+        The area fraction is exact for the mask (mask px are squares of ``l0_downsample``
+        level-0 px, cut at fractional edges). A cell that runs past the slide's edge is
+        measured over its part inside the slide only.
+        """
+        rows, cols = grid.shape
+        if rows == 0 or cols == 0:
+            return np.zeros(grid.shape, dtype=np.float32)
+        l0_width, l0_height = grid.l0_dimensions
+        size = grid.l0_patch_size
+        l0_x_edges = np.minimum(np.arange(cols + 1) * size, float(l0_width))
+        l0_y_edges = np.minimum(np.arange(rows + 1) * size, float(l0_height))
+        height, width = self.mask.shape
+        mask_x_edges = np.clip(l0_x_edges / self.l0_downsample, 0.0, float(width))
+        mask_y_edges = np.clip(l0_y_edges / self.l0_downsample, 0.0, float(height))
+
+        # Summed-area table; the integral of a piecewise-constant image is bilinear inside
+        # each pixel, so interpolating the table at fractional edges is exact.
+        table = np.zeros((height + 1, width + 1), dtype=np.float64)
+        np.cumsum(np.cumsum(self.mask, axis=0, dtype=np.float64), axis=1, out=table[1:, 1:])
+        table = _interpolate_along(table, mask_y_edges, axis=0)
+        table = _interpolate_along(table, mask_x_edges, axis=1)
+        tissue_area = np.diff(np.diff(table, axis=0), axis=1)
+        cell_area = np.outer(np.diff(mask_y_edges), np.diff(mask_x_edges))
+        coverage = np.divide(
+            tissue_area, cell_area, out=np.zeros_like(tissue_area), where=cell_area > 0
+        )
+        return np.clip(coverage, 0.0, 1.0).astype(np.float32)
+
+
+def _interpolate_along(values: np.ndarray, positions: np.ndarray, axis: int) -> np.ndarray:
+    """Linear interpolation of ``values`` at fractional ``positions`` along ``axis``."""
+    n = values.shape[axis]
+    index = np.minimum(np.floor(positions).astype(np.intp), n - 2) if n > 1 else None
+    if index is None:
+        return np.take(values, np.zeros(len(positions), dtype=np.intp), axis=axis)
+    frac = positions - index
+    shape = [1] * values.ndim
+    shape[axis] = len(positions)
+    frac = frac.reshape(shape)
+    below = np.take(values, index, axis=axis)
+    above = np.take(values, index + 1, axis=axis)
+    return below + frac * (above - below)
+
+
+def mask_downsample(
+    slide: Slide, settings: TissueSettings, mpp: float | None = None
+) -> tuple[float, float]:
+    """``(l0_downsample, mask_mpp)``: the mask's level-0 px per mask px and its µm/px.
+
+    With a known µm/px the mask is at ``settings.target_mpp`` (never finer than level 0).
+    Without one it is at ``settings.target_mpp`` for ``settings.assumed_mpp``, or finer so that
+    its longest side is at least ``settings.unknown_mpp_min_dimension`` px. Either way its
+    longest side is at most ``settings.max_dimension`` px.
+    """
+    l0_mpp = mpp if mpp is not None else (slide.mpp.value if slide.mpp is not None else None)
+    longest = max(slide.dimensions)
+    if l0_mpp is not None:
+        downsample = settings.target_mpp / l0_mpp
+    else:
+        downsample = min(
+            settings.target_mpp / settings.assumed_mpp,
+            longest / settings.unknown_mpp_min_dimension,
+        )
+    downsample = max(downsample, longest / settings.max_dimension, 1.0)
+    return downsample, downsample * (l0_mpp if l0_mpp is not None else settings.assumed_mpp)
+
+
+def read_overview(slide: Slide, l0_downsample: float) -> np.ndarray:
+    """The whole slide area-averaged by ``l0_downsample`` as ``(H, W, 3) uint8``.
+
+    The overview covers ``ceil(width / d) x ceil(height / d)`` px; the part past the slide's
+    edge is white. It is read in strips so a large slide never needs one huge read.
+    """
+    l0_width, l0_height = slide.dimensions
+    out_width = max(1, math.ceil(l0_width / l0_downsample - 1e-9))
+    out_height = max(1, math.ceil(l0_height / l0_downsample - 1e-9))
+    level = slide.best_level_for_downsample(l0_downsample)
+    lv_per_out = l0_downsample / slide.level_downsamples[level]
+    strip_rows = max(1, int(_STRIP_PIXEL_BUDGET / (out_width * lv_per_out * lv_per_out)))
+    overview = np.empty((out_height, out_width, 3), dtype=np.uint8)
+    for row in range(0, out_height, strip_rows):
+        rows = min(strip_rows, out_height - row)
+        overview[row : row + rows] = slide.read_l0_box(
+            (0.0, row * l0_downsample, out_width * l0_downsample, rows * l0_downsample),
+            (out_width, rows),
+        )
+    return overview
+
+
+def detect_tissue(
+    slide: Slide, settings: TissueSettings = TissueSettings(), *, mpp: float | None = None
+) -> TissueMask:
+    """Detect tissue on a low-resolution overview of ``slide``.
+
+    Parameters
+    ----------
+    slide
+        Any slide; only a coarse pyramid level is read.
+    settings
+        Parameters of the method.
+    mpp
+        µm/px of level 0 to use instead of the slide's (e.g. the user's ``--mpp``).
+
+    Returns
+    -------
+    TissueMask
+        True where there is tissue; empty (all False) for a blank slide.
+    """
+    l0_downsample, mask_mpp = mask_downsample(slide, settings, mpp)
+    overview = read_overview(slide, l0_downsample)
+    return TissueMask(tissue_from_rgb(overview, mask_mpp, settings), l0_downsample)
+
+
+def tissue_cells(mask: TissueMask, grid: PatchGrid, settings: TissueSettings) -> np.ndarray:
+    """``(rows, cols) bool``: the grid cells to analyse (tissue coverage high enough)."""
+    return mask.cell_coverage(grid) >= settings.min_cell_coverage
+
+
+def tissue_from_rgb(rgb: np.ndarray, mpp: float, settings: TissueSettings) -> np.ndarray:
+    """The tissue mask of an ``(H, W, 3) uint8`` overview at ``mpp`` µm/px."""
+    from skimage.filters import gaussian, threshold_otsu
+    from skimage.morphology import isotropic_closing, isotropic_dilation
+
+    pixels = rgb.astype(np.float32) / np.float32(255.0)
+    brightest = _channel_max(pixels)
+    artefact = brightest < settings.dark_value
+    if settings.pen_margin is not None:
+        artefact |= pixels[..., 1] - pixels[..., 0] > settings.pen_margin
+
+    corrected = _flat_field(pixels, ~artefact, mpp, settings)
+    saturation = _saturation(corrected)
+    # A mask finer than the target resolution (slide without µm/px) sees more noise: average
+    # it down to about the target scale.
+    smoothing_px = 0.4 * settings.target_mpp / mpp
+    if smoothing_px >= 0.5:
+        saturation = gaussian(saturation, sigma=smoothing_px, mode="nearest")
+    saturation[artefact] = 0.0
+    candidates = saturation[~artefact]
+    low, high = settings.strong_saturation_bounds
+    if candidates.size == 0 or float(np.ptp(candidates)) < 1e-6:
+        strong = high
+    else:
+        strong = float(np.clip(threshold_otsu(candidates), low, high))
+    weak = min(settings.weak_saturation, strong)
+    texture = _local_std(
+        saturation, ~artefact & (saturation < strong), max(settings.texture_sigma_um / mpp, 0.5)
+    )
+    textured = (texture > settings.texture_threshold) & (saturation > settings.texture_floor)
+    seeds = (saturation > strong) | textured
+    grow = (saturation > weak) | textured
+    tissue = _hysteresis(grow & ~artefact, seeds & ~artefact)
+    if not tissue.any():
+        return tissue
+
+    px_area_um2 = mpp * mpp
+    closing_px = settings.closing_um / mpp
+    if closing_px >= 1.0:
+        tissue = isotropic_closing(tissue, closing_px)
+    tissue &= ~artefact
+    tissue = _fill_holes(tissue, max_area_px=settings.max_hole_mm2 * 1e6 / px_area_um2)
+    tissue = _remove_small_objects(tissue, min_area_px=settings.min_object_um2 / px_area_um2)
+    dilation_px = settings.dilation_um / mpp
+    if dilation_px >= 0.5 and tissue.any():
+        tissue = isotropic_dilation(tissue, max(dilation_px, 1.0))
+    return tissue
+
+
+def _saturation(pixels: np.ndarray) -> np.ndarray:
+    """HSV saturation of ``(H, W, 3)`` float pixels in 0–1."""
+    brightest = _channel_max(pixels)
+    chroma = brightest - np.minimum(np.minimum(pixels[..., 0], pixels[..., 1]), pixels[..., 2])
+    return np.divide(chroma, brightest, out=np.zeros_like(chroma), where=brightest > 1e-3)
+
+
+def _channel_max(pixels: np.ndarray) -> np.ndarray:
+    """Per-pixel maximum over the 3 channels (much faster than ``max(axis=2)``)."""
+    return np.maximum(np.maximum(pixels[..., 0], pixels[..., 1]), pixels[..., 2])
+
+
+def _flat_field(
+    pixels: np.ndarray, usable: np.ndarray, mpp: float, settings: TissueSettings
+) -> np.ndarray:
+    """``pixels`` divided by a local estimate of the glass colour (white glass stays white).
+
+    Glass is taken to be the usable px that are bright and barely coloured; its colour is
+    averaged with a wide Gaussian, normalised by the glass weight (so tissue does not darken
+    the estimate), and where no glass is near the global glass colour is used.
+    """
+    from skimage.filters import gaussian
+
+    saturation = _saturation(pixels)
+    brightness = pixels.mean(axis=2)
+    glass = usable & (saturation < settings.weak_saturation)
+    if glass.sum() < 16:
+        return pixels
+    glass &= brightness >= np.percentile(brightness[glass], 50) - 0.1
+    global_colour = np.median(pixels[glass], axis=0)
+    sigma = settings.background_sigma_um / mpp
+    prior = 1e-3
+    if sigma < 1.0:
+        background = np.where(glass[..., None], pixels, global_colour)
+    else:
+        # The glass colour varies slowly: blur a block-averaged copy, then upsample.
+        factor = max(1, int(sigma / 4))
+        weighted = np.concatenate([pixels * glass[..., None], glass[..., None]], axis=2)
+        coarse = _block_mean(weighted.astype(np.float32), factor)
+        coarse = gaussian(coarse, sigma=sigma / factor, mode="nearest", channel_axis=2)
+        coarse_colour = (coarse[..., :3] + prior * global_colour) / (coarse[..., 3:] + prior)
+        background = _upsample(coarse_colour, factor, pixels.shape[:2])
+    background = np.clip(background, 0.5, 1.0)
+    return np.clip(pixels / background, 0.0, 1.0)
+
+
+def _block_mean(values: np.ndarray, factor: int) -> np.ndarray:
+    """Mean of ``factor`` x ``factor`` blocks of ``(H, W, C)`` values (edges padded by edge)."""
+    if factor == 1:
+        return values
+    height, width = values.shape[:2]
+    pad = ((0, -height % factor), (0, -width % factor), (0, 0))
+    values = np.pad(values, pad, mode="edge")
+    blocks = values.reshape(values.shape[0] // factor, factor, values.shape[1] // factor, factor, -1)
+    return blocks.mean(axis=(1, 3))
+
+
+def _upsample(values: np.ndarray, factor: int, shape: tuple[int, ...]) -> np.ndarray:
+    """Bilinear upsampling of block means back to ``shape`` (the inverse of :func:`_block_mean`)."""
+    if factor == 1:
+        return values[: shape[0], : shape[1]]
+    for axis in (0, 1):
+        n_coarse = values.shape[axis]
+        # Centre of fine px i in coarse px units; block centres sit at integer coordinates.
+        position = np.clip((np.arange(shape[axis]) + 0.5) / factor - 0.5, 0.0, n_coarse - 1.0)
+        below = np.minimum(np.floor(position).astype(np.intp), max(n_coarse - 2, 0))
+        above = np.minimum(below + 1, n_coarse - 1)
+        frac = (position - below).astype(np.float32)
+        frac = frac.reshape((-1, 1, 1) if axis == 0 else (1, -1, 1))
+        low = np.take(values, below, axis=axis)
+        values = low + frac * (np.take(values, above, axis=axis) - low)
+    return values
+
+
+def _local_std(values: np.ndarray, usable: np.ndarray, sigma: float) -> np.ndarray:
+    """Local standard deviation of the ``usable`` px of ``values`` over a Gaussian window.
+
+    Px outside ``usable`` do not count (normalised convolution), so glass next to strongly
+    stained tissue does not inherit the tissue's edge as texture.
+    """
+    from skimage.filters import gaussian
+
+    weight = usable.astype(np.float32)
+    stack = np.stack([weight, values * weight, values * values * weight], axis=2)
+    smooth = gaussian(stack, sigma=sigma, mode="nearest", channel_axis=2)
+    total = np.maximum(smooth[..., 0], 1e-6)
+    mean = smooth[..., 1] / total
+    variance = smooth[..., 2] / total - mean * mean
+    return np.where(usable, np.sqrt(np.maximum(variance, 0.0)), 0.0)
+
+
+def _hysteresis(grow: np.ndarray, seeds: np.ndarray) -> np.ndarray:
+    """The 8-connected components of ``grow`` that contain a ``seeds`` px."""
+    from skimage.measure import label
+
+    components, count = label(grow | seeds, connectivity=2, return_num=True)
+    if count == 0:
+        return np.zeros_like(grow)
+    keep = np.zeros(count + 1, dtype=bool)
+    keep[np.unique(components[seeds])] = True
+    keep[0] = False
+    return keep[components]
+
+
+def _fill_holes(mask: np.ndarray, max_area_px: float) -> np.ndarray:
+    """Fill background components not touching the border of at most ``max_area_px`` px."""
+    from skimage.measure import label
+
+    holes, count = label(~mask, connectivity=1, return_num=True)
+    if count == 0:
+        return mask
+    sizes = np.bincount(holes.ravel())
+    border = np.unique(
+        np.concatenate([holes[0], holes[-1], holes[:, 0], holes[:, -1]])
+    )
+    fill = sizes <= max_area_px
+    fill[0] = False
+    fill[border] = False
+    return mask | fill[holes]
+
+
+def _remove_small_objects(mask: np.ndarray, min_area_px: float) -> np.ndarray:
+    """Drop 8-connected tissue components smaller than ``min_area_px`` px."""
+    from skimage.measure import label
+
+    objects, count = label(mask, connectivity=2, return_num=True)
+    if count == 0:
+        return mask
+    sizes = np.bincount(objects.ravel())
+    keep = sizes >= min_area_px
+    keep[0] = False
+    return keep[objects]

@@ -1,0 +1,35 @@
+"""The exception hierarchy of wsiviewer, re-exported from the package root."""
+
+from __future__ import annotations
+
+
+class WsiViewerError(Exception):
+    """Base class of every error wsiviewer raises on purpose."""
+
+
+class SlideOpenError(WsiViewerError):
+    """A slide could not be opened (missing file, unsupported format, corrupt header)."""
+
+
+class SlideReadError(WsiViewerError):
+    """Pixels of an opened slide could not be read (bad level, corrupt tile)."""
+
+
+class ResolutionError(WsiViewerError):
+    """A slide's µm/px is missing, implausible, or too coarse for the model."""
+
+
+class ModelError(WsiViewerError):
+    """A model card or its weights are missing, malformed or do not match."""
+
+
+class DeviceError(WsiViewerError):
+    """The requested compute device is not available."""
+
+
+class StoreError(WsiViewerError):
+    """The results database could not be opened, migrated or written."""
+
+
+class ExportError(WsiViewerError):
+    """An output file could not be written."""
