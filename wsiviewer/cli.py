@@ -24,7 +24,7 @@ EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 
-COMMANDS = ("info", "analyze", "models")
+COMMANDS = ("info", "analyze", "models", "gui")
 
 
 def _probability(text: str) -> float:
@@ -110,6 +110,13 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.add_argument("--quiet", action="store_true", help="no progress bar")
 
     commands.add_parser("models", help="list the installed models")
+
+    gui = commands.add_parser(
+        "gui",
+        help="open the viewer (the default: `wsiviewer` or `wsiviewer SLIDE`)",
+        description=f"Open the desktop viewer, optionally on a slide. {RESEARCH_USE_NOTICE}",
+    )
+    gui.add_argument("slide", type=Path, nargs="?", help="slide to open")
     return parser
 
 
@@ -117,8 +124,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     if not args_list:
-        parser.print_help()
-        return EXIT_OK
+        return _cmd_gui(None)
+    if args_list[0] not in COMMANDS and not args_list[0].startswith("-"):
+        # `wsiviewer SLIDE`: a first argument that is not a subcommand is a slide to open.
+        if len(args_list) > 1:
+            parser.error(f"unexpected arguments after the slide: {' '.join(args_list[1:])}")
+        return _cmd_gui(Path(args_list[0]))
     args = parser.parse_args(args_list)
     try:
         if args.command == "info":
@@ -127,6 +138,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_analyze(args)
         if args.command == "models":
             return _cmd_models()
+        if args.command == "gui":
+            return _cmd_gui(args.slide)
     except KeyboardInterrupt:
         print("wsiviewer: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
@@ -139,6 +152,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _error(message: str) -> None:
     print(f"wsiviewer: error: {message}", file=sys.stderr)
+
+
+def _cmd_gui(slide: Path | None) -> int:
+    # Imported here: Qt only when the viewer is wanted, never for the other commands.
+    from wsiviewer.gui.app import run
+
+    return run(slide)
 
 
 def _cmd_info(args: argparse.Namespace) -> int:

@@ -131,7 +131,7 @@ def analyze(
             f"{grid.l0_patch_size:.1f} px patch at {mpp.value:.3g} µm/px: nothing to analyse"
         )
     else:
-        tissue_mask = detect_tissue(slide, tissue_settings)
+        tissue_mask = detect_tissue(slide, tissue_settings, mpp=mpp.value)
         tissue = tissue_cells(tissue_mask, grid, tissue_settings)
         if not tissue.any():
             notes.append("No tissue found on the slide: nothing to analyse")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,9 +16,9 @@ def atomic_path(path: Path) -> Iterator[Path]:
     A crash or an exception (Ctrl-C included) leaves ``path`` as it was: never a half file.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    tmp_path = Path(tmp_name)
+    tmp_path = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"
+    # Created like any new file (0666 less the umask), unlike mkstemp's private 0600.
+    os.close(os.open(tmp_path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
     try:
         yield tmp_path
         os.replace(tmp_path, path)

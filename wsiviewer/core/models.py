@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -15,6 +13,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from wsiviewer.core.atomic import atomic_path, atomic_write_text
 from wsiviewer.core.cards import ModelCard
 from wsiviewer.errors import ModelError
 
@@ -162,18 +161,10 @@ def write_model(
     folder.mkdir(parents=True, exist_ok=True)
     weights_path = folder / f"{name}.safetensors"
     state = {key: value.detach().cpu().contiguous() for key, value in model.state_dict().items()}
-    fd, tmp_name = tempfile.mkstemp(dir=folder, suffix=".safetensors.tmp")
-    os.close(fd)
-    try:
-        save_file(state, tmp_name, metadata={"name": name})
-        card = {**card_fields, "weights_sha256": sha256_file(Path(tmp_name))}
-        os.replace(tmp_name, weights_path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    with atomic_path(weights_path) as tmp_path:
+        save_file(state, str(tmp_path), metadata={"name": name})
+        card = {**card_fields, "weights_sha256": sha256_file(tmp_path)}
     card_path = folder / f"{name}.json"
-    from wsiviewer.core.atomic import atomic_write_text
-
     atomic_write_text(card_path, json.dumps(card, indent=2) + "\n")
     return card_path
 

@@ -1,30 +1,36 @@
 """Tissue detection: which parts of a slide hold tissue, and which grid cells to analyse.
 
-The mask is computed on a low-resolution overview of the slide (about 8 µm/px), read with
-:meth:`~wsiviewer.core.slide.Slide.read_l0_box` so a huge slide is never read at level 0.
+The mask is computed on a low-resolution overview of the slide (8 µm/px by default), read
+with :meth:`~wsiviewer.core.slide.Slide.read_l0_box`, which picks the coarsest pyramid level
+that is fine enough, so a huge slide is never read at level 0.
 
 Method, in the overview's pixels:
 
-1. **Flat-field correction.** The glass colour is estimated locally (a wide normalised
+1. **Flat-field correction.** The glass colour is estimated locally (a wide, normalised
    Gaussian average of the pixels that look like glass) and every pixel is divided by it, so
-   uneven illumination, a tinted background or tiles scanned at different brightness all
-   become white.
-2. **Stain saturation.** H&E tissue is coloured; glass, dust and grey debris are not. The HSV
-   saturation of the corrected image is thresholded with hysteresis: a *strong* threshold
-   (Otsu, clipped to sane bounds so an all-glass or all-tissue slide still gets a sensible
-   value) seeds tissue, and a *weak* one grows it along faint pixels that touch it. The weak
-   threshold is what keeps breast fat: its vacuoles are as white as glass, but the thin pink
-   membranes between them are faintly coloured and connected to the rest of the tissue.
-3. **Artefacts out.** Near-black pixels (black pen, scanner borders) and pen ink (green,
-   blue, cyan: hues where red is darker than green, which haematoxylin and eosin never give)
-   are never tissue.
-4. **Morphology.** A closing bridges the membranes of fat lobules at the tissue's edge,
-   holes up to a size (fat vacuoles, duct and vessel lumens) are filled, fragments below a
-   size (dust) are dropped, and a small dilation adds a margin so the patches at the tissue's
-   edge are analysed too.
+   a tinted background, uneven illumination or tiles scanned at different brightness all
+   become white glass.
+2. **Artefacts out.** Near-black pixels (black pen, scanner borders) and pen ink (green,
+   blue, cyan: pixels whose green channel is brighter than red, which haematoxylin and eosin
+   never give, as both absorb green most) are never tissue on their own.
+3. **Stain saturation, with hysteresis.** H&E tissue is coloured; glass, dust and grey debris
+   are not. A *strong* threshold on the HSV saturation (Otsu, clipped to sane bounds so an
+   all-glass or all-tissue slide still gets a sensible value) seeds tissue, which then grows
+   over *faint* pixels that touch it: saturation above a weak threshold, or the texture of
+   fat (a high local spread of saturation), in both cases only with the hue of H&E (green
+   the lowest channel), which keeps grey coverslip edges, fibres and dust out.
+4. **Breast fat is tissue.** Its vacuoles are as white as glass, but the thin pink membranes
+   between them are faint, textured and connected; the faint criteria above find them, a
+   closing bridges the membranes, and holes up to a size (vacuoles, duct and vessel lumens,
+   ink enclosed by tissue) are filled.
+5. **Clean-up.** Fragments below a size (dust, specks) are dropped, and a small dilation adds
+   a margin so the patches at the tissue's edge are analysed too.
 
 Sizes are in µm and converted with the slide's µm/px; a slide without one is assumed to be
 scanned at :attr:`TissueSettings.assumed_mpp`.
+
+Known limits: fat whose membranes are grey rather than pink, and tissue under black margin
+ink, can be missed; coverslip edges, air bubbles and pen are (deliberately) not tissue.
 """
 
 from __future__ import annotations
@@ -60,25 +66,27 @@ class TissueSettings:
     #: Bounds of the strong (Otsu) saturation threshold.
     strong_saturation_bounds: tuple[float, float] = (0.08, 0.2)
     #: Weak saturation threshold: faint pixels connected to tissue (fat membranes) are kept.
-    weak_saturation: float = 0.04
+    weak_saturation: float = 0.03
     #: Fat is found by its texture: the local standard deviation of saturation (membranes
     #: against white vacuoles) over a Gaussian window of this sigma (µm) ...
     texture_sigma_um: float = 12.0
-    #: ... above this marks tissue where the saturation is at least ``texture_floor``.
+    #: ... above this marks fat, where the saturation is also above ``texture_floor``.
     texture_threshold: float = 0.03
     texture_floor: float = 0.02
+    #: A faint px has the hue of H&E when its green is at most this (0–1) above red or blue.
+    hue_tolerance: float = 0.01
     #: Pixels whose brightest channel is below this (0–1) are artefacts (black pen, borders).
     dark_value: float = 0.2
-    #: Exclude pen ink (green, blue, cyan): pixels whose green exceeds red by this (0–1).
+    #: Exclude pen ink (green, blue, cyan): px whose green exceeds red by this (0–1); None: off.
     pen_margin: float | None = 0.04
     #: Radius of the morphological closing, µm.
     closing_um: float = 40.0
     #: Holes up to this area (mm²) inside tissue are filled.
-    max_hole_mm2: float = 1.0
+    max_hole_mm2: float = 0.25
     #: Fragments smaller than this area (µm²) are dropped.
-    min_object_um2: float = 10_000.0
+    min_object_um2: float = 5_000.0
     #: Margin added around the tissue, µm.
-    dilation_um: float = 16.0
+    dilation_um: float = 12.0
     #: A grid cell is analysed when at least this fraction of it is tissue.
     min_cell_coverage: float = 0.1
 
@@ -120,10 +128,17 @@ class TissueMask:
     #: Level-0 px per mask px, in x and in y.
     l0_downsample: float
 
+    def __post_init__(self) -> None:
+        if self.mask.ndim != 2 or self.mask.size == 0:
+            raise ValueError(f"Tissue mask must be a non-empty 2-D array, got {self.mask.shape}")
+        if not self.l0_downsample > 0:
+            raise ValueError(f"Invalid l0_downsample {self.l0_downsample}; expected > 0")
+        self.mask = self.mask.astype(bool, copy=False)
+
     @property
     def tissue_fraction(self) -> float:
         """Fraction of the mask's px that are tissue."""
-        return float(self.mask.mean()) if self.mask.size else 0.0
+        return float(self.mask.mean())
 
     def cell_coverage(self, grid: PatchGrid) -> np.ndarray:
         """``(rows, cols) float32``: the fraction of each grid cell covered by tissue.
@@ -158,11 +173,8 @@ class TissueMask:
 
 
 def _interpolate_along(values: np.ndarray, positions: np.ndarray, axis: int) -> np.ndarray:
-    """Linear interpolation of ``values`` at fractional ``positions`` along ``axis``."""
-    n = values.shape[axis]
-    index = np.minimum(np.floor(positions).astype(np.intp), n - 2) if n > 1 else None
-    if index is None:
-        return np.take(values, np.zeros(len(positions), dtype=np.intp), axis=axis)
+    """Linear interpolation of ``values`` (at least 2 long on ``axis``) at ``positions``."""
+    index = np.minimum(np.floor(positions).astype(np.intp), values.shape[axis] - 2)
     frac = positions - index
     shape = [1] * values.ndim
     shape[axis] = len(positions)
@@ -247,38 +259,42 @@ def tissue_cells(mask: TissueMask, grid: PatchGrid, settings: TissueSettings) ->
 
 
 def tissue_from_rgb(rgb: np.ndarray, mpp: float, settings: TissueSettings) -> np.ndarray:
-    """The tissue mask of an ``(H, W, 3) uint8`` overview at ``mpp`` µm/px."""
-    from skimage.filters import gaussian, threshold_otsu
+    """The tissue mask of an ``(H, W, 3) uint8`` overview at ``mpp`` µm per px."""
+    from skimage.filters import gaussian
     from skimage.morphology import isotropic_closing, isotropic_dilation
 
     pixels = rgb.astype(np.float32) / np.float32(255.0)
-    brightest = _channel_max(pixels)
-    artefact = brightest < settings.dark_value
+    dark = _channel_max(pixels) < settings.dark_value
+    corrected = _flat_field(pixels, ~dark, mpp, settings)
+    artefact = dark
     if settings.pen_margin is not None:
-        artefact |= pixels[..., 1] - pixels[..., 0] > settings.pen_margin
+        # Haematoxylin and eosin both absorb green more than red; inks that do not are pen.
+        artefact = dark | (corrected[..., 1] - corrected[..., 0] > settings.pen_margin)
 
-    corrected = _flat_field(pixels, ~artefact, mpp, settings)
     saturation = _saturation(corrected)
-    # A mask finer than the target resolution (slide without µm/px) sees more noise: average
-    # it down to about the target scale.
+    # A mask finer than the target resolution (slide without µm/px) is noisier: average the
+    # saturation to about the target scale.
     smoothing_px = 0.4 * settings.target_mpp / mpp
     if smoothing_px >= 0.5:
         saturation = gaussian(saturation, sigma=smoothing_px, mode="nearest")
     saturation[artefact] = 0.0
-    candidates = saturation[~artefact]
-    low, high = settings.strong_saturation_bounds
-    if candidates.size == 0 or float(np.ptp(candidates)) < 1e-6:
-        strong = high
-    else:
-        strong = float(np.clip(threshold_otsu(candidates), low, high))
+    usable = ~artefact
+    strong = _strong_threshold(saturation[usable], settings.strong_saturation_bounds)
     weak = min(settings.weak_saturation, strong)
     texture = _local_std(
-        saturation, ~artefact & (saturation < strong), max(settings.texture_sigma_um / mpp, 0.5)
+        saturation, usable & (saturation < strong), max(settings.texture_sigma_um / mpp, 0.5)
     )
     textured = (texture > settings.texture_threshold) & (saturation > settings.texture_floor)
-    seeds = (saturation > strong) | textured
-    grow = (saturation > weak) | textured
-    tissue = _hysteresis(grow & ~artefact, seeds & ~artefact)
+    # Faint px count only with the hue of H&E (green the most absorbed channel): that keeps
+    # pink fat membranes and drops grey or yellowish glass edges, dust and fibres.
+    stained = (
+        corrected[..., 1]
+        <= np.minimum(corrected[..., 0], corrected[..., 2]) + settings.hue_tolerance
+    )
+    faint = stained & ((saturation > weak) | textured)
+    seeds = usable & ((saturation > strong) | (textured & stained))
+    grow = usable & ((saturation > strong) | faint)
+    tissue = _hysteresis(grow, seeds)
     if not tissue.any():
         return tissue
 
@@ -286,13 +302,24 @@ def tissue_from_rgb(rgb: np.ndarray, mpp: float, settings: TissueSettings) -> np
     closing_px = settings.closing_um / mpp
     if closing_px >= 1.0:
         tissue = isotropic_closing(tissue, closing_px)
-    tissue &= ~artefact
+    # Pen on glass is dropped; ink or dye enclosed by tissue comes back as a filled hole.
+    tissue &= usable
     tissue = _fill_holes(tissue, max_area_px=settings.max_hole_mm2 * 1e6 / px_area_um2)
     tissue = _remove_small_objects(tissue, min_area_px=settings.min_object_um2 / px_area_um2)
     dilation_px = settings.dilation_um / mpp
     if dilation_px >= 0.5 and tissue.any():
         tissue = isotropic_dilation(tissue, max(dilation_px, 1.0))
     return tissue
+
+
+def _strong_threshold(values: np.ndarray, bounds: tuple[float, float]) -> float:
+    """Otsu's threshold of ``values`` clipped to ``bounds``; the upper bound if degenerate."""
+    from skimage.filters import threshold_otsu
+
+    low, high = bounds
+    if values.size < 2 or float(np.ptp(values)) < 1e-6:
+        return high
+    return float(np.clip(threshold_otsu(values), low, high))
 
 
 def _saturation(pixels: np.ndarray) -> np.ndarray:
@@ -312,18 +339,26 @@ def _flat_field(
 ) -> np.ndarray:
     """``pixels`` divided by a local estimate of the glass colour (white glass stays white).
 
-    Glass is taken to be the usable px that are bright and barely coloured; its colour is
-    averaged with a wide Gaussian, normalised by the glass weight (so tissue does not darken
-    the estimate), and where no glass is near the global glass colour is used.
+    Glass is taken to be the usable px that are bright and barely more coloured than the
+    brightest quarter of the image (the glass tint). Its colour is averaged with a wide
+    Gaussian normalised by the glass weight (so tissue does not darken the estimate); where
+    no glass is near, the slide's median glass colour is used.
     """
     from skimage.filters import gaussian
 
     saturation = _saturation(pixels)
     brightness = pixels.mean(axis=2)
-    glass = usable & (saturation < settings.weak_saturation)
+    if usable.sum() < 16:
+        return pixels
+    # The brightest px are glass on any slide that is not wall-to-wall tissue: their
+    # saturation is the glass tint, which a tinted scan raises for all glass alike.
+    brightest_quarter = usable & (brightness >= np.percentile(brightness[usable], 75))
+    tint = float(np.median(saturation[brightest_quarter]))
+    glass = usable & (saturation < tint + settings.weak_saturation)
     if glass.sum() < 16:
         return pixels
-    glass &= brightness >= np.percentile(brightness[glass], 50) - 0.1
+    # Grey debris and fibres are not glass; vignetting may darken glass a little.
+    glass &= brightness >= np.percentile(brightness[glass], 50) - 0.25
     global_colour = np.median(pixels[glass], axis=0)
     sigma = settings.background_sigma_um / mpp
     prior = 1e-3
@@ -348,7 +383,9 @@ def _block_mean(values: np.ndarray, factor: int) -> np.ndarray:
     height, width = values.shape[:2]
     pad = ((0, -height % factor), (0, -width % factor), (0, 0))
     values = np.pad(values, pad, mode="edge")
-    blocks = values.reshape(values.shape[0] // factor, factor, values.shape[1] // factor, factor, -1)
+    blocks = values.reshape(
+        values.shape[0] // factor, factor, values.shape[1] // factor, factor, -1
+    )
     return blocks.mean(axis=(1, 3))
 
 
@@ -407,9 +444,7 @@ def _fill_holes(mask: np.ndarray, max_area_px: float) -> np.ndarray:
     if count == 0:
         return mask
     sizes = np.bincount(holes.ravel())
-    border = np.unique(
-        np.concatenate([holes[0], holes[-1], holes[:, 0], holes[:, -1]])
-    )
+    border = np.unique(np.concatenate([holes[0], holes[-1], holes[:, 0], holes[:, -1]]))
     fill = sizes <= max_area_px
     fill[0] = False
     fill[border] = False
