@@ -20,6 +20,7 @@ import numpy as np
 from wsiviewer.core.cards import ModelSummary
 from wsiviewer.core.grid import PatchGrid
 from wsiviewer.core.predictor import Predictor
+from wsiviewer.core.prefetch import Prefetcher
 from wsiviewer.core.probability import ProbabilityMap
 from wsiviewer.core.slide import Mpp, Slide
 from wsiviewer.core.tissue import TissueSettings, detect_tissue, tissue_cells
@@ -144,11 +145,13 @@ def analyze(
     done = 0
     if total:
         reader = PatchReader(slide, grid)
-        for grid_rc, patches in reader.iter_batches(tissue, predictor.batch_size):
-            probabilities = predictor.predict(patches)
-            probability_map.probabilities[grid_rc[:, 0], grid_rc[:, 1]] = probabilities
-            done += len(grid_rc)
-            yield AnalysisProgress("inference", done, total, probability_map)
+        # Slide reading runs a batch or two ahead, beside inference.
+        with Prefetcher(reader.iter_batches(tissue, predictor.batch_size), depth=2) as batches:
+            for grid_rc, patches in batches:
+                probabilities = predictor.predict(patches)
+                probability_map.probabilities[grid_rc[:, 0], grid_rc[:, 1]] = probabilities
+                done += len(grid_rc)
+                yield AnalysisProgress("inference", done, total, probability_map)
     timings["inference"] = time.perf_counter() - t0
 
     for note in notes:

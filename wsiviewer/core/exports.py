@@ -400,7 +400,8 @@ def overlay_rgb(
     heatmap = heatmap_rgba(probability_map, colormap=colormap, cell_px=cell_px)
     out_h, out_w = heatmap.shape[:2]
     l0_box = (0.0, 0.0, grid.cols * grid.l0_patch_size, grid.rows * grid.l0_patch_size)
-    background = slide.read_l0_box(l0_box, (out_w, out_h)).astype(np.float32)
+    level = slide.display_level(grid.l0_patch_size / cell_px)
+    background = slide.read_l0_box(l0_box, (out_w, out_h), level=level).astype(np.float32)
     weight = heatmap[..., 3:4].astype(np.float32) / 255.0 * alpha
     blended = background * (1.0 - weight) + heatmap[..., :3].astype(np.float32) * weight
     return np.clip(np.rint(blended), 0, 255).astype(np.uint8)
@@ -579,5 +580,6 @@ def _write_png(
     if empty:
         info.add_text("Empty", "The analysis grid has no cells; this image is a placeholder.")
     buffer = io.BytesIO()
-    image.save(buffer, format="PNG", pnginfo=info)
+    # Level 1: a few times faster than the default 6 on slide pictures, for ~15% more bytes.
+    image.save(buffer, format="PNG", pnginfo=info, compress_level=1)
     return _write_binary(path, lambda handle: handle.write(buffer.getvalue()))

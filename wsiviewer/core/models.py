@@ -189,3 +189,28 @@ def untrained_card_fields(name: str = "cancernet-untrained") -> dict[str, Any]:
         "intended_use": "Testing only: random weights. Research use only, not for diagnosis.",
         "default": False,
     }
+
+
+class PatchClassifier(nn.Module):
+    """A network with its card applied: ``(N, H, W, 3) uint8`` patches in, P(IDC) out.
+
+    Normalisation, temperature-scaled softmax and the choice of the positive class live here,
+    once, so the eager, CUDA and exported (ONNX) paths all compute the same function.
+    """
+
+    def __init__(self, model: nn.Module, card: ModelCard) -> None:
+        super().__init__()
+        self.model = model
+        # (x / 255 - mean) / std  ==  (x - 255 mean) / (255 std)
+        mean = torch.tensor(card.normalization_mean, dtype=torch.float32) * 255.0
+        std = torch.tensor(card.normalization_std, dtype=torch.float32) * 255.0
+        self.register_buffer("offset", mean.view(1, 3, 1, 1))
+        self.register_buffer("scale", std.view(1, 3, 1, 1))
+        self.temperature = float(card.temperature)
+        self.positive_index = card.positive_index
+
+    def forward(self, patches: torch.Tensor) -> torch.Tensor:
+        x = patches.permute(0, 3, 1, 2).float()
+        x = (x - self.offset) / self.scale
+        logits = self.model(x).float() / self.temperature
+        return torch.softmax(logits, dim=1)[:, self.positive_index]

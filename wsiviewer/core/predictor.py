@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from wsiviewer.core.cards import ModelCard
-from wsiviewer.core.models import load_model
+from wsiviewer.core.engines import build_engine
 from wsiviewer.errors import DeviceError, ModelError
 
 DeviceChoice = Literal["auto", "cpu", "cuda"]
@@ -34,6 +34,19 @@ def device_label(device: torch.device) -> str:
     return "CPU"
 
 
+#: Rough device memory one patch needs in flight on CUDA (activations, workspace), bytes.
+_CUDA_BYTES_PER_PATCH = 1_500_000
+
+
+def default_batch_size(device: torch.device) -> int:
+    """512 on the CPU; on CUDA as many as a quarter of the free memory holds (256–8192)."""
+    if device.type != "cuda":
+        return 512
+    free_bytes, _ = torch.cuda.mem_get_info(device)
+    fit = int(free_bytes * 0.25 // _CUDA_BYTES_PER_PATCH)
+    return max(256, min(8192, fit // 256 * 256))
+
+
 class Predictor:
     """Applies a card: normalisation in, temperature-scaled softmax out (P of the IDC class).
 
@@ -44,39 +57,41 @@ class Predictor:
     device
         ``auto``, ``cpu`` or ``cuda``.
     batch_size
-        Patches per forward pass; by default 256 on the CPU, 1024 on a GPU.
+        Patches per forward pass; by default 512 on the CPU and sized to free memory on CUDA.
+    backend
+        ``auto`` (ONNX Runtime on the CPU, torch on CUDA), ``onnx`` or ``torch``.
     """
 
     def __init__(
-        self, card: ModelCard, device: str = "auto", batch_size: int | None = None
+        self,
+        card: ModelCard,
+        device: str = "auto",
+        batch_size: int | None = None,
+        backend: str = "auto",
     ) -> None:
         self.card = card
         self.device = resolve_device(device)
         if batch_size is not None and batch_size <= 0:
             raise ModelError(f"Batch size {batch_size} must be positive")
-        self.batch_size = batch_size or (1024 if self.device.type == "cuda" else 256)
-        self.model = load_model(card).to(self.device)
-        self._mean = torch.tensor(card.normalization_mean, device=self.device).view(1, 3, 1, 1)
-        self._std = torch.tensor(card.normalization_std, device=self.device).view(1, 3, 1, 1)
+        self.batch_size = batch_size or default_batch_size(self.device)
+        self.engine = build_engine(card, self.device, backend)
 
     @property
     def device_name(self) -> str:
         return device_label(self.device)
 
-    @torch.inference_mode()
     def predict(self, patches: np.ndarray) -> np.ndarray:
         """P(IDC) of each patch of ``(N, H, W, 3) uint8`` (H = W = the card's input size)."""
         size = self.card.input_size
-        if patches.ndim != 4 or patches.shape[1:] != (size, size, 3):
-            raise ModelError(f"Patches must be (N, {size}, {size}, 3) uint8, got {patches.shape}")
+        if patches.ndim != 4 or patches.shape[1:] != (size, size, 3) or patches.dtype != np.uint8:
+            raise ModelError(
+                f"Patches must be (N, {size}, {size}, 3) uint8, got {patches.shape} {patches.dtype}"
+            )
         if len(patches) == 0:
             return np.zeros(0, dtype=np.float32)
-        out = np.empty(len(patches), dtype=np.float32)
-        for start in range(0, len(patches), self.batch_size):
-            chunk = torch.from_numpy(np.ascontiguousarray(patches[start : start + self.batch_size]))
-            x = chunk.to(self.device).permute(0, 3, 1, 2).float().div_(255.0)
-            x = (x - self._mean) / self._std
-            logits = self.model(x).float() / self.card.temperature
-            probs = torch.softmax(logits, dim=1)[:, self.card.positive_index]
-            out[start : start + len(chunk)] = probs.cpu().numpy()
-        return out
+        return np.concatenate(
+            [
+                self.engine(patches[start : start + self.batch_size])
+                for start in range(0, len(patches), self.batch_size)
+            ]
+        )

@@ -495,7 +495,8 @@ class _TileCodec:
                 )
             return bytes(imagecodecs.jpeg8_encode(pixels, level=self.quality))
         if self.compression == "deflate":
-            return bytes(imagecodecs.deflate_encode(pixels))
+            # Level 1: 4× faster than the default, and masks (the main user) barely grow.
+            return bytes(imagecodecs.zlib_encode(pixels, level=1))
         return pixels.tobytes()
 
     def encode_uniform(self, value: np.ndarray, tile: int) -> bytes:

@@ -37,6 +37,12 @@ _IDENTIFYING_KEY = re.compile(
     re.IGNORECASE,
 )
 
+#: Most level px one read may hold (16 Mpx of RGBA is 64 MiB); larger boxes are read in strips.
+READ_PIXEL_BUDGET = 16_000_000
+
+#: How much coarser than asked a level may be when drawing a picture (:meth:`Slide.display_level`).
+DISPLAY_LEVEL_SLACK = 1.5
+
 #: Associated images that show the slide label or the whole glass: withheld by default.
 _IDENTIFYING_IMAGES = frozenset({"label", "macro"})
 
@@ -183,6 +189,15 @@ class Slide(ABC):
                 best = level
         return best
 
+    def display_level(self, downsample: float) -> int:
+        """The level to draw a picture at ``downsample`` from (thumbnails, overlays).
+
+        It may be up to :data:`DISPLAY_LEVEL_SLACK` times coarser than asked: invisible in a
+        picture, and on a pyramid with a sparse set of levels it can save reading 16 times
+        the pixels. Analysis never uses this: it reads at least the model's resolution.
+        """
+        return self.best_level_for_downsample(downsample * DISPLAY_LEVEL_SLACK)
+
     def read_l0_box(
         self,
         l0_box: tuple[float, float, float, float],
@@ -203,6 +218,25 @@ class Slide(ABC):
             level = self.best_level_for_downsample(min(l0_w / out_w, l0_h / out_h))
         self._check_level(level)
         level_downsample = self.level_downsamples[level]
+        lv_row_px = (l0_w / level_downsample) * (l0_h / level_downsample) / out_h
+        strip_rows = max(1, int(READ_PIXEL_BUDGET // max(lv_row_px, 1.0)))
+        if strip_rows < out_h:
+            # A big box is read in strips of output rows, so memory stays bounded.
+            l0_per_row = l0_h / out_h
+            strips = [
+                self.read_l0_box(
+                    (
+                        l0_x,
+                        l0_y + row * l0_per_row,
+                        l0_w,
+                        min(strip_rows, out_h - row) * l0_per_row,
+                    ),
+                    (out_w, min(strip_rows, out_h - row)),
+                    level=level,
+                )
+                for row in range(0, out_h, strip_rows)
+            ]
+            return np.concatenate(strips, axis=0)
         lv_x0 = math.floor(l0_x / level_downsample)
         lv_y0 = math.floor(l0_y / level_downsample)
         lv_x1 = math.ceil((l0_x + l0_w) / level_downsample)
@@ -224,7 +258,9 @@ class Slide(ABC):
         width, height = self.dimensions
         scale = max(width, height) / max_size
         out_size = (max(1, round(width / scale)), max(1, round(height / scale)))
-        return self.read_l0_box((0.0, 0.0, float(width), float(height)), out_size)
+        return self.read_l0_box(
+            (0.0, 0.0, float(width), float(height)), out_size, level=self.display_level(scale)
+        )
 
     def close(self) -> None:  # noqa: B027 -- optional for sources that hold nothing
         """Release the file handle, if any."""
@@ -255,6 +291,8 @@ class Slide(ABC):
 
 def _premultiplied_rgba_to_rgb(rgba: np.ndarray) -> np.ndarray:
     """Composite OpenSlide's premultiplied RGBA over white."""
+    if rgba[..., 3].min() == 255:  # fully opaque, the usual case: nothing to composite
+        return np.ascontiguousarray(rgba[..., :3])
     rgb = rgba[..., :3].astype(np.uint16)
     rgb += (255 - rgba[..., 3:4]).astype(np.uint16)
     return np.minimum(rgb, 255).astype(np.uint8)

@@ -1,0 +1,315 @@
+"""Analysis speed: our pipeline against the naive one most tutorials teach, in one run.
+
+Builds, at run time, a 40x slide from a complete IDC patient (default 8975, 2,212 patches):
+the patient tiled back at 4 µm/px, enlarged 16× to 0.25 µm/px (≈58,000×43,000 px), written as
+a JPEG-tiled Aperio pyramid with levels 1, 4, 16, 64, and a second one without a 4 µm/px
+level (1, 4, 32). Each pipeline runs in its own process (so peak RSS is its own) and times
+open → tissue → inference → regions → exports, interpreter start and imports excluded.
+
+- ours: the ``wsiviewer analyze`` path (pyramid level at the model's scale, block reads,
+  reading beside inference, ONNX Runtime on the CPU / torch on CUDA).
+- naive: the same tissue cells, one ``read_region`` of level 0 per patch (800×800 px),
+  PIL resize to 50×50, eager torch in float32, batches of 64.
+
+Nothing it builds is kept, unless --workdir names a folder to reuse between runs.
+
+    python benchmarks/analyze.py [--patient 8975] [--device cpu|cuda] [--workdir DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+IDC_DIR = REPO.parent / "shared" / "data" / "idc"
+VARIANTS = {"with 4 µm/px level": (1, 4, 16, 64), "without (1, 4, 32)": (1, 4, 32)}
+
+
+def build_slide(patient: str, downsamples: tuple[int, ...], path: Path) -> Path:
+    from wsiviewer.core.pyramid import UpsampledSource, write_pyramid_tiff
+    from wsiviewer.training.idc import rebuild_patient
+
+    if path.is_file():
+        return path
+    rebuilt = rebuild_patient(IDC_DIR / patient)
+    return write_pyramid_tiff(
+        path,
+        UpsampledSource(rebuilt.pixels, 16),
+        mpp=0.25,
+        downsamples=downsamples,
+        style="aperio",
+        compression="jpeg",
+        quality=90,
+    )
+
+
+def benchmark_card(workdir: Path) -> Path:
+    """The default shipped model, or a random CancerNet (weights do not change the speed)."""
+    from wsiviewer.core.cards import resolve_model
+    from wsiviewer.errors import ModelError
+
+    try:
+        return resolve_model(None).path
+    except ModelError:
+        import torch
+
+        from wsiviewer.core.models import CancerNet, untrained_card_fields, write_model
+
+        card = workdir / "models" / "cancernet-untrained.json"
+        if not card.is_file():
+            torch.manual_seed(0)
+            write_model(CancerNet().eval(), card.parent, untrained_card_fields())
+        return card
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def model_only_rate(predict, patches, repeats: int = 5) -> float:  # type: ignore[no-untyped-def]
+    predict(patches)  # warm up
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        predict(patches)
+        best = min(best, time.perf_counter() - start)
+    return len(patches) / best
+
+
+def run_ours(slide_path: Path, card_path: Path, out: Path, device: str) -> dict[str, object]:
+    from wsiviewer.core.analysis import analyze
+    from wsiviewer.core.cards import ModelCard
+    from wsiviewer.core.engines import probe_patches
+    from wsiviewer.core.exports import write_outputs
+    from wsiviewer.core.predictor import Predictor
+    from wsiviewer.core.regions import find_regions
+    from wsiviewer.core.slide import open_slide
+
+    card = ModelCard.from_file(card_path)
+    Predictor(card, device=device)  # exports and caches the ONNX model once, untimed
+    stages: dict[str, float] = {}
+    start = time.perf_counter()
+    predictor = Predictor(card, device=device)
+    stages["model load"] = time.perf_counter() - start
+    with open_slide(slide_path) as slide:
+        run = analyze(slide, predictor, mpp=slide.resolve_mpp())
+        while True:
+            try:
+                next(run)
+            except StopIteration as finished:
+                analysis = finished.value
+                break
+        stages["tissue"] = analysis.timings_s["tissue"]
+        stages["inference"] = analysis.timings_s["inference"]
+        t0 = time.perf_counter()
+        regions = find_regions(analysis.probability_map, card.threshold)
+        write_outputs(out, analysis, regions, slide)
+        stages["regions+exports"] = time.perf_counter() - t0
+    wall = time.perf_counter() - start
+    patches = analysis.probability_map.scored_count
+    probe = probe_patches(card, 512)
+    return {
+        "wall_s": wall,
+        "stages": stages,
+        "patches": patches,
+        "engine": predictor.engine.name,
+        "model_only_per_s": model_only_rate(predictor.predict, probe),
+        "peak_rss_mb": peak_rss_mb(),
+    }
+
+
+def run_naive(slide_path: Path, card_path: Path, out: Path, device: str) -> dict[str, object]:
+    import numpy as np
+    import openslide
+    import torch
+    from PIL import Image
+
+    from wsiviewer.core.analysis import Analysis, SlideSummary
+    from wsiviewer.core.cards import ModelCard
+    from wsiviewer.core.engines import probe_patches
+    from wsiviewer.core.exports import write_outputs
+    from wsiviewer.core.grid import PatchGrid
+    from wsiviewer.core.models import load_model
+    from wsiviewer.core.probability import ProbabilityMap
+    from wsiviewer.core.regions import find_regions
+    from wsiviewer.core.slide import Mpp, OpenSlideSource
+    from wsiviewer.core.tissue import TissueSettings, detect_tissue, tissue_cells
+
+    card = ModelCard.from_file(card_path)
+    torch_device = torch.device("cuda" if device == "cuda" else "cpu")
+    stages: dict[str, float] = {}
+    start = time.perf_counter()
+    model = load_model(card).to(torch_device)
+    mean = torch.tensor(card.normalization_mean, device=torch_device).view(1, 3, 1, 1)
+    std = torch.tensor(card.normalization_std, device=torch_device).view(1, 3, 1, 1)
+
+    def predict(patches: np.ndarray) -> np.ndarray:
+        x = torch.from_numpy(patches).to(torch_device).permute(0, 3, 1, 2).float() / 255.0
+        with torch.no_grad():
+            logits = model((x - mean) / std) / card.temperature
+        return torch.softmax(logits, 1)[:, card.positive_index].cpu().numpy()
+
+    stages["model load"] = time.perf_counter() - start
+    t0 = time.perf_counter()
+    slide = OpenSlideSource(slide_path)
+    osr = openslide.OpenSlide(slide_path)
+    mpp = Mpp(float(osr.properties["openslide.mpp-x"]), "metadata")
+    grid = PatchGrid.for_slide(osr.dimensions, mpp.value, card.input_mpp, card.input_size)
+    settings = TissueSettings()
+    tissue = tissue_cells(detect_tissue(slide, settings, mpp=mpp.value), grid, settings)
+    stages["tissue"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    probabilities = np.full(grid.shape, np.nan, dtype=np.float32)
+    cells = np.argwhere(tissue)
+    size = round(grid.l0_patch_size)
+    for begin in range(0, len(cells), 64):
+        batch_cells = cells[begin : begin + 64]
+        patches = []
+        for row, col in batch_cells:
+            x, y = round(col * grid.l0_patch_size), round(row * grid.l0_patch_size)
+            region = osr.read_region((x, y), 0, (size, size)).convert("RGB")
+            patches.append(np.asarray(region.resize((card.input_size, card.input_size))))
+        probabilities[batch_cells[:, 0], batch_cells[:, 1]] = predict(np.stack(patches))
+    stages["inference"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    pmap = ProbabilityMap(grid, probabilities, tissue)
+    analysis = Analysis(
+        SlideSummary(slide.identity, slide.vendor, slide.dimensions, mpp),
+        card.summary(),
+        settings,
+        pmap,
+        "CPU",
+        64,
+        "",
+    )
+    write_outputs(out, analysis, find_regions(pmap, card.threshold), slide)
+    stages["regions+exports"] = time.perf_counter() - t0
+    wall = time.perf_counter() - start
+    return {
+        "wall_s": wall,
+        "stages": stages,
+        "patches": int(tissue.sum()),
+        "engine": f"eager torch ({torch_device.type})",
+        "model_only_per_s": model_only_rate(predict, probe_patches(card, 512)),
+        "peak_rss_mb": peak_rss_mb(),
+    }
+
+
+def child(args: argparse.Namespace) -> None:
+    runner = run_ours if args.pipeline == "ours" else run_naive
+    # Imports happen before the clock starts: "interpreter start excluded".
+    import torch  # noqa: F401
+
+    import wsiviewer.core.analysis
+    import wsiviewer.core.exports  # noqa: F401
+
+    result = runner(Path(args.slide), Path(args.card), Path(args.out), args.device)
+    print(json.dumps(result))
+
+
+def measure(pipeline: str, slide: Path, card: Path, device: str, workdir: Path) -> dict:  # type: ignore[type-arg]
+    out = Path(tempfile.mkdtemp(prefix=f"out-{pipeline}-", dir=workdir))
+    env = {**os.environ, "WSIVIEWER_DATA_DIR": str(workdir / "data")}
+    result = subprocess.run(
+        [
+            sys.executable,
+            __file__,
+            "--child",
+            pipeline,
+            "--slide",
+            str(slide),
+            "--card",
+            str(card),
+            "--out",
+            str(out),
+            "--device",
+            device,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=env,
+    )
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--patient", default="8975")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--workdir", type=Path, help="reuse slides built here (default: temp)")
+    parser.add_argument("--skip-naive", action="store_true")
+    parser.add_argument("--child", choices=["ours", "naive"], dest="pipeline")
+    parser.add_argument("--slide")
+    parser.add_argument("--card")
+    parser.add_argument("--out")
+    args = parser.parse_args()
+    if args.pipeline:
+        child(args)
+        return
+
+    temp = None
+    if args.workdir is None:
+        temp = tempfile.TemporaryDirectory(prefix="wsiviewer-bench-")
+        args.workdir = Path(temp.name)
+    workdir = args.workdir.resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    os.environ["WSIVIEWER_DATA_DIR"] = str(workdir / "data")
+    card = benchmark_card(workdir)
+    print(f"# wsiviewer analysis benchmark — patient {args.patient}, model {card.stem}")
+    print(
+        f"# {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+        f"device {args.device}, Python {platform.python_version()}"
+    )
+    rows = []
+    for variant, downsamples in VARIANTS.items():
+        start = time.perf_counter()
+        name = "-".join(map(str, downsamples))
+        slide = build_slide(args.patient, downsamples, workdir / f"{args.patient}-{name}.svs")
+        built = time.perf_counter() - start
+        from wsiviewer.core.slide import open_slide
+
+        with open_slide(slide) as opened:
+            dims = opened.dimensions
+        print(f"# slide {variant}: {dims[0]}×{dims[1]} px, levels {downsamples} (built {built:.0f} s)")
+        pipelines = ["ours"] if args.skip_naive else ["ours", "naive"]
+        results = {p: measure(p, slide, card, args.device, workdir) for p in pipelines}
+        rows.append((variant, results))
+
+    header = (
+        f"{'slide':<20} {'pipeline':<8} {'engine':<20} {'wall s':>7} {'tissue':>7} {'infer':>7} "
+        f"{'export':>7} {'patches':>7} {'patch/s':>8} {'model/s':>8} {'RSS MB':>7}"
+    )
+    print()
+    print(header)
+    print("-" * len(header))
+    for variant, results in rows:
+        for pipeline, r in results.items():
+            st = r["stages"]
+            print(
+                f"{variant:<20} {pipeline:<8} {r['engine']:<20} {r['wall_s']:>7.2f} "
+                f"{st['tissue']:>7.2f} {st['inference']:>7.2f} {st['regions+exports']:>7.2f} "
+                f"{r['patches']:>7d} {r['patches'] / r['wall_s']:>8.0f} "
+                f"{r['model_only_per_s']:>8.0f} {r['peak_rss_mb']:>7.0f}"
+            )
+        if "naive" in results:
+            ours, naive = results["ours"], results["naive"]
+            print(
+                f"{'':<20} ratio    end to end {naive['wall_s'] / ours['wall_s']:.1f}× faster, "
+                f"model only {ours['model_only_per_s'] / naive['model_only_per_s']:.1f}× faster"
+            )
+    if temp is not None:
+        temp.cleanup()
+
+
+if __name__ == "__main__":
+    main()
