@@ -348,9 +348,13 @@ def test_overlay_blends_the_heatmap_over_the_slide(
     heatmap = heatmap_rgba(probability_map)
     overlay = overlay_rgb(slide, probability_map)
     assert overlay.shape == (*heatmap.shape[:2], 3)
+    l0_width = grid.cols * grid.l0_patch_size
+    # A picture may come from a slightly coarser level than the output needs.
+    level = slide.display_level(l0_width / heatmap.shape[1])
     background = slide.read_l0_box(
-        (0.0, 0.0, grid.cols * grid.l0_patch_size, grid.rows * grid.l0_patch_size),
+        (0.0, 0.0, l0_width, grid.rows * grid.l0_patch_size),
         (heatmap.shape[1], heatmap.shape[0]),
+        level=level,
     ).astype(float)
     unscored = heatmap[..., 3] == 0
     assert (overlay[unscored] == background[unscored]).all()
