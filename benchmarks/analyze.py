@@ -131,7 +131,6 @@ def run_naive(slide_path: Path, card_path: Path, out: Path, device: str) -> dict
     import numpy as np
     import openslide
     import torch
-    from PIL import Image
 
     from wsiviewer.core.analysis import Analysis, SlideSummary
     from wsiviewer.core.cards import ModelCard
@@ -280,7 +279,9 @@ def main() -> None:
 
         with open_slide(slide) as opened:
             dims = opened.dimensions
-        print(f"# slide {variant}: {dims[0]}×{dims[1]} px, levels {downsamples} (built {built:.0f} s)")
+        print(
+            f"# slide {variant}: {dims[0]}×{dims[1]} px, levels {downsamples} (built {built:.0f} s)"
+        )
         pipelines = ["ours"] if args.skip_naive else ["ours", "naive"]
         results = {p: measure(p, slide, card, args.device, workdir) for p in pipelines}
         rows.append((variant, results))

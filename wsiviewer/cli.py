@@ -204,14 +204,13 @@ def _output_folders(slides: Sequence[Path], out: Path) -> list[Path]:
 
 
 def _cmd_analyze(args: argparse.Namespace) -> int:
-    from wsiviewer.core.cards import resolve_model
-    from wsiviewer.core.predictor import Predictor
-
     # Import everything analysis needs now, not at the first slide: a Ctrl-C that lands inside
     # an import can leave CPython to end the process by SIGINT instead of exiting with 130.
     import wsiviewer.core.analysis
     import wsiviewer.core.exports
     import wsiviewer.core.store  # noqa: F401
+    from wsiviewer.core.cards import resolve_model
+    from wsiviewer.core.predictor import Predictor
 
     card = resolve_model(args.model)
     predictor = Predictor(card, device=args.device, batch_size=args.batch_size)

@@ -1,0 +1,202 @@
+"""Analysis in a worker thread: the core generator on a superqt ``GeneratorWorker``.
+
+The worker opens its own slide handle (OpenSlide errors latch per handle, so a corrupt tile
+there cannot break the viewer), imports torch only when it starts, yields a copy of the partial
+probability map after every batch, and records the finished analysis and its regions at the
+card's threshold in the Store exactly as ``wsiviewer analyze`` does. Nothing here touches a
+widget: :class:`AnalysisRunner` turns the worker's signals into its own.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Generator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+from PySide6.QtCore import QObject, QThreadPool, Signal
+from superqt.utils import GeneratorWorker, create_worker
+
+from wsiviewer.core.cards import ModelCard
+from wsiviewer.core.grid import PatchGrid
+from wsiviewer.core.slide import Mpp
+from wsiviewer.errors import ModelError, WsiViewerError
+
+if TYPE_CHECKING:
+    # wsiviewer.core.analysis imports torch: only the worker imports it, when it starts.
+    from wsiviewer.core.analysis import Analysis
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class AnalysisJob:
+    """Everything the worker needs; immutable, shared by nothing mutable."""
+
+    slide_path: Path
+    card: ModelCard
+    mpp: Mpp
+    device: str = "auto"
+    batch_size: int | None = None
+
+
+@dataclass(frozen=True)
+class AnalysisUpdate:
+    """One step, as the GUI sees it: the stage, counts, device and a copy of the map."""
+
+    stage: str
+    done: int
+    total: int
+    device: str | None = None
+    grid: PatchGrid | None = None
+    probabilities: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class AnalysisOutcome:
+    analysis: Analysis
+    analysis_id: int
+    region_count: int
+
+
+def run_analysis(job: AnalysisJob) -> Generator[AnalysisUpdate, None, AnalysisOutcome]:
+    """The worker's generator; closing it between yields cancels cleanly."""
+    try:
+        return (yield from _run_analysis(job))
+    except RuntimeError as exc:
+        # superqt turns a RuntimeError into a warning, not ``errored``; torch raises them.
+        raise ModelError(f"Analysis failed: {exc}") from exc
+
+
+def _run_analysis(job: AnalysisJob) -> Generator[AnalysisUpdate, None, AnalysisOutcome]:
+    yield AnalysisUpdate("loading model", 0, 0)
+    t_start = time.perf_counter()
+    # Imported here, on the worker, when first needed: torch costs seconds at startup.
+    from wsiviewer.core.analysis import analyze
+    from wsiviewer.core.predictor import Predictor
+    from wsiviewer.core.regions import find_regions
+    from wsiviewer.core.slide import open_slide
+    from wsiviewer.core.store import Store
+
+    predictor = Predictor(job.card, device=job.device, batch_size=job.batch_size)
+    device = predictor.device_name
+    with open_slide(job.slide_path) as slide:
+        run = analyze(slide, predictor, mpp=job.mpp)
+        try:
+            while True:
+                try:
+                    progress = next(run)
+                except StopIteration as finished:
+                    analysis: Analysis = finished.value
+                    break
+                pmap = progress.probability_map
+                yield AnalysisUpdate(
+                    progress.stage,
+                    progress.done,
+                    progress.total,
+                    device,
+                    None if pmap is None else pmap.grid,
+                    None if pmap is None else pmap.probabilities.copy(),
+                )
+        finally:
+            run.close()
+    yield AnalysisUpdate("saving", analysis.probability_map.scored_count, 0, device)
+    region_set = find_regions(analysis.probability_map, job.card.threshold)
+    analysis.timings_s["total"] = time.perf_counter() - t_start
+    with Store.open() as store:
+        analysis_id = store.save_analysis(analysis)
+        store.save_region_set(analysis_id, region_set)
+    return AnalysisOutcome(analysis, analysis_id, len(region_set))
+
+
+def _forward(
+    gen: Generator[AnalysisUpdate, None, AnalysisOutcome],
+) -> Generator[AnalysisUpdate, None, AnalysisOutcome]:
+    return (yield from gen)
+
+
+class AnalysisRunner(QObject):
+    """Starts, cancels and reports one analysis at a time.
+
+    Signals
+    -------
+    analysis_progressed(AnalysisUpdate)
+    analysis_finished(AnalysisOutcome)
+    analysis_failed(str)
+        The message names the problem.
+    analysis_cancelled()
+    analysis_warned(str)
+    stopped()
+        The worker is gone (after finished, failed or cancelled).
+    """
+
+    analysis_progressed = Signal(object)
+    analysis_finished = Signal(object)
+    analysis_failed = Signal(str)
+    analysis_cancelled = Signal()
+    analysis_warned = Signal(str)
+    stopped = Signal()
+
+    def __init__(self, parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        self._worker: GeneratorWorker | None = None
+        self._generator: Generator[AnalysisUpdate, None, AnalysisOutcome] | None = None
+        self.job: AnalysisJob | None = None
+
+    @property
+    def running(self) -> bool:
+        return self._worker is not None
+
+    def start(self, job: AnalysisJob) -> None:
+        if self._worker is not None:
+            raise RuntimeError("An analysis is already running")
+        self.job = job
+        self._generator = run_analysis(job)
+        worker = create_worker(_forward, self._generator, _start_thread=False)
+        assert isinstance(worker, GeneratorWorker)
+        worker.yielded.connect(self.analysis_progressed)
+        worker.returned.connect(self.analysis_finished)
+        worker.errored.connect(self._on_errored)
+        worker.aborted.connect(self.analysis_cancelled)
+        worker.warned.connect(self._on_warned)
+        worker.finished.connect(self._on_finished)
+        self._worker = worker
+        worker.start()
+
+    def cancel(self) -> None:
+        """Ask the worker to stop; it does so after the batch in progress."""
+        if self._worker is not None:
+            self._worker.quit()
+
+    def wait(self, timeout_ms: int = 30_000) -> bool:
+        """Block until the worker thread ends (window closing); ``True`` if it did."""
+        if self._worker is None:
+            return True
+        done = QThreadPool.globalInstance().waitForDone(timeout_ms)
+        if done:
+            self._on_finished()
+        return done
+
+    def _on_errored(self, exc: BaseException) -> None:
+        if isinstance(exc, WsiViewerError | OSError):
+            self.analysis_failed.emit(str(exc))
+        else:
+            log.error("Analysis failed unexpectedly", exc_info=exc)
+            self.analysis_failed.emit(f"Unexpected error: {type(exc).__name__}: {exc}")
+
+    def _on_warned(self, warning: tuple[object, ...]) -> None:
+        self.analysis_warned.emit(str(warning[0]))
+
+    def _on_finished(self) -> None:
+        if self._worker is None:
+            return
+        self._worker = None
+        generator, self._generator = self._generator, None
+        if generator is not None:
+            # A cancelled run stops at a yield: close it here (the worker is done with it)
+            # so its slide handle and the core generator are released now.
+            generator.close()
+        self.stopped.emit()

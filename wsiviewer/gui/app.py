@@ -1,0 +1,37 @@
+"""Start the viewer: a QApplication, the main window, optionally a slide to open."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from PySide6.QtCore import QTimer
+from PySide6.QtWidgets import QApplication
+
+from wsiviewer.gui.main_window import MainWindow
+
+
+def application(argv: Sequence[str] | None = None) -> QApplication:
+    """The running QApplication, created if needed."""
+    app = QApplication.instance()
+    if app is None:
+        app = QApplication(list(argv) if argv is not None else sys.argv[:1])
+    assert isinstance(app, QApplication)
+    app.setApplicationName("wsiviewer")
+    app.setOrganizationName("wsiviewer")
+    app.setApplicationDisplayName("wsiviewer")
+    return app
+
+
+def run(slide: str | Path | None = None) -> int:
+    """Show the main window (and open ``slide`` once it is on screen); run until closed.
+
+    torch is not imported here: the window is up before the first analysis needs it.
+    """
+    app = application()
+    window = MainWindow()
+    window.show()
+    if slide is not None:
+        QTimer.singleShot(0, lambda: window.open_slide(slide))
+    return app.exec()

@@ -1,0 +1,194 @@
+"""Screenshots of the viewer's main states, for looking at it (run under Xvfb).
+
+    xvfb-run -s "-screen 0 1920x1200x24" python -m wsiviewer.gui.screenshots OUTDIR [SLIDE]
+
+Drives the real window and saves PNGs into OUTDIR: the slide open, zoomed in with the overview,
+the heatmap overlay at two zooms, the model card, the slide information, an analysis running,
+and the error dialog of an unopenable file.
+
+The heatmap is a SYNTHETIC demonstration map: no trained model ships yet and a random one gives
+near-constant probabilities, so this script records, in a throw-away data folder, an analysis
+whose probabilities are smooth blobs over the slide's tissue. The window says which analysis it
+shows; the screenshots are labelled "synthetic". Never use them as results.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+DEFAULT_SLIDE = (
+    Path(__file__).resolve().parents[3] / "shared" / "data" / "wsi" / "cmu-1-small-region.svs"
+)
+
+
+def _wait(app: object, condition: object, timeout: float = 30.0) -> None:
+    deadline = time.perf_counter() + timeout
+    while not condition():  # type: ignore[operator]
+        app.processEvents()  # type: ignore[attr-defined]
+        if time.perf_counter() > deadline:
+            raise TimeoutError("the viewer did not settle")
+        time.sleep(0.01)
+    for _ in range(5):
+        app.processEvents()  # type: ignore[attr-defined]
+        time.sleep(0.01)
+
+
+def _synthetic_analysis(slide_path: Path, models_dir: Path) -> Path:
+    """Record a synthetic analysis (smooth blobs over tissue) with a random tiny model."""
+    import torch
+
+    from wsiviewer.core.analysis import Analysis, SlideSummary
+    from wsiviewer.core.cards import ModelCard
+    from wsiviewer.core.grid import PatchGrid
+    from wsiviewer.core.models import CancerNet, untrained_card_fields, write_model
+    from wsiviewer.core.probability import ProbabilityMap
+    from wsiviewer.core.slide import open_slide
+    from wsiviewer.core.store import Store
+    from wsiviewer.core.tissue import TissueSettings, detect_tissue, tissue_cells
+
+    torch.manual_seed(0)
+    fields = untrained_card_fields("synthetic-demo")
+    fields["training_data"] = "none: random weights; the heatmap shown is SYNTHETIC (screenshots)"
+    card_path = write_model(CancerNet().eval(), models_dir, fields)
+    card = ModelCard.from_file(card_path)
+    with open_slide(slide_path) as slide:
+        mpp = slide.resolve_mpp(None if slide.mpp else 0.25)
+        grid = PatchGrid.for_slide(slide.dimensions, mpp.value, card.input_mpp, card.input_size)
+        settings = TissueSettings()
+        tissue = tissue_cells(detect_tissue(slide, settings), grid, settings)
+        rng = np.random.default_rng(3)
+        rows, cols = np.mgrid[0 : grid.rows, 0 : grid.cols]
+        field = np.zeros(grid.shape)
+        tissue_rc = np.argwhere(tissue)
+        for row, col in tissue_rc[rng.choice(len(tissue_rc), size=min(6, len(tissue_rc)))]:
+            radius = max(1.5, 0.08 * max(grid.shape))
+            field += np.exp(-((rows - row) ** 2 + (cols - col) ** 2) / (2 * radius**2))
+        field = field / max(field.max(), 1e-6)
+        probabilities = np.where(
+            tissue, np.clip(0.05 + 0.9 * field + rng.normal(0, 0.04, grid.shape), 0, 1), np.nan
+        ).astype(np.float32)
+        analysis = Analysis(
+            slide=SlideSummary(slide.identity, slide.vendor, slide.dimensions, mpp),
+            model=card.summary(),
+            tissue_settings=settings,
+            probability_map=ProbabilityMap(grid, probabilities, tissue),
+            device="synthetic (screenshots)",
+            batch_size=0,
+            started_at="2025-01-01T00:00:00+00:00",
+        )
+    with Store.open() as store:
+        store.save_analysis(analysis)
+    return card_path
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help"):
+        print(__doc__)
+        return 0 if args else 2
+    out_dir = Path(args[0])
+    slide_path = Path(args[1]) if len(args) > 1 else DEFAULT_SLIDE
+    out_dir.mkdir(parents=True, exist_ok=True)
+    data_dir = tempfile.mkdtemp(prefix="wsiviewer-screenshots-")
+    os.environ["WSIVIEWER_DATA_DIR"] = data_dir  # never the user's Store
+    print(f"Synthetic demonstration data in {data_dir} (not real results)")
+
+    from PySide6.QtCore import QSettings
+    from PySide6.QtWidgets import QApplication
+
+    from wsiviewer.gui.app import application
+    from wsiviewer.gui.main_window import MainWindow
+
+    app = application()
+    settings = QSettings(str(Path(data_dir) / "settings.ini"), QSettings.Format.IniFormat)
+    window = MainWindow(settings=settings)
+    window.resize(1800, 1100)
+    window.move(0, 0)
+    window.show()
+    _wait(app, window.isVisible)
+
+    def save(name: str, whole_screen: bool = False) -> None:
+        app.processEvents()
+        if whole_screen:
+            image = QApplication.primaryScreen().grabWindow(0)
+        else:
+            image = window.grab()
+        path = out_dir / f"{name}.png"
+        image.save(str(path))
+        print(f"saved {path}")
+
+    if not window.open_slide(slide_path):
+        print(f"cannot open {slide_path}", file=sys.stderr)
+        return 1
+    _wait(app, lambda: window.view.settled)
+    save("01-slide-open")
+
+    width, height = window.slide.dimensions  # type: ignore[union-attr]
+    window.view.set_magnification(10 if window.view.mpp else 1)
+    window.view.center_on_l0(width * 0.45, height * 0.5)
+    _wait(app, lambda: window.view.settled)
+    save("02-zoomed-with-overview")
+
+    window.close_slide()
+    card_path = _synthetic_analysis(slide_path, Path(data_dir) / "models")
+    window.reload_models(preferred="synthetic-demo")
+    window.open_slide(slide_path)
+    _wait(app, lambda: window.shown_analysis_id is not None and window.view.settled)
+    window.overlay_dock.raise_()
+    save("03-heatmap-synthetic-fit")
+    window.view.set_magnification(5 if window.view.mpp else 1)
+    grid = window.view.grid
+    probabilities = window.view.probabilities
+    if grid is not None and probabilities is not None and np.isfinite(probabilities).any():
+        row, col = np.unravel_index(np.nanargmax(probabilities), probabilities.shape)
+        x, y, size, _ = grid.l0_box((int(row), int(col)))
+        window.view.center_on_l0(x + size / 2, y + size / 2)
+        view_pos = window.view.map_l0_to_view((x + size / 2, y + size / 2))
+        window._on_cursor_moved(x + size / 2, y + size / 2)
+        print(f"cursor over cell {(row, col)} at view {view_pos.x():.0f},{view_pos.y():.0f}")
+    _wait(app, lambda: window.view.settled)
+    save("04-heatmap-synthetic-zoomed")
+
+    window.model_dock.show()
+    window.model_dock.raise_()
+    save("05-model-card")
+    window.info_dock.show()
+    window.info_dock.raise_()
+    save("06-slide-info")
+
+    window.batch_size = 8
+    window.overlay_dock.raise_()
+    updates: list[object] = []
+    window.runner.analysis_progressed.connect(updates.append)
+    if window.analyze():
+        _wait(
+            app,
+            lambda: (
+                sum(getattr(u, "stage", "") == "inference" for u in updates) >= 3
+                or not window.runner.running
+            ),
+            timeout=120,
+        )
+        save("07-analysis-running")
+        window.runner.cancel()
+        _wait(app, lambda: not window.runner.running, timeout=120)
+
+    unopenable = slide_path.parent / "fixtures" / "unopenable.tiff"
+    if unopenable.exists():
+        window.open_slide(unopenable)
+        _wait(app, lambda: window.last_error_box is not None and window.last_error_box.isVisible())
+        save("08-error-dialog", whole_screen=True)
+        window.last_error_box.accept()  # type: ignore[union-attr]
+    window.close()
+    card_path.unlink(missing_ok=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

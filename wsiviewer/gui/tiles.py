@@ -1,0 +1,407 @@
+"""Viewport tiles: immutable requests, a small executor, a byte-bounded cache.
+
+Follows napari's slicer: the view asks for the tiles it needs (:meth:`TileLoader.request`),
+requests no longer wanted are cancelled before they start (and dropped if they already
+started), tiles are read off the GUI thread by a two-thread executor, and results reach the GUI
+thread only through a queued signal, where they enter the :class:`TileCache`.
+
+Frames: a tile is ``TILE_SIZE`` px of one pyramid level (``lv_`` px); its level-0 box is
+``lv * downsample``. The scene of :class:`~wsiviewer.gui.slide_view.SlideView` is in level-0 px.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import weakref
+from collections import OrderedDict
+from collections.abc import Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_futures
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+from PySide6.QtCore import QObject, Qt, Signal, Slot
+from PySide6.QtGui import QImage
+
+from wsiviewer.core.slide import OpenSlideSource, Slide
+from wsiviewer.errors import SlideOpenError, SlideReadError, WsiViewerError
+
+log = logging.getLogger(__name__)
+
+#: Side of a tile in level px; matches the 512 px tiles most scanners write.
+TILE_SIZE = 512
+
+#: Default byte budget of the tile cache (decoded 32-bit tiles: 1 MiB each).
+DEFAULT_CACHE_BYTES = 256 * 2**20
+
+
+@dataclass(frozen=True, order=True)
+class TileKey:
+    """One tile: ``(col, row)`` in the tile grid of pyramid ``level``."""
+
+    level: int
+    col: int
+    row: int
+
+
+@dataclass(frozen=True)
+class TileRequest:
+    """What a worker needs to read one tile; immutable, so workers share nothing mutable."""
+
+    key: TileKey
+    #: Level-0 top-left of the tile, px.
+    l0_xy: tuple[int, int]
+    #: ``(width, height)`` in level px (edge tiles are smaller than :data:`TILE_SIZE`).
+    lv_size: tuple[int, int]
+    #: The slide session the request belongs to; results of older sessions are dropped.
+    generation: int
+
+
+class TileLayout:
+    """The tile grid of every level of a slide: which tiles cover a level-0 box, and where."""
+
+    def __init__(
+        self,
+        level_dimensions: Sequence[tuple[int, int]],
+        level_downsamples: Sequence[float],
+        tile_size: int = TILE_SIZE,
+    ) -> None:
+        self.level_dimensions = tuple(level_dimensions)
+        self.level_downsamples = tuple(level_downsamples)
+        self.tile_size = tile_size
+
+    @property
+    def level_count(self) -> int:
+        return len(self.level_dimensions)
+
+    def tile_counts(self, level: int) -> tuple[int, int]:
+        """``(cols, rows)`` of the tile grid of ``level``."""
+        width, height = self.level_dimensions[level]
+        return math.ceil(width / self.tile_size), math.ceil(height / self.tile_size)
+
+    def lv_size(self, key: TileKey) -> tuple[int, int]:
+        width, height = self.level_dimensions[key.level]
+        lv_x, lv_y = key.col * self.tile_size, key.row * self.tile_size
+        return min(self.tile_size, width - lv_x), min(self.tile_size, height - lv_y)
+
+    def l0_box(self, key: TileKey) -> tuple[float, float, float, float]:
+        """Level-0 ``(x, y, width, height)`` the tile covers."""
+        downsample = self.level_downsamples[key.level]
+        lv_w, lv_h = self.lv_size(key)
+        return (
+            key.col * self.tile_size * downsample,
+            key.row * self.tile_size * downsample,
+            lv_w * downsample,
+            lv_h * downsample,
+        )
+
+    def tiles_in(self, level: int, l0_box: tuple[float, float, float, float]) -> list[TileKey]:
+        """Tiles of ``level`` that intersect the level-0 box, nearest its centre first."""
+        downsample = self.level_downsamples[level]
+        span = self.tile_size * downsample
+        cols, rows = self.tile_counts(level)
+        l0_x, l0_y, l0_w, l0_h = l0_box
+        col0 = max(0, math.floor(l0_x / span))
+        row0 = max(0, math.floor(l0_y / span))
+        col1 = min(cols - 1, math.ceil((l0_x + l0_w) / span) - 1)
+        row1 = min(rows - 1, math.ceil((l0_y + l0_h) / span) - 1)
+        if col1 < col0 or row1 < row0:
+            return []
+        centre_col = (l0_x + l0_w / 2) / span - 0.5
+        centre_row = (l0_y + l0_h / 2) / span - 0.5
+        keys = [
+            TileKey(level, col, row)
+            for row in range(row0, row1 + 1)
+            for col in range(col0, col1 + 1)
+        ]
+        keys.sort(key=lambda k: (k.col - centre_col) ** 2 + (k.row - centre_row) ** 2)
+        return keys
+
+    def request(self, key: TileKey, generation: int) -> TileRequest:
+        downsample = self.level_downsamples[key.level]
+        l0_xy = (
+            round(key.col * self.tile_size * downsample),
+            round(key.row * self.tile_size * downsample),
+        )
+        return TileRequest(key, l0_xy, self.lv_size(key), generation)
+
+
+class TileCache:
+    """Least-recently-used decoded tiles, bounded by their bytes. GUI thread only."""
+
+    def __init__(self, max_bytes: int = DEFAULT_CACHE_BYTES) -> None:
+        if max_bytes <= 0:
+            raise ValueError(f"Cache size {max_bytes} bytes must be positive")
+        self.max_bytes = max_bytes
+        self._tiles: OrderedDict[TileKey, QImage] = OrderedDict()
+        self._bytes = 0
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._tiles
+
+    def __len__(self) -> int:
+        return len(self._tiles)
+
+    @property
+    def bytes(self) -> int:
+        return self._bytes
+
+    def get(self, key: TileKey) -> QImage | None:
+        image = self._tiles.get(key)
+        if image is not None:
+            self._tiles.move_to_end(key)
+        return image
+
+    def peek(self, key: TileKey) -> QImage | None:
+        """The tile without refreshing its place in the LRU order."""
+        return self._tiles.get(key)
+
+    def put(self, key: TileKey, image: QImage) -> None:
+        old = self._tiles.pop(key, None)
+        if old is not None:
+            self._bytes -= old.sizeInBytes()
+        self._tiles[key] = image
+        self._bytes += image.sizeInBytes()
+        while self._bytes > self.max_bytes and len(self._tiles) > 1:
+            _, evicted = self._tiles.popitem(last=False)
+            self._bytes -= evicted.sizeInBytes()
+
+    def clear(self) -> None:
+        self._tiles.clear()
+        self._bytes = 0
+
+
+class TileReader:
+    """Reads one tile as a paint-ready QImage through the core :class:`Slide` interface."""
+
+    def __init__(self, slide: Slide) -> None:
+        self.slide = slide
+
+    def read(self, tile_request: TileRequest) -> QImage:
+        pixels = self.slide.read_region(
+            tile_request.l0_xy, tile_request.key.level, tile_request.lv_size
+        )
+        return rgb_to_qimage(pixels)
+
+    def close(self) -> None:
+        """The slide belongs to the caller: nothing to release."""
+
+
+class OpenSlideTileReader(TileReader):
+    """The viewer's own OpenSlide handle, read straight into a premultiplied QImage.
+
+    Skips the numpy RGBA-to-RGB pass of :meth:`Slide.read_region` (2.3x faster per 512 px
+    tile); transparent pixels outside the slide show the white painted beneath them. Its own
+    handle also keeps the viewer's OpenSlide error latch apart from the slide's.
+    """
+
+    def __init__(self, slide: OpenSlideSource) -> None:
+        import openslide
+
+        super().__init__(slide)
+        try:
+            self._osr: openslide.OpenSlide | None = openslide.OpenSlide(slide.path)
+        except (openslide.OpenSlideError, OSError) as exc:
+            raise SlideOpenError(f"Cannot open slide {slide.path.name}: {exc}") from exc
+
+    def read(self, tile_request: TileRequest) -> QImage:
+        import openslide
+
+        if self._osr is None:
+            raise SlideReadError("Tile reader is closed")
+        width, height = tile_request.lv_size
+        try:
+            image = self._osr.read_region(
+                tile_request.l0_xy, tile_request.key.level, (width, height)
+            )
+        except openslide.OpenSlideError as exc:
+            raise SlideReadError(
+                f"Cannot read pixels at l0 {tile_request.l0_xy} level {tile_request.key.level}: "
+                f"{exc}"
+            ) from exc
+        data = image.tobytes()  # non-premultiplied RGBA, as openslide-python returns it
+        view = QImage(data, width, height, 4 * width, QImage.Format.Format_RGBA8888)
+        if image.getextrema()[3] == (255, 255):
+            # Opaque (every tile inside the scan): a plain blit, no blending when painted.
+            return view.convertToFormat(QImage.Format.Format_RGB32)
+        return view.convertToFormat(QImage.Format.Format_ARGB32_Premultiplied)
+
+    def close(self) -> None:
+        if self._osr is not None:
+            self._osr.close()
+            self._osr = None
+
+
+def tile_reader_for(slide: Slide) -> TileReader:
+    """The fastest reader for ``slide``: its own OpenSlide handle for files, else the slide."""
+    if isinstance(slide, OpenSlideSource):
+        try:
+            return OpenSlideTileReader(slide)
+        except SlideOpenError:
+            log.warning("Second OpenSlide handle failed; reading tiles through the slide")
+    return TileReader(slide)
+
+
+def rgb_to_qimage(pixels: np.ndarray) -> QImage:
+    """``(H, W, 3) uint8`` RGB as a 32-bit QImage that owns its pixels (fast to paint)."""
+    pixels = np.ascontiguousarray(pixels)
+    height, width = pixels.shape[:2]
+    view = QImage(pixels.data, width, height, 3 * width, QImage.Format.Format_RGB888)
+    return view.convertToFormat(QImage.Format.Format_RGB32)
+
+
+class TileLoader(QObject):
+    """Reads tiles of one slide on a small executor and caches them on the GUI thread.
+
+    Signals
+    -------
+    tile_loaded(TileKey)
+        A tile entered the cache.
+    tile_failed(TileKey, str)
+        A tile could not be read; the message names the problem.
+    """
+
+    tile_loaded = Signal(object)
+    tile_failed = Signal(object, str)
+    # Emitted from worker threads; queued to the GUI thread.
+    _delivered = Signal(object, object, str)
+
+    #: Every loader not yet shut down (tests check that none is left running).
+    live: ClassVar[weakref.WeakSet[TileLoader]] = weakref.WeakSet()
+
+    def __init__(
+        self,
+        parent: QObject | None = None,
+        *,
+        cache_bytes: int = DEFAULT_CACHE_BYTES,
+        workers: int = 2,
+    ) -> None:
+        super().__init__(parent)
+        self.cache = TileCache(cache_bytes)
+        self._executor: ThreadPoolExecutor | None = ThreadPoolExecutor(
+            max_workers=workers, thread_name_prefix="wsiviewer-tiles"
+        )
+        self._reader: TileReader | None = None
+        self._layout: TileLayout | None = None
+        self._generation = 0
+        self._wanted: frozenset[TileKey] = frozenset()
+        self._pending: dict[TileKey, Future[None]] = {}
+        self._failed: set[TileKey] = set()
+        self._lock = threading.Lock()
+        self._delivered.connect(self._on_delivered, Qt.ConnectionType.QueuedConnection)
+        TileLoader.live.add(self)
+
+    @property
+    def layout(self) -> TileLayout | None:
+        return self._layout
+
+    @property
+    def pending_count(self) -> int:
+        return len(self._pending)
+
+    def set_slide(self, slide: Slide | None, layout: TileLayout | None = None) -> None:
+        """Start a new slide session: drop every request and cached tile of the last one.
+
+        Waits for reads in progress, so the caller may close the previous slide afterwards.
+        """
+        self._drop_all()
+        self._generation += 1
+        self._close_reader()
+        self._failed.clear()
+        self.cache.clear()
+        if slide is None:
+            self._layout = None
+        else:
+            self._reader = tile_reader_for(slide)
+            self._layout = layout or TileLayout(slide.level_dimensions, slide.level_downsamples)
+
+    def request(self, keys: Iterable[TileKey]) -> None:
+        """Want exactly ``keys`` (in priority order): cancel the rest, queue what is missing."""
+        if self._executor is None or self._reader is None or self._layout is None:
+            return
+        ordered = list(keys)
+        wanted = frozenset(ordered)
+        with self._lock:
+            self._wanted = wanted
+        for key, future in list(self._pending.items()):
+            if key not in wanted and future.cancel():
+                del self._pending[key]
+        for key in ordered:
+            if key in self.cache or key in self._pending or key in self._failed:
+                continue
+            tile_request = self._layout.request(key, self._generation)
+            self._pending[key] = self._executor.submit(self._read, self._reader, tile_request)
+
+    def missing(self, keys: Iterable[TileKey]) -> list[TileKey]:
+        """Keys that are neither cached nor failed."""
+        return [k for k in keys if k not in self.cache and k not in self._failed]
+
+    def shutdown(self) -> None:
+        """Cancel everything and stop the executor's threads (waits for reads in progress)."""
+        self._drop_all()
+        if self._executor is not None:
+            self._executor.shutdown(wait=True, cancel_futures=True)
+            self._executor = None
+        self._close_reader()
+        self._layout = None
+        TileLoader.live.discard(self)
+
+    @property
+    def running(self) -> bool:
+        return self._executor is not None
+
+    def _close_reader(self) -> None:
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
+
+    def _drop_all(self) -> None:
+        with self._lock:
+            self._wanted = frozenset()
+        for future in self._pending.values():
+            future.cancel()
+        wait_futures(list(self._pending.values()))
+        self._pending.clear()
+
+    # -- worker side ----------------------------------------------------------------------
+
+    def _read(self, reader: TileReader, tile_request: TileRequest) -> None:
+        with self._lock:
+            stale = (
+                tile_request.key not in self._wanted or tile_request.generation != self._generation
+            )
+        if stale:
+            self._delivered.emit(tile_request, None, "")
+            return
+        try:
+            image = reader.read(tile_request)
+        except (WsiViewerError, OSError) as exc:
+            self._delivered.emit(tile_request, None, str(exc) or type(exc).__name__)
+            return
+        except Exception as exc:
+            log.exception("Unexpected error reading tile %s", tile_request.key)
+            self._delivered.emit(tile_request, None, f"{type(exc).__name__}: {exc}")
+            return
+        self._delivered.emit(tile_request, image, "")
+
+    # -- GUI thread -------------------------------------------------------------------------
+
+    @Slot(object, object, str)
+    def _on_delivered(self, tile_request: TileRequest, image: QImage | None, error: str) -> None:
+        if tile_request.generation != self._generation:
+            return
+        key = tile_request.key
+        # The worker emits just before its future completes: this request is settled anyway.
+        self._pending.pop(key, None)
+        if error:
+            self._failed.add(key)
+            self.tile_failed.emit(key, error)
+        elif image is not None:
+            self.cache.put(key, image)
+            self.tile_loaded.emit(key)
+        elif key in self._wanted and self._executor is not None and self._reader is not None:
+            # Dropped as stale, but wanted again meanwhile: ask once more.
+            self._pending[key] = self._executor.submit(self._read, self._reader, tile_request)
