@@ -91,6 +91,7 @@ def run_ours(slide_path: Path, card_path: Path, out: Path, device: str) -> dict[
     from wsiviewer.core.engines import probe_patches
     from wsiviewer.core.exports import write_outputs
     from wsiviewer.core.predictor import Predictor
+    from wsiviewer.core.progress import run_to_end
     from wsiviewer.core.regions import find_regions
     from wsiviewer.core.slide import open_slide
 
@@ -101,13 +102,7 @@ def run_ours(slide_path: Path, card_path: Path, out: Path, device: str) -> dict[
     predictor = Predictor(card, device=device)
     stages["model load"] = time.perf_counter() - start
     with open_slide(slide_path) as slide:
-        run = analyze(slide, predictor, mpp=slide.resolve_mpp())
-        while True:
-            try:
-                next(run)
-            except StopIteration as finished:
-                analysis = finished.value
-                break
+        analysis = run_to_end(analyze(slide, predictor, mpp=slide.resolve_mpp()))
         stages["tissue"] = analysis.timings_s["tissue"]
         stages["inference"] = analysis.timings_s["inference"]
         t0 = time.perf_counter()

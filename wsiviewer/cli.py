@@ -215,7 +215,8 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     card = resolve_model(args.model)
     predictor = Predictor(card, device=args.device, batch_size=args.batch_size)
     print(
-        f"Model {card.name} v{card.version} on {predictor.device_name}. {RESEARCH_USE_NOTICE}",
+        f"Model {card.name} v{card.version} on {predictor.device_name} "
+        f"({predictor.engine.name}). {RESEARCH_USE_NOTICE}",
         file=sys.stderr,
     )
     failures: list[tuple[Path, str]] = []
@@ -242,8 +243,9 @@ def _analyze_one(
 ) -> None:
     from tqdm import tqdm
 
-    from wsiviewer.core.analysis import AnalysisWarning, analyze
+    from wsiviewer.core.analysis import AnalysisProgress, AnalysisWarning, analyze
     from wsiviewer.core.exports import write_outputs
+    from wsiviewer.core.progress import run_to_end
     from wsiviewer.core.regions import find_regions
     from wsiviewer.core.slide import open_slide
     from wsiviewer.core.store import Store
@@ -251,7 +253,6 @@ def _analyze_one(
     t_start = time.perf_counter()
     with open_slide(slide_path) as slide:
         mpp = slide.resolve_mpp(args.mpp)
-        run = analyze(slide, predictor, mpp=mpp)
         bar = tqdm(
             desc=slide_path.name,
             unit="patch",
@@ -259,21 +260,18 @@ def _analyze_one(
             file=sys.stderr,
             dynamic_ncols=True,
         )
+
+        def show(progress: AnalysisProgress) -> None:
+            bar.total = progress.total
+            bar.n = progress.done
+            bar.refresh()
+
         try:
             with warnings.catch_warnings():
                 # Reported below from analysis.warnings, once, without a source line.
                 warnings.simplefilter("ignore", AnalysisWarning)
-                while True:
-                    try:
-                        progress = next(run)
-                    except StopIteration as finished:
-                        analysis = finished.value
-                        break
-                    bar.total = progress.total
-                    bar.n = progress.done
-                    bar.refresh()
+                analysis = run_to_end(analyze(slide, predictor, mpp=mpp), show)
         finally:
-            run.close()
             bar.close()
         threshold = predictor.card.threshold if args.threshold is None else args.threshold
         region_set = find_regions(analysis.probability_map, threshold, args.min_area)

@@ -9,6 +9,7 @@ from tests.conftest import he_like_slide
 from wsiviewer.core.analysis import AnalysisWarning, analyze
 from wsiviewer.core.cards import ModelCard
 from wsiviewer.core.predictor import Predictor
+from wsiviewer.core.progress import run_to_end
 from wsiviewer.core.slide import ArraySource, Mpp
 from wsiviewer.errors import ResolutionError
 
@@ -19,12 +20,8 @@ def predictor(tiny_model_card: Path) -> Predictor:
 
 
 def run(generator):  # type: ignore[no-untyped-def]
-    progress = []
-    while True:
-        try:
-            progress.append(next(generator))
-        except StopIteration as finished:
-            return finished.value, progress
+    progress: list = []  # type: ignore[type-arg]
+    return run_to_end(generator, progress.append), progress
 
 
 def test_analyze_scores_tissue_cells_with_progress(predictor: Predictor) -> None:

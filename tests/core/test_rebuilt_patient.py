@@ -17,6 +17,7 @@ import pytest
 from wsiviewer.core.analysis import analyze
 from wsiviewer.core.cards import ModelCard
 from wsiviewer.core.predictor import Predictor
+from wsiviewer.core.progress import run_to_end
 from wsiviewer.core.pyramid import UpsampledSource, write_pyramid_tiff
 from wsiviewer.core.reader import PatchReader
 from wsiviewer.core.slide import Mpp, open_slide
@@ -74,13 +75,7 @@ def test_cells_score_exactly_like_their_patch_files(
     with open_slide(path) as slide:
         assert slide.mpp == Mpp(0.25, "metadata")
         assert slide.dimensions == (pixels.shape[1] * 16, pixels.shape[0] * 16)
-        generator = analyze(slide, predictor, mpp=slide.resolve_mpp())
-        while True:
-            try:
-                next(generator)
-            except StopIteration as finished:
-                analysis = finished.value
-                break
+        analysis = run_to_end(analyze(slide, predictor, mpp=slide.resolve_mpp()))
         grid = analysis.probability_map.grid
         assert grid.l0_patch_size == 800.0
         assert PatchReader(slide, grid).level == expected_level

@@ -39,9 +39,13 @@ _CUDA_BYTES_PER_PATCH = 1_500_000
 
 
 def default_batch_size(device: torch.device) -> int:
-    """512 on the CPU; on CUDA as many as a quarter of the free memory holds (256–8192)."""
+    """128 on the CPU; on CUDA as many as a quarter of the free memory holds (256–8192).
+
+    On 2 CPU cores ONNX Runtime runs batches of 128 as fast as 512 (≈3,900 patches/s) while
+    its memory arena stays ~200 MB instead of ~750 MB.
+    """
     if device.type != "cuda":
-        return 512
+        return 128
     free_bytes, _ = torch.cuda.mem_get_info(device)
     fit = int(free_bytes * 0.25 // _CUDA_BYTES_PER_PATCH)
     return max(256, min(8192, fit // 256 * 256))
@@ -57,7 +61,7 @@ class Predictor:
     device
         ``auto``, ``cpu`` or ``cuda``.
     batch_size
-        Patches per forward pass; by default 512 on the CPU and sized to free memory on CUDA.
+        Patches per forward pass; by default 128 on the CPU and sized to free memory on CUDA.
     backend
         ``auto`` (ONNX Runtime on the CPU, torch on CUDA), ``onnx`` or ``torch``.
     """

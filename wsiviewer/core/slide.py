@@ -95,10 +95,13 @@ class Slide(ABC):
     def level_count(self) -> int:
         return len(self.level_dimensions)
 
+    _metadata_mpp: float | None
+    _properties: dict[str, str]
+
     @property
-    @abstractmethod
     def metadata_mpp(self) -> float | None:
         """Plausible µm/px from the file's metadata, or ``None``."""
+        return self._metadata_mpp
 
     @property
     def mpp(self) -> Mpp | None:
@@ -129,9 +132,9 @@ class Slide(ABC):
         return self.mpp
 
     @property
-    @abstractmethod
     def properties(self) -> Mapping[str, str]:
         """Every property, identifying ones included; prefer :meth:`public_properties`."""
+        return self._properties
 
     def public_properties(self, include_identifying: bool = False) -> dict[str, str]:
         """Properties safe to print, show or export (DESIGN.md, Privacy)."""
@@ -330,14 +333,6 @@ class OpenSlideSource(Slide):
         self._metadata_mpp = plausible_mpp(sum(values) / len(values)) if values else None
 
     @property
-    def metadata_mpp(self) -> float | None:
-        return self._metadata_mpp
-
-    @property
-    def properties(self) -> Mapping[str, str]:
-        return self._properties
-
-    @property
     def associated_image_names(self) -> tuple[str, ...]:
         return tuple(self._osr.associated_images.keys())
 
@@ -407,14 +402,6 @@ class ArraySource(Slide):
         digest.update(np.asarray(level0.shape).tobytes())
         digest.update(np.ascontiguousarray(level0).data)
         self.identity = digest.hexdigest()
-
-    @property
-    def metadata_mpp(self) -> float | None:
-        return self._metadata_mpp
-
-    @property
-    def properties(self) -> Mapping[str, str]:
-        return self._properties
 
     @property
     def associated_image_names(self) -> tuple[str, ...]:
