@@ -222,11 +222,14 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     failures: list[tuple[Path, str]] = []
     folders = _output_folders(args.slides, args.out)
     for slide_path, out_dir in zip(args.slides, folders, strict=True):
+        existed = out_dir.exists()
         try:
             _analyze_one(slide_path, out_dir, predictor, args)
         except (WsiViewerError, OSError) as exc:
             _error(f"{slide_path}: {exc}")
             failures.append((slide_path, str(exc)))
+            if not existed and out_dir.is_dir() and not any(out_dir.iterdir()):
+                out_dir.rmdir()  # a failed slide leaves no empty folder behind
     if failures:
         if len(args.slides) > 1:
             print(
