@@ -27,6 +27,7 @@ test: $(BIN)/.installed
 lint: $(BIN)/.installed
 	$(BIN)/ruff check wsiviewer tests benchmarks
 	$(BIN)/lint-imports
+	$(BIN)/mypy wsiviewer/core wsiviewer/training wsiviewer/errors.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

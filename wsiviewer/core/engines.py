@@ -65,7 +65,10 @@ class TorchEngine:
 
     def __init__(self, classifier: PatchClassifier, device: torch.device) -> None:
         self.device = device
-        self.classifier = classifier.to(device).to(memory_format=torch.channels_last).eval()
+        classifier = classifier.to(device)
+        # torch's stubs lack Module.to(memory_format=...), which exists at run time.
+        classifier = classifier.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        self.classifier = classifier.eval()
         self.half = False
         self.name = f"torch-{device.type}"
         if device.type == "cuda":
@@ -128,7 +131,7 @@ def export_onnx(classifier: PatchClassifier, card: ModelCard) -> bytes:
         torch.onnx.export(
             classifier.cpu().eval(),
             (example,),
-            buffer,
+            buffer,  # type: ignore[arg-type]  # file-like objects are accepted at run time
             input_names=["patches"],
             output_names=["p_idc"],
             dynamic_axes={"patches": {0: "batch"}, "p_idc": {0: "batch"}},

@@ -198,6 +198,9 @@ class PatchClassifier(nn.Module):
     once, so the eager, CUDA and exported (ONNX) paths all compute the same function.
     """
 
+    offset: torch.Tensor
+    scale: torch.Tensor
+
     def __init__(self, model: nn.Module, card: ModelCard) -> None:
         super().__init__()
         self.model = model

@@ -22,7 +22,8 @@ def run_to_end(
             try:
                 step = next(generator)
             except StopIteration as finished:
-                return finished.value
+                result: R = finished.value
+                return result
             if on_progress is not None:
                 on_progress(step)
     finally:

@@ -405,6 +405,7 @@ def write_pyramid_tiff(
         ):
             for index, downsample in enumerate(levels):
                 level_w, level_h = source.level_size(downsample)
+                level_description: str | None
                 if style == "aperio":
                     level_description = _aperio_description(
                         source.l0_size, (level_w, level_h), tile, codec, aperio_fields
@@ -496,7 +497,7 @@ class _TileCodec:
             return bytes(imagecodecs.jpeg8_encode(pixels, level=self.quality))
         if self.compression == "deflate":
             # Level 1: 4× faster than the default, and masks (the main user) barely grow.
-            return bytes(imagecodecs.zlib_encode(pixels, level=1))
+            return bytes(imagecodecs.zlib_encode(pixels.tobytes(), level=1))
         return pixels.tobytes()
 
     def encode_uniform(self, value: np.ndarray, tile: int) -> bytes:
