@@ -24,7 +24,7 @@ EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 
-COMMANDS = ("info", "analyze", "models", "gui")
+COMMANDS = ("info", "analyze", "models", "gui", "train", "export")
 
 
 def _probability(text: str) -> float:
@@ -111,6 +111,66 @@ def build_parser() -> argparse.ArgumentParser:
 
     commands.add_parser("models", help="list the installed models")
 
+    train = commands.add_parser(
+        "train",
+        help="train a model on IDC patches (split by patient) and write weights and card",
+        description="Train on the IDC patch dataset (<patient>/<0|1>/*.png or .webp), split by "
+        "patient; threshold, operating point and temperature are chosen on validation, and "
+        "the test patients are scored once at the end.",
+    )
+    train.add_argument("--data", type=Path, required=True, help="the dataset folder")
+    train.add_argument("--out", type=Path, required=True, help="folder for weights, card, split")
+    train.add_argument("--name", default="cancernet", help="model name (default cancernet)")
+    train.add_argument("--architecture", default="cancernet")
+    train.add_argument("--epochs", type=_positive_int, default=20)
+    train.add_argument("--batch-size", type=_positive_int, default=128)
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
+    train.add_argument(
+        "--split", type=Path, help="reuse this patient split JSON instead of making one"
+    )
+    train.add_argument(
+        "--patients-csv",
+        type=Path,
+        help="idc_patients.csv marking complete patients (default: beside --data)",
+    )
+    train.add_argument("--default", action="store_true", help="mark the card as the default")
+
+    export = commands.add_parser(
+        "export",
+        help="export a slide's reviewed regions, IDC mask, patch table or review report",
+        description=(
+            "Export the latest analysis of a slide (by the default model; any model if none is "
+            "installed or it has no analysis of the slide) and its reviewed region set: QuPath "
+            "GeoJSON, IDC mask (pyramidal TIFF and PNG), patch CSV, and a review report (HTML, "
+            "CSV, JSON). No output names the slide file unless --include-filename. "
+            f"{RESEARCH_USE_NOTICE}"
+        ),
+    )
+    export.add_argument("slide", type=Path, metavar="SLIDE")
+    export.add_argument(
+        "--what",
+        action="append",
+        choices=("geojson", "mask", "csv", "report"),
+        help="what to export; repeat for several (default: all)",
+    )
+    export.add_argument("--out", type=Path, required=True, help="output folder")
+    export.add_argument(
+        "--accepted-only", action="store_true", help="only accepted regions in the GeoJSON"
+    )
+    export.add_argument("--analysis", type=_positive_int, metavar="ID", help="analysis id")
+    export.add_argument("--model", help="model card name or path (its latest analysis)")
+    export.add_argument(
+        "--threshold",
+        type=_probability,
+        help="region set at this threshold (default: the reviewed set, else the card's)",
+    )
+    export.add_argument(
+        "--include-filename",
+        action="store_true",
+        help="write the slide's file name into the report (left out by default: privacy)",
+    )
+
     gui = commands.add_parser(
         "gui",
         help="open the viewer (the default: `wsiviewer` or `wsiviewer SLIDE`)",
@@ -140,6 +200,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_models()
         if args.command == "gui":
             return _cmd_gui(args.slide)
+        if args.command == "export":
+            return _cmd_export(args)
+        if args.command == "train":
+            return _cmd_train(args)
     except KeyboardInterrupt:
         print("wsiviewer: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
@@ -291,3 +355,156 @@ def _analyze_one(
         f"at threshold {threshold:g} -> {out_dir}",
         file=sys.stderr,
     )
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from wsiviewer.core.predictor import resolve_device
+    from wsiviewer.core.progress import run_to_end
+    from wsiviewer.training.dataset import (
+        PatientSplit,
+        load_patch_set,
+        read_complete_patients,
+        split_patients,
+    )
+    from wsiviewer.training.train import EpochReport, TrainingSettings, finish, train
+
+    device = resolve_device(args.device)
+    print(f"Decoding patches under {args.data} ...", file=sys.stderr)
+    patches = load_patch_set(args.data)
+    for path, reason in patches.unreadable:
+        print(f"wsiviewer: warning: skipped {path}: {reason}", file=sys.stderr)
+    patients_csv = args.patients_csv or args.data.parent / "idc_patients.csv"
+    if args.split is not None:
+        split = PatientSplit.load(args.split)
+    else:
+        split = split_patients(patches, read_complete_patients(patients_csv), seed=args.seed)
+    parts = {
+        "train": patches.subset(split.train),
+        "validation": patches.subset(split.validation),
+        "test": patches.subset(split.test),
+    }
+    for part, subset in parts.items():
+        print(
+            f"{part}: {len(getattr(split, part))} patients, {len(subset)} patches, "
+            f"{subset.labels.mean():.1%} IDC",
+            file=sys.stderr,
+        )
+    settings = TrainingSettings(
+        architecture=args.architecture,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        seed=args.seed,
+    )
+    bar = tqdm(total=args.epochs, unit="epoch", file=sys.stderr, disable=None)
+
+    def show(report: EpochReport) -> None:
+        bar.update(1)
+        bar.set_postfix(loss=f"{report.train_loss:.3f}", val_auc=f"{report.validation_auc:.3f}")
+        print(
+            f"epoch {report.epoch}: loss {report.train_loss:.4f}, validation AUC "
+            f"{report.validation_auc:.4f}, {report.seconds:.0f} s{' *' if report.best else ''}",
+            file=sys.stderr,
+        )
+
+    try:
+        result = run_to_end(train(parts["train"], parts["validation"], settings, device), show)
+    finally:
+        bar.close()
+    summary = {
+        "patients": {part: len(getattr(split, part)) for part in parts},
+        "patches": {part: len(subset) for part, subset in parts.items()},
+        "idc_fraction": {part: round(float(s.labels.mean()), 4) for part, s in parts.items()},
+    }
+    card_path = finish(
+        result,
+        parts["validation"],
+        parts["test"],
+        split,
+        args.out,
+        name=args.name,
+        device=device,
+        default=args.default,
+        training_summary=summary,
+    )
+    print(f"Wrote {card_path} and its weights. {RESEARCH_USE_NOTICE}", file=sys.stderr)
+    return EXIT_OK
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from wsiviewer.core.cards import ModelCard, available_models, resolve_model
+    from wsiviewer.core.report import (
+        EXPORT_KINDS,
+        export_review,
+        load_review_export,
+        select_region_set,
+    )
+    from wsiviewer.core.slide import open_slide
+    from wsiviewer.core.store import Store
+    from wsiviewer.errors import ModelError
+
+    with open_slide(args.slide) as slide, Store.open() as store:
+        card: ModelCard | None = None
+        if args.analysis is not None:
+            record = store.analysis(args.analysis)
+            if record.slide_identity != slide.identity:
+                raise WsiViewerError(
+                    f"Analysis {args.analysis} is of another slide, not {args.slide.name}"
+                )
+        elif args.model is not None:
+            card = resolve_model(args.model)
+            found = store.latest_analysis(slide.identity, card.weights_sha256)
+            if found is None:
+                raise WsiViewerError(
+                    f"No analysis of {args.slide.name} by model {card.name!r}; run "
+                    f"`wsiviewer analyze {args.slide} --model {args.model}` first"
+                )
+            record = found
+        else:
+            try:
+                card = resolve_model(None)
+            except ModelError:
+                card = None
+            found = None
+            if card is not None:
+                found = store.latest_analysis(slide.identity, card.weights_sha256)
+            if found is None:
+                found = store.latest_analysis(slide.identity)
+                if found is not None and card is not None:
+                    print(
+                        f"wsiviewer: note: no analysis by the default model {card.name!r}; "
+                        f"exporting analysis {found.id} by {found.model.name!r}",
+                        file=sys.stderr,
+                    )
+            if found is None:
+                raise WsiViewerError(
+                    f"No analysis of {args.slide.name} in the results database; run "
+                    f"`wsiviewer analyze {args.slide} --out DIR` or analyse it in the viewer "
+                    "first"
+                )
+            record = found
+        if card is None or card.card_sha256 != record.model.card_sha256:
+            # The installed card of this analysis, if any: metrics and intended use.
+            card = next(
+                (c for c in available_models() if c.card_sha256 == record.model.card_sha256),
+                None,
+            )
+        region_set_id = select_region_set(store, record.id, args.threshold)
+        export = load_review_export(store, region_set_id)
+        written = export_review(
+            args.out,
+            export,
+            args.what or EXPORT_KINDS,
+            slide=slide,
+            accepted_only=args.accepted_only,
+            card=card,
+            slide_name=args.slide.name if args.include_filename else None,
+        )
+    print(
+        f"Exported analysis {record.id} (model {record.model.name}), region set {region_set_id} "
+        f"at threshold {export.state.threshold:g}: {export.state.progress_text}; "
+        f"{len(written)} files -> {args.out}. {RESEARCH_USE_NOTICE}",
+        file=sys.stderr,
+    )
+    return EXIT_OK

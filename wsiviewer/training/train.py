@@ -1,0 +1,271 @@
+"""Training a registered architecture on the IDC patches, with choices made on validation only.
+
+:func:`train` is a generator (like ``analyze``): it yields :class:`EpochReport` after every
+epoch and returns the :class:`TrainingResult`. Then :func:`finish` calibrates on validation
+(temperature, threshold maximising balanced accuracy, the ≥ 0.90 sensitivity operating point),
+scores the test patients once, and writes the weights and card.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Generator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from wsiviewer.core.models import build_model, write_model
+from wsiviewer.training.dataset import PatchSet, PatientSplit, iter_batches
+from wsiviewer.training.idc import DATASET_MPP, PATCH_SIZE
+from wsiviewer.training.metrics import (
+    best_balanced_accuracy_threshold,
+    classification_metrics,
+    fit_temperature,
+    roc_auc,
+    sensitivity_operating_point,
+)
+
+#: Ruifrok & Johnston's stain vectors (rows: haematoxylin, eosin, DAB) in optical density.
+_RGB_FROM_HED = torch.tensor(
+    [[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]], dtype=torch.float32
+)
+_HED_FROM_RGB = torch.linalg.inv(_RGB_FROM_HED)
+
+
+@dataclass(frozen=True)
+class TrainingSettings:
+    architecture: str = "cancernet"
+    epochs: int = 20
+    batch_size: int = 128
+    learning_rate: float = 2e-3
+    weight_decay: float = 1e-4
+    #: Stop when validation ROC AUC has not improved for this many epochs.
+    patience: int = 5
+    #: Stain jitter: each of H, E scaled by 1 ± this and shifted by ± this / 4 (OD units).
+    stain_jitter: float = 0.05
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class EpochReport:
+    epoch: int
+    epochs: int
+    train_loss: float
+    validation_auc: float
+    validation_loss: float
+    seconds: float
+    best: bool
+
+
+@dataclass
+class TrainingResult:
+    model: nn.Module
+    settings: TrainingSettings
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    history: list[EpochReport] = field(default_factory=list)
+    best_epoch: int = 0
+
+
+def augment(batch: torch.Tensor, generator: torch.Generator, stain_jitter: float) -> torch.Tensor:
+    """Flips, 90° rotations and H&E stain jitter on ``(N, 3, H, W)`` floats in [0, 1]."""
+    n = batch.shape[0]
+    flip = torch.rand(n, generator=generator) < 0.5
+    batch = torch.where(flip.view(-1, 1, 1, 1), batch.flip(3), batch)
+    turns = torch.randint(0, 4, (n,), generator=generator)
+    rotated = [torch.rot90(batch, k, dims=(2, 3)) for k in range(4)]
+    batch = torch.stack(rotated)[turns, torch.arange(n)]
+    if stain_jitter > 0:
+        od = -torch.log(batch.clamp(min=1 / 255))  # optical density
+        hed = torch.einsum("nchw,cd->ndhw", od, _HED_FROM_RGB)
+        scale = 1 + (torch.rand(n, 3, 1, 1, generator=generator) * 2 - 1) * stain_jitter
+        shift = (torch.rand(n, 3, 1, 1, generator=generator) * 2 - 1) * stain_jitter / 4
+        hed = hed * scale + shift
+        od = torch.einsum("ndhw,dc->nchw", hed, _RGB_FROM_HED)
+        batch = torch.exp(-od).clamp(0, 1)
+    return batch
+
+
+def _to_float(pixels: np.ndarray, device: torch.device) -> torch.Tensor:
+    return torch.from_numpy(pixels).to(device).permute(0, 3, 1, 2).float().div_(255.0)
+
+
+@torch.inference_mode()
+def predict_logits(
+    model: nn.Module,
+    pixels: np.ndarray,
+    mean: torch.Tensor,
+    std: torch.Tensor,
+    device: torch.device,
+    batch_size: int = 512,
+) -> np.ndarray:
+    model.eval()
+    out = []
+    for index in iter_batches(len(pixels), batch_size):
+        x = (_to_float(pixels[index], device) - mean) / std
+        out.append(model(x).float().cpu().numpy())
+    return np.concatenate(out) if out else np.zeros((0, 2), np.float32)
+
+
+def train(
+    train_set: PatchSet,
+    validation_set: PatchSet,
+    settings: TrainingSettings,
+    device: torch.device,
+) -> Generator[EpochReport, None, TrainingResult]:
+    """Train with class-weighted cross-entropy, AdamW and a one-cycle schedule.
+
+    Early stopping keeps the weights of the epoch with the best validation ROC AUC.
+    """
+    torch.manual_seed(settings.seed)
+    generator = torch.Generator().manual_seed(settings.seed)
+    rng = np.random.default_rng(settings.seed)
+    model = build_model(settings.architecture).to(device)
+    floats = train_set.pixels.reshape(-1, 3).astype(np.float64) / 255.0
+    mean_values = floats.mean(axis=0)
+    std_values = floats.std(axis=0)
+    mean = torch.tensor(mean_values, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(std_values, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+    counts = np.bincount(train_set.labels, minlength=2).astype(np.float64)
+    weights = torch.tensor(counts.sum() / (2 * np.maximum(counts, 1)), dtype=torch.float32)
+    loss_fn = nn.CrossEntropyLoss(weight=weights.to(device))
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay
+    )
+    steps = math.ceil(len(train_set) / settings.batch_size)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=settings.learning_rate, total_steps=settings.epochs * steps
+    )
+    use_amp = device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    labels = torch.from_numpy(train_set.labels)
+    result = TrainingResult(model, settings, tuple(mean_values), tuple(std_values))
+    best_auc, best_state, stale = -1.0, copy.deepcopy(model.state_dict()), 0
+    for epoch in range(1, settings.epochs + 1):
+        start = time.perf_counter()
+        model.train()
+        total_loss = 0.0
+        for index in iter_batches(len(train_set), settings.batch_size, rng):
+            if len(index) < 2:
+                continue  # batch norm cannot train on a single patch
+            x = _to_float(train_set.pixels[index], torch.device("cpu"))
+            x = augment(x, generator, settings.stain_jitter)
+            x = ((x.to(device) - mean) / std).contiguous(memory_format=torch.channels_last)
+            y = labels[index].to(device)
+            optimizer.zero_grad(set_to_none=True)
+            with torch.autocast("cuda", dtype=torch.float16, enabled=use_amp):
+                loss = loss_fn(model(x), y)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            schedule.step()
+            total_loss += float(loss.detach()) * len(index)
+        logits = predict_logits(model, validation_set.pixels, mean, std, device)
+        validation_auc = roc_auc(validation_set.labels, _softmax(logits)[:, 1])
+        validation_loss = float(
+            nn.functional.cross_entropy(
+                torch.from_numpy(logits), torch.from_numpy(validation_set.labels)
+            )
+        )
+        improved = validation_auc > best_auc
+        if improved:
+            best_auc, best_state, stale = validation_auc, copy.deepcopy(model.state_dict()), 0
+            result.best_epoch = epoch
+        else:
+            stale += 1
+        report = EpochReport(
+            epoch,
+            settings.epochs,
+            total_loss / len(train_set),
+            validation_auc,
+            validation_loss,
+            time.perf_counter() - start,
+            improved,
+        )
+        result.history.append(report)
+        yield report
+        if stale >= settings.patience:
+            break
+    model.load_state_dict(best_state)
+    model.eval()
+    return result
+
+
+def _softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    scaled = logits / temperature
+    scaled = scaled - scaled.max(axis=1, keepdims=True)
+    exp = np.exp(scaled)
+    return exp / exp.sum(axis=1, keepdims=True)
+
+
+def finish(
+    result: TrainingResult,
+    validation_set: PatchSet,
+    test_set: PatchSet,
+    split: PatientSplit,
+    out_dir: Path,
+    *,
+    name: str,
+    device: torch.device,
+    default: bool = False,
+    training_summary: dict[str, Any] | None = None,
+) -> Path:
+    """Calibrate and choose on validation, score test once, write weights, card and split.
+
+    Returns the card's path.
+    """
+    mean = torch.tensor(result.mean, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(result.std, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+    validation_logits = predict_logits(result.model, validation_set.pixels, mean, std, device)
+    temperature = fit_temperature(validation_logits, validation_set.labels)
+    validation_p = _softmax(validation_logits, temperature)[:, 1]
+    threshold = best_balanced_accuracy_threshold(validation_set.labels, validation_p)
+    sensitive = sensitivity_operating_point(validation_set.labels, validation_p, 0.9)
+    # Every choice is made: the test patients are scored once.
+    test_logits = predict_logits(result.model, test_set.pixels, mean, std, device)
+    test_p = _softmax(test_logits, temperature)[:, 1]
+    split_name = f"{name}-split.json"
+    split.save(out_dir / split_name)
+    card = {
+        "name": name,
+        "version": "0.1.0",
+        "architecture": result.settings.architecture,
+        "architecture_args": {},
+        "input_size": PATCH_SIZE,
+        "input_mpp": DATASET_MPP,
+        "normalization": {"mean": list(result.mean), "std": list(result.std)},
+        "classes": ["non-IDC", "IDC"],
+        "threshold": round(threshold, 6),
+        "temperature": round(temperature, 6),
+        "operating_points": {
+            "balanced_accuracy": round(threshold, 6),
+            "sensitivity_0.90": round(sensitive, 6),
+        },
+        "training_data": {
+            "dataset": "IDC breast histology patches (Janowczyk & Madabhushi 2016), 50×50 px "
+            "at ≈4 µm/px",
+            **(training_summary or {}),
+        },
+        "split": split_name,
+        "metrics": {
+            "validation": classification_metrics(validation_set.labels, validation_p, threshold),
+            "test": classification_metrics(test_set.labels, test_p, threshold),
+        },
+        "training": {
+            "settings": result.settings.__dict__,
+            "best_epoch": result.best_epoch,
+            "epochs_run": len(result.history),
+            "epoch_seconds": [round(r.seconds, 1) for r in result.history],
+            "validation_auc_by_epoch": [round(r.validation_auc, 4) for r in result.history],
+        },
+        "intended_use": "Research use only, not for diagnosis: flags regions of possible IDC "
+        "in H&E breast tissue for a pathologist to review.",
+        "default": default,
+    }
+    return write_model(result.model.cpu(), out_dir, card)
