@@ -200,7 +200,11 @@ def run_naive(slide_path: Path, card_path: Path, out: Path, device: str) -> dict
 
 def child(args: argparse.Namespace) -> None:
     runner = run_ours if args.pipeline == "ours" else run_naive
-    # Imports happen before the clock starts: "interpreter start excluded".
+    # Imports happen before the clock starts ("interpreter start excluded"), including the
+    # scikit-image modules that tissue detection loads lazily on first use.
+    import skimage.filters
+    import skimage.measure
+    import skimage.morphology  # noqa: F401
     import torch  # noqa: F401
 
     import wsiviewer.core.analysis

@@ -33,3 +33,11 @@ class StoreError(WsiViewerError):
 
 class ExportError(WsiViewerError):
     """An output file could not be written."""
+
+
+class ReviewError(WsiViewerError):
+    """A review action names a region that is not in the set, is deleted, or is invalid."""
+
+
+class QuPathImportError(WsiViewerError):
+    """A GeoJSON file of QuPath annotations could not be read."""

@@ -10,7 +10,14 @@ from PySide6.QtGui import QImage
 
 from wsiviewer.core.slide import ArraySource
 from wsiviewer.errors import SlideReadError
-from wsiviewer.gui.tiles import TileCache, TileKey, TileLayout, TileLoader, rgb_to_qimage
+from wsiviewer.gui.tiles import (
+    TileCache,
+    TileKey,
+    TileLayout,
+    TileLoader,
+    reduction_for,
+    rgb_to_qimage,
+)
 
 
 def _image(side: int = 64) -> QImage:
@@ -112,3 +119,52 @@ def test_a_tile_that_cannot_be_read_is_reported_once(qtbot) -> None:  # type: ig
         assert loader.missing([TileKey(0, 0, 0)]) == []  # failed: not asked again
     finally:
         loader.shutdown()
+
+
+def test_reduction_is_the_largest_power_of_two_not_magnifying() -> None:
+    assert [reduction_for(x) for x in (0.5, 1.0, 1.99, 2.0, 3.9, 4.0, 40.0)] == [
+        1,
+        1,
+        1,
+        2,
+        2,
+        4,
+        4,
+    ]
+
+
+def test_reduced_tiles_are_block_means_of_the_level(qtbot) -> None:  # type: ignore[no-untyped-def]
+    """A reduced tile covers the same level-0 box, with each px the mean of a 2 x 2 block."""
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, (600, 1030, 3), dtype=np.uint8)
+    slide = ArraySource(pixels)
+    layout = TileLayout(slide.level_dimensions, slide.level_downsamples, 512)
+    edge = TileKey(0, 2, 1, reduction=2)  # 6 x 88 level px: no partial block
+    odd = TileKey(0, 0, 1, reduction=4)  # 512 x 88 level px: 22 rows of blocks
+    assert layout.l0_box(edge) == layout.l0_box(TileKey(0, 2, 1))
+    assert layout.l0_image_box(odd) == layout.l0_box(odd)
+    assert layout.tiles_in(0, (0.0, 0.0, 10.0, 10.0), 2) == [TileKey(0, 0, 0, 2)]
+    loader = TileLoader(cache_bytes=64 * 2**20, workers=1)
+    try:
+        loader.set_slide(slide, layout)
+        wanted = [TileKey(0, 1, 0, reduction=2), edge, odd]
+        with qtbot.waitSignals([loader.tile_loaded] * 3, timeout=5000):
+            loader.request(wanted)
+        tile = loader.cache.get(wanted[0])
+        assert tile.size().toTuple() == (256, 256)
+        assert TileKey(0, 1, 0) not in loader.cache  # its own key: the full tile is apart
+        expected = pixels[:2, 512:514].reshape(4, 3).mean(axis=0)
+        color = tile.pixelColor(0, 0)
+        shown = np.array([color.red(), color.green(), color.blue()])
+        assert np.abs(shown - expected).max() <= 1
+        assert loader.cache.get(edge).size().toTuple() == (3, 44)
+        assert loader.cache.get(odd).size().toTuple() == (128, 22)
+    finally:
+        loader.shutdown()
+
+
+def test_a_partial_block_at_the_edge_spans_a_whole_block() -> None:
+    layout = TileLayout([(1027, 515)], [1.0], tile_size=512)
+    key = TileKey(0, 2, 1, reduction=2)  # 3 x 3 level px: 2 x 2 image px
+    assert layout.l0_box(key) == (1024.0, 512.0, 3.0, 3.0)
+    assert layout.l0_image_box(key) == (1024.0, 512.0, 4.0, 4.0)

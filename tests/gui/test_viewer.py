@@ -88,16 +88,20 @@ def test_real_slide_opens_zooms_and_pans(qtbot, window: MainWindow, wsi_dir: Pat
 def test_tiles_are_drawn_where_the_slide_has_them(
     qtbot, window: MainWindow, generated_slide: Path
 ) -> None:  # type: ignore[no-untyped-def]
-    """At two zooms (two pyramid levels), the screen shows the slide's pixels at that place."""
+    """At three zooms (two pyramid levels, and between them from reduced tiles), the screen
+    shows the slide's pixels at that place."""
     window.open_slide(generated_slide)
     view = window.view
     with open_slide(generated_slide) as slide:
-        for magnification, level in ((20.0, 0), (4.0, 1)):
+        for magnification, grid in ((20.0, (0, 1)), (4.0, (1, 1)), (2.0, (1, 2))):
             view.set_magnification(magnification)
             view.center_on_l0(960, 840)  # inside the first tissue blob
             wait_settled(qtbot, window)
-            assert view.target_level == level
-            for l0_xy in ((960.0, 840.0), (760.0, 640.0), (1200.0, 1000.0)):
+            assert view.target_grid == grid
+            # Up to 240 px either side of the centre, inside the blob and the (docked) view.
+            visible = view.visible_l0_rect()
+            reach = min(240.0, 0.4 * visible.width(), 0.4 * visible.height())
+            for l0_xy in ((960.0, 840.0), (960.0 - reach, 840.0 - reach), (960 + reach, 840.0)):
                 expected = slide.read_l0_box((l0_xy[0] - 8, l0_xy[1] - 8, 16, 16), (1, 1))[0, 0]
                 shown = _view_pixel(window, view.map_l0_to_view(l0_xy))
                 # Generated tissue is noisy and JPEG-compressed: compare local means loosely.

@@ -22,12 +22,13 @@ import re
 import shutil
 import tempfile
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, TextIO
 
 import numpy as np
+import shapely
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 from shapely.geometry import MultiPolygon, Polygon, mapping
@@ -39,10 +40,12 @@ from wsiviewer.core.grid import PatchGrid
 from wsiviewer.core.probability import ProbabilityMap
 from wsiviewer.core.pyramid import UpsampledSource, write_pyramid_tiff
 from wsiviewer.core.regions import Region, RegionSet
+from wsiviewer.core.review import STATUS_COLORS
 from wsiviewer.errors import ExportError
 
 if TYPE_CHECKING:
     from wsiviewer.core.analysis import Analysis
+    from wsiviewer.core.review import ReviewItem, ReviewState
     from wsiviewer.core.slide import Slide
 
 #: File names inside the output folder, by output kind (the keys of :func:`write_outputs`).
@@ -60,7 +63,12 @@ OUTPUT_NAMES: dict[str, str] = {
 #: QuPath classification of exported regions.
 IDC_CLASS_NAME = "IDC"
 #: Okabe-Ito vermillion: distinct from the heatmap's viridis and for colour-blind readers.
-IDC_COLOR = (213, 94, 0)
+IDC_COLOR = STATUS_COLORS["accepted"]
+#: QuPath classification of regions a reviewer rejected: a class of its own, so QuPath users
+#: can hide, count or delete them by class, and never mistake them for IDC.
+REJECTED_CLASS_NAME = "IDC (rejected)"
+#: Sky blue, the viewer's and the report's colour for rejected regions.
+REJECTED_COLOR = STATUS_COLORS["rejected"]
 
 #: Longest side of the heatmap PNG that :func:`heatmap_cell_px` aims for.
 HEATMAP_TARGET_PX = 2048
@@ -239,7 +247,140 @@ def _coordinate(value: float) -> float | int:
     return int(rounded) if rounded.is_integer() else rounded
 
 
+def review_feature_collection(
+    state: ReviewState, *, analysis_key: str = "", accepted_only: bool = False
+) -> dict[str, Any]:
+    """A reviewed region set as a QuPath-style GeoJSON FeatureCollection (JSON-ready dict).
+
+    Like :func:`regions_feature_collection` (closed Polygons in level-0 px, ``objectType:
+    "annotation"``, measurements as a map, research-use notice), for every region of the
+    review that is not deleted, manual regions included, with:
+
+    - ``classification``: ``IDC`` (vermillion) for accepted and pending regions,
+      ``IDC (rejected)`` (grey) for rejected ones;
+    - ``name``: ``"IDC region 3 (accepted)"``, ``"Manual region 32 (pending)"``;
+    - ``status`` (``accepted`` / ``rejected`` / ``pending``), ``note``, ``reviewer``,
+      ``decided_at``, ``source`` (``model`` / ``manual``) and ``number`` as properties, which
+      QuPath ignores on import;
+    - measurements ``area_mm2`` and, for model regions, ``max_prob`` and ``mean_prob``.
+
+    ``accepted_only`` keeps only accepted regions. Feature ids are UUIDs derived from the
+    analysis key, the set and the region, so a re-export gives the same ids.
+    """
+    features: list[dict[str, Any]] = []
+    for item in state.items:
+        if accepted_only and item.status != "accepted":
+            continue
+        features.append(_review_feature(item, state, analysis_key))
+    return {
+        "type": "FeatureCollection",
+        "notice": RESEARCH_USE_NOTICE,
+        "wsiviewer": {
+            "version": __version__,
+            "units": "level-0 px, origin top-left, x right, y down",
+            "threshold": state.threshold,
+            "min_area_mm2": state.min_area_mm2,
+            "review": state.progress_text,
+            "accepted_only": accepted_only,
+        },
+        "features": features,
+    }
+
+
+def _review_feature(item: ReviewItem, state: ReviewState, analysis_key: str) -> dict[str, Any]:
+    rejected = item.status == "rejected"
+    kind = "IDC region" if item.ref.kind == "model" else "Manual region"
+    measurements: dict[str, float | None] = {"area_mm2": _finite(item.area_mm2)}
+    if item.max_prob is not None and item.mean_prob is not None:
+        measurements["max_prob"] = _finite(item.max_prob)
+        measurements["mean_prob"] = _finite(item.mean_prob)
+    id_text = f"{analysis_key}:{state.region_set_id}:{item.ref.kind}:{item.ref.id}"
+    return {
+        "type": "Feature",
+        "id": str(uuid.uuid5(_REGION_ID_NAMESPACE, id_text)),
+        "geometry": _polygon_geometry(item.polygon),
+        "properties": {
+            "objectType": "annotation",
+            "name": f"{kind} {item.number} ({item.status})",
+            "classification": {
+                "name": REJECTED_CLASS_NAME if rejected else IDC_CLASS_NAME,
+                "color": list(REJECTED_COLOR if rejected else IDC_COLOR),
+            },
+            "isLocked": False,
+            "measurements": measurements,
+            "status": item.status,
+            "note": item.note,
+            "reviewer": item.reviewer,
+            "decided_at": item.decided_at,
+            "source": item.ref.kind,
+            "number": item.number,
+        },
+    }
+
+
+def write_review_geojson(
+    path: str | os.PathLike[str],
+    state: ReviewState,
+    *,
+    analysis_key: str = "",
+    accepted_only: bool = False,
+) -> Path:
+    """Write :func:`review_feature_collection` (atomically), one feature per line."""
+    collection = review_feature_collection(
+        state, analysis_key=analysis_key, accepted_only=accepted_only
+    )
+    return _write_feature_collection(path, collection)
+
+
+def _write_feature_collection(path: str | os.PathLike[str], collection: dict[str, Any]) -> Path:
+    features = collection.pop("features")
+
+    def write(handle: TextIO) -> None:
+        handle.write(json.dumps(collection)[:-1] + ', "features": [')
+        for index, feature in enumerate(features):
+            handle.write(("," if index else "") + "\n" + json.dumps(feature))
+        handle.write("\n]}\n")
+
+    return _write_text(path, write)
+
+
 # --------------------------------------------------------------------------- mask
+
+
+def review_grid_mask(
+    items: Sequence[ReviewItem],
+    grid: PatchGrid,
+    region_cells: Mapping[int, np.ndarray],
+) -> np.ndarray:
+    """``(rows, cols) bool``: the grid cells of ``items``.
+
+    A model region contributes its own cells (``region_cells[ref.id]``, ``(N, 2)`` row/col),
+    so the mask matches the GeoJSON outline exactly. A manual region is rasterised onto the
+    grid: a cell is in it when the cell's centre lies inside the polygon (level-0 px), so a
+    manual region is exported at the analysis's resolution, like everything in the mask.
+    """
+    out = np.zeros(grid.shape, dtype=bool)
+    if grid.cell_count == 0:
+        return out
+    size = grid.l0_patch_size
+    for item in items:
+        if item.ref.kind == "model":
+            cells = np.asarray(region_cells[item.ref.id]).reshape(-1, 2)
+            out[cells[:, 0], cells[:, 1]] = True
+            continue
+        minx, miny, maxx, maxy = item.polygon.bounds
+        col_0 = max(0, math.floor(minx / size - 0.5))
+        col_1 = min(grid.cols, math.ceil(maxx / size + 0.5))
+        row_0 = max(0, math.floor(miny / size - 0.5))
+        row_1 = min(grid.rows, math.ceil(maxy / size + 0.5))
+        if col_0 >= col_1 or row_0 >= row_1:
+            continue
+        grid_rows, grid_cols = np.mgrid[row_0:row_1, col_0:col_1]
+        inside = shapely.contains_xy(
+            item.polygon, (grid_cols + 0.5) * size, (grid_rows + 0.5) * size
+        )
+        out[grid_rows[inside], grid_cols[inside]] = True
+    return out
 
 
 def idc_grid_mask(probability_map: ProbabilityMap, threshold: float) -> np.ndarray:

@@ -10,8 +10,9 @@ import numpy as np
 from wsiviewer.core.grid import MPP_TOLERANCE, PatchGrid
 from wsiviewer.core.slide import Slide
 
-#: Largest side, in level px, of one region read (bounds memory: 4096² RGB is 48 MiB).
-MAX_READ_SIDE = 4096
+#: Largest side, in level px, of one region read: blocks of 2048² (12 MiB of RGB) keep reading
+#: and inference overlapped without holding much memory.
+MAX_READ_SIDE = 2048
 
 
 class PatchReader:

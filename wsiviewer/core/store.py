@@ -23,6 +23,13 @@ map, see :attr:`wsiviewer.core.analysis.Analysis.key`) is indexed, not unique. R
 immutable and, once review starts, frozen: review decisions will reference ``regions.id``, which
 never changes, and the database refuses (by trigger) to alter or delete a frozen set's regions.
 
+Review (schema v2): ``manual_regions`` holds regions a reviewer drew or imported, and
+``review_decisions`` is the append-only review log of a region set (accept, reject, reset, note,
+add, delete, undo; each row with its reviewer, the model name and the set's threshold). Triggers
+keep the log append-only, tie every row to a region of its own set, let an action be undone once,
+and freeze the set in the transaction of its first decision. :mod:`.review` derives the review
+state from the log.
+
 A :class:`Store` may be shared by threads (its calls are serialised); each process opens its own.
 """
 
@@ -221,10 +228,109 @@ _SCHEMA_V1 = (
     """,
 )
 
+#: Actions of the review log (``review_decisions.action``).
+REVIEW_ACTIONS = ("accept", "reject", "reset", "note", "add", "delete", "undo")
+
+_SCHEMA_V2 = (
+    # Regions a reviewer drew or imported: level-0 px outline (WKB, little-endian), area at the
+    # analysis's µm/px. Whether one exists is derived from the log (its 'add' not undone).
+    """
+    CREATE TABLE manual_regions (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        region_set_id INTEGER NOT NULL REFERENCES region_sets (id),
+        polygon_wkb BLOB NOT NULL,
+        area_mm2 REAL NOT NULL CHECK (area_mm2 > 0),
+        created_at TEXT NOT NULL,
+        reviewer TEXT NOT NULL CHECK (length(reviewer) > 0)
+    )
+    """,
+    "CREATE INDEX manual_regions_by_set ON manual_regions (region_set_id)",
+    # The append-only review log of a region set; the review state is derived from it. Every
+    # row names its reviewer, and the model and threshold the set was drawn with.
+    """
+    CREATE TABLE review_decisions (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        region_set_id INTEGER NOT NULL REFERENCES region_sets (id),
+        region_id INTEGER REFERENCES regions (id),
+        manual_region_id INTEGER REFERENCES manual_regions (id),
+        action TEXT NOT NULL CHECK (action IN
+            ('accept', 'reject', 'reset', 'note', 'add', 'delete', 'undo')),
+        note TEXT,
+        undoes_id INTEGER REFERENCES review_decisions (id),
+        reviewer TEXT NOT NULL CHECK (length(reviewer) > 0),
+        model_name TEXT NOT NULL,
+        threshold REAL NOT NULL,
+        created_at TEXT NOT NULL,
+        CHECK ((region_id IS NULL) <> (manual_region_id IS NULL)),
+        CHECK ((action = 'undo') = (undoes_id IS NOT NULL)),
+        CHECK (action <> 'add' OR manual_region_id IS NOT NULL)
+    )
+    """,
+    "CREATE INDEX review_decisions_by_set ON review_decisions (region_set_id, id)",
+    # An action is undone at most once.
+    """
+    CREATE UNIQUE INDEX review_decisions_undone_once ON review_decisions (undoes_id)
+    WHERE undoes_id IS NOT NULL
+    """,
+    """
+    CREATE TRIGGER review_decisions_append_only_update
+    BEFORE UPDATE ON review_decisions
+    BEGIN
+        SELECT RAISE(ABORT, 'review decisions are append-only');
+    END
+    """,
+    """
+    CREATE TRIGGER review_decisions_append_only_delete
+    BEFORE DELETE ON review_decisions
+    BEGIN
+        SELECT RAISE(ABORT, 'review decisions are append-only');
+    END
+    """,
+    # A decision is about a region of its own set, and an undo undoes a non-undo of its set.
+    """
+    CREATE TRIGGER review_decisions_same_set
+    BEFORE INSERT ON review_decisions
+    WHEN (NEW.region_id IS NOT NULL AND NEW.region_set_id IS NOT
+            (SELECT region_set_id FROM regions WHERE id = NEW.region_id))
+        OR (NEW.manual_region_id IS NOT NULL AND NEW.region_set_id IS NOT
+            (SELECT region_set_id FROM manual_regions WHERE id = NEW.manual_region_id))
+        OR (NEW.undoes_id IS NOT NULL AND NOT EXISTS
+            (SELECT 1 FROM review_decisions WHERE id = NEW.undoes_id
+                AND region_set_id = NEW.region_set_id AND action <> 'undo'))
+    BEGIN
+        SELECT RAISE(ABORT, 'review decision does not belong to its region set');
+    END
+    """,
+    # The first decision of any kind freezes the set, in the decision's own transaction.
+    """
+    CREATE TRIGGER review_decisions_freeze_set
+    AFTER INSERT ON review_decisions
+    BEGIN
+        UPDATE region_sets SET frozen_at = NEW.created_at
+        WHERE id = NEW.region_set_id AND frozen_at IS NULL;
+    END
+    """,
+    """
+    CREATE TRIGGER manual_regions_immutable
+    BEFORE UPDATE ON manual_regions
+    BEGIN
+        SELECT RAISE(ABORT, 'manual regions are immutable: delete and add another');
+    END
+    """,
+    """
+    CREATE TRIGGER manual_regions_kept
+    BEFORE DELETE ON manual_regions
+    BEGIN
+        SELECT RAISE(ABORT, 'manual regions are kept: delete them by a review decision');
+    END
+    """,
+)
+
 #: Forward migrations, in order: ``MIGRATIONS[i]`` takes the schema from version i to i + 1.
 #: Append new steps; never edit a released one.
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "slides, models, analyses, region sets, regions", _SCHEMA_V1),
+    Migration(2, "review: manual regions and the review decision log", _SCHEMA_V2),
 )
 
 _SCHEMA_VERSION_TABLE = """
@@ -297,6 +403,40 @@ class RegionRecord:
     id: int
     region_set_id: int
     region: Region = field(compare=False, hash=False)
+
+
+@dataclass(frozen=True)
+class ManualRegionRecord:
+    """A row of ``manual_regions``: a region a reviewer drew or imported (level-0 px)."""
+
+    id: int
+    region_set_id: int
+    polygon: Polygon = field(compare=False, hash=False)
+    area_mm2: float
+    #: ISO-8601 UTC.
+    created_at: str
+    reviewer: str
+
+
+@dataclass(frozen=True)
+class ReviewDecisionRecord:
+    """A row of the append-only review log ``review_decisions``."""
+
+    id: int
+    region_set_id: int
+    #: Exactly one of ``region_id`` (a model region) and ``manual_region_id`` is set.
+    region_id: int | None
+    manual_region_id: int | None
+    #: One of :data:`REVIEW_ACTIONS`.
+    action: str
+    note: str | None
+    #: The decision an ``undo`` undoes; ``None`` for every other action.
+    undoes_id: int | None
+    reviewer: str
+    model_name: str
+    threshold: float
+    #: ISO-8601 UTC.
+    created_at: str
 
 
 class Store:
@@ -677,6 +817,216 @@ class Store:
                 raise StoreError(f"No region set {region_set_id} in {self.path}")
         return _region_set_record(found)
 
+    def find_region_set(
+        self, analysis_id: int, threshold: float, min_area_mm2: float | None = None
+    ) -> RegionSetRecord | None:
+        """The region set of an analysis at this threshold (and minimum area, if given):
+        the latest frozen one (its review has started), else the latest; ``None`` if none."""
+        query = f"{_REGION_SET_SELECT} WHERE analysis_id = ? AND abs(threshold - ?) < 1e-9"
+        parameters: tuple[object, ...] = (analysis_id, float(threshold))
+        if min_area_mm2 is not None:
+            query += " AND abs(min_area_mm2 - ?) < 1e-12"
+            parameters += (float(min_area_mm2),)
+        query += " ORDER BY frozen_at IS NOT NULL DESC, id DESC LIMIT 1"
+        with self._reading("find a region set") as connection:
+            self._require(connection, "analyses", analysis_id, "analysis")
+            found = connection.execute(query, parameters).fetchone()
+        return None if found is None else _region_set_record(found)
+
+    def latest_reviewed_region_set(self, analysis_id: int) -> RegionSetRecord | None:
+        """The region set of an analysis with the most recent review decision, if any."""
+        with self._reading("find the reviewed region set") as connection:
+            self._require(connection, "analyses", analysis_id, "analysis")
+            found = connection.execute(
+                f"""
+                {_REGION_SET_SELECT} WHERE id = (
+                    SELECT d.region_set_id FROM review_decisions AS d
+                    JOIN region_sets AS rs ON rs.id = d.region_set_id
+                    WHERE rs.analysis_id = ? ORDER BY d.id DESC LIMIT 1)
+                """,
+                (analysis_id,),
+            ).fetchone()
+        return None if found is None else _region_set_record(found)
+
+    # -- review ---------------------------------------------------------------------------
+
+    def record_review_decision(
+        self,
+        region_set_id: int,
+        action: str,
+        reviewer: str,
+        *,
+        region_id: int | None = None,
+        manual_region_id: int | None = None,
+        note: str | None = None,
+    ) -> int:
+        """Append one decision about one region (model ``region_id`` or ``manual_region_id``)
+        to the review log in one committed transaction; return its id.
+
+        The set is frozen by the same transaction if it was not. ``add`` and ``undo`` have
+        their own methods (:meth:`add_manual_region`, :meth:`undo_review_decision`).
+        """
+        if action not in {"accept", "reject", "reset", "note", "delete"}:
+            raise StoreError(
+                f"Invalid review action {action!r}; expected accept, reject, reset, note or delete"
+            )
+        with self._transaction("record a review decision") as connection:
+            return self._insert_decision(
+                connection,
+                region_set_id,
+                action,
+                reviewer,
+                region_id=region_id,
+                manual_region_id=manual_region_id,
+                note=note,
+            )
+
+    def add_manual_region(
+        self,
+        region_set_id: int,
+        polygon: Polygon,
+        area_mm2: float,
+        reviewer: str,
+        note: str = "",
+    ) -> tuple[int, int]:
+        """Record a reviewer's region (level-0 px) and its ``add`` decision in one committed
+        transaction; return ``(manual region id, decision id)``."""
+        polygon_wkb = shapely.to_wkb(polygon, byte_order=1, output_dimension=2)
+        with self._transaction("add a manual region") as connection:
+            self._require(connection, "region_sets", region_set_id, "region set")
+            cursor = connection.execute(
+                """
+                INSERT INTO manual_regions (region_set_id, polygon_wkb, area_mm2, created_at,
+                                            reviewer)
+                VALUES (?, ?, ?, ?, ?)
+                """,
+                (region_set_id, polygon_wkb, float(area_mm2), _utc_now(), reviewer),
+            )
+            manual_region_id = cursor.lastrowid
+            assert manual_region_id is not None
+            decision_id = self._insert_decision(
+                connection,
+                region_set_id,
+                "add",
+                reviewer,
+                manual_region_id=manual_region_id,
+                note=note,
+            )
+        return manual_region_id, decision_id
+
+    def undo_review_decision(
+        self, region_set_id: int, reviewer: str
+    ) -> ReviewDecisionRecord | None:
+        """Undo ``reviewer``'s latest not-yet-undone action in the set (one committed
+        transaction appending an ``undo`` row); return the undone decision, ``None`` if none."""
+        with self._transaction("undo a review decision") as connection:
+            self._require(connection, "region_sets", region_set_id, "region set")
+            found = connection.execute(
+                f"""
+                {_DECISION_SELECT}
+                WHERE d.region_set_id = ? AND d.reviewer = ? AND d.action <> 'undo'
+                    AND NOT EXISTS (SELECT 1 FROM review_decisions AS u WHERE u.undoes_id = d.id)
+                ORDER BY d.id DESC LIMIT 1
+                """,
+                (region_set_id, reviewer),
+            ).fetchone()
+            if found is None:
+                return None
+            undone = _decision_record(found)
+            self._insert_decision(
+                connection,
+                region_set_id,
+                "undo",
+                reviewer,
+                region_id=undone.region_id,
+                manual_region_id=undone.manual_region_id,
+                undoes_id=undone.id,
+            )
+        return undone
+
+    def review_decisions(self, region_set_id: int) -> list[ReviewDecisionRecord]:
+        """The review log of a region set, oldest first."""
+        with self._reading("read review decisions") as connection:
+            self._require(connection, "region_sets", region_set_id, "region set")
+            rows = connection.execute(
+                f"{_DECISION_SELECT} WHERE d.region_set_id = ? ORDER BY d.id", (region_set_id,)
+            ).fetchall()
+        return [_decision_record(row) for row in rows]
+
+    def manual_regions(self, region_set_id: int) -> list[ManualRegionRecord]:
+        """Every manual region ever added to a set (undone adds included), oldest first."""
+        with self._reading("read manual regions") as connection:
+            self._require(connection, "region_sets", region_set_id, "region set")
+            rows = connection.execute(
+                """
+                SELECT id, region_set_id, polygon_wkb, area_mm2, created_at, reviewer
+                FROM manual_regions WHERE region_set_id = ? ORDER BY id
+                """,
+                (region_set_id,),
+            ).fetchall()
+        records: list[ManualRegionRecord] = []
+        for row in rows:
+            try:
+                polygon = shapely.from_wkb(bytes(row["polygon_wkb"]))
+            except (shapely.errors.GEOSException, ValueError, TypeError) as exc:
+                raise StoreError(
+                    f"Manual region {row['id']} in {self.path} is corrupt: {exc}"
+                ) from exc
+            if not isinstance(polygon, Polygon):
+                raise StoreError(f"Manual region {row['id']} in {self.path} is corrupt")
+            records.append(
+                ManualRegionRecord(
+                    id=int(row["id"]),
+                    region_set_id=int(row["region_set_id"]),
+                    polygon=polygon,
+                    area_mm2=float(row["area_mm2"]),
+                    created_at=row["created_at"],
+                    reviewer=row["reviewer"],
+                )
+            )
+        return records
+
+    def _insert_decision(
+        self,
+        connection: sqlite3.Connection,
+        region_set_id: int,
+        action: str,
+        reviewer: str,
+        *,
+        region_id: int | None = None,
+        manual_region_id: int | None = None,
+        note: str | None = None,
+        undoes_id: int | None = None,
+    ) -> int:
+        """Insert one log row inside the caller's transaction, with the set's model name and
+        threshold; the database's checks and triggers refuse a row that does not fit."""
+        if not reviewer or not reviewer.strip():
+            raise StoreError(f"Invalid reviewer name {reviewer!r}: it must not be empty")
+        cursor = connection.execute(
+            """
+            INSERT INTO review_decisions (region_set_id, region_id, manual_region_id, action,
+                note, undoes_id, reviewer, model_name, threshold, created_at)
+            SELECT rs.id, ?, ?, ?, ?, ?, ?, m.name, rs.threshold, ?
+            FROM region_sets AS rs
+            JOIN analyses AS a ON a.id = rs.analysis_id
+            JOIN models AS m ON m.id = a.model_id
+            WHERE rs.id = ?
+            """,
+            (
+                region_id,
+                manual_region_id,
+                action,
+                note,
+                undoes_id,
+                reviewer,
+                _utc_now(),
+                region_set_id,
+            ),
+        )
+        if cursor.rowcount != 1 or cursor.lastrowid is None:
+            raise StoreError(f"No region set {region_set_id} in {self.path}")
+        return cursor.lastrowid
+
     # -- internals ------------------------------------------------------------------------
 
     def _check_file(self) -> None:
@@ -871,6 +1221,31 @@ _REGION_SET_SELECT = """
     SELECT id, analysis_id, threshold, min_area_mm2, region_count, created_at, frozen_at
     FROM region_sets
 """
+
+
+_DECISION_SELECT = """
+    SELECT d.id, d.region_set_id, d.region_id, d.manual_region_id, d.action, d.note,
+           d.undoes_id, d.reviewer, d.model_name, d.threshold, d.created_at
+    FROM review_decisions AS d
+"""
+
+
+def _decision_record(row: sqlite3.Row) -> ReviewDecisionRecord:
+    return ReviewDecisionRecord(
+        id=int(row["id"]),
+        region_set_id=int(row["region_set_id"]),
+        region_id=None if row["region_id"] is None else int(row["region_id"]),
+        manual_region_id=(
+            None if row["manual_region_id"] is None else int(row["manual_region_id"])
+        ),
+        action=str(row["action"]),
+        note=row["note"],
+        undoes_id=None if row["undoes_id"] is None else int(row["undoes_id"]),
+        reviewer=str(row["reviewer"]),
+        model_name=str(row["model_name"]),
+        threshold=float(row["threshold"]),
+        created_at=str(row["created_at"]),
+    )
 
 
 def _analysis_record(row: sqlite3.Row) -> AnalysisRecord:

@@ -41,6 +41,7 @@ from wsiviewer.errors import ModelError, ResolutionError
 from wsiviewer.gui.analysis import AnalysisJob, AnalysisOutcome, AnalysisRunner, AnalysisUpdate
 from wsiviewer.gui.overview import OverviewWidget
 from wsiviewer.gui.panels import ModelPanel, OverlayPanel, SlideInfoPanel, scroll_wrapped
+from wsiviewer.gui.review_panel import REVIEW_SHORTCUTS, ReviewPanel
 from wsiviewer.gui.slide_view import MAGNIFICATION_PRESETS, SlideView
 from wsiviewer.gui.tiles import rgb_to_qimage
 
@@ -112,9 +113,10 @@ class ShortcutsDialog(QDialog):
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.setWindowTitle("Keyboard shortcuts")
-        table = QTableWidget(len(SHORTCUTS), 2)
+        shortcuts = SHORTCUTS + REVIEW_SHORTCUTS
+        table = QTableWidget(len(shortcuts), 2)
         table.setHorizontalHeaderLabels(["Keys", "Action"])
-        for row, (keys, action) in enumerate(SHORTCUTS):
+        for row, (keys, action) in enumerate(shortcuts):
             table.setItem(row, 0, QTableWidgetItem(keys))
             table.setItem(row, 1, QTableWidgetItem(action))
         table.resizeColumnsToContents()
@@ -164,6 +166,7 @@ class MainWindow(QMainWindow):
         self.info_panel = SlideInfoPanel()
         self.overlay_panel = OverlayPanel()
         self.model_panel = ModelPanel()
+        self.review_panel = ReviewPanel(self.view, self.settings)
         self.runner = AnalysisRunner(self)
 
         self._slide: Slide | None = None
@@ -196,6 +199,7 @@ class MainWindow(QMainWindow):
 
     def _build_docks(self) -> None:
         self.overview_dock = self._dock("Overview", "overview_dock", self.overview)
+        self.review_dock = self._dock("Review", "review_dock", self.review_panel)
         self.overlay_dock = self._dock(
             "Heatmap", "heatmap_dock", scroll_wrapped(self.overlay_panel)
         )
@@ -207,7 +211,10 @@ class MainWindow(QMainWindow):
         self.tabifyDockWidget(self.overlay_dock, self.info_dock)
         self.tabifyDockWidget(self.info_dock, self.model_dock)
         self.overlay_dock.raise_()
-        self.resizeDocks([self.overview_dock], [380], Qt.Orientation.Horizontal)
+        self.addDockWidget(Qt.DockWidgetArea.LeftDockWidgetArea, self.review_dock)
+        self.resizeDocks(
+            [self.overview_dock, self.review_dock], [380, 420], Qt.Orientation.Horizontal
+        )
         self.resizeDocks(
             [self.overview_dock, self.overlay_dock], [280, 560], Qt.Orientation.Vertical
         )
@@ -284,12 +291,25 @@ class MainWindow(QMainWindow):
             "&Keyboard shortcuts", self.show_shortcuts, QKeySequence.StandardKey.HelpContents
         )
         self.about_action = self._action("&About wsiviewer", self.show_about)
+        self.export_action = self._action(
+            "&Export…", self.export_review, "Ctrl+E", "Export the reviewed regions"
+        )
+        self.import_action = self._action(
+            "&Import QuPath annotations…",
+            self.choose_qupath_import,
+            tip="Add QuPath GeoJSON annotations as manual regions",
+        )
+        for action in self.review_panel.review_actions:
+            self.addAction(action)
 
         menus = self.menuBar()
         file_menu = menus.addMenu("&File")
         file_menu.addAction(self.open_action)
         self.recent_menu = file_menu.addMenu("Open &recent")
         file_menu.addAction(self.close_action)
+        file_menu.addSeparator()
+        file_menu.addAction(self.export_action)
+        file_menu.addAction(self.import_action)
         file_menu.addSeparator()
         file_menu.addAction(self.quit_action)
         view_menu = menus.addMenu("&View")
@@ -300,12 +320,23 @@ class MainWindow(QMainWindow):
             magnification_menu.addAction(action)
         view_menu.addAction(self.heatmap_action)
         view_menu.addSeparator()
-        for dock in (self.overview_dock, self.overlay_dock, self.info_dock, self.model_dock):
+        for dock in (
+            self.overview_dock,
+            self.overlay_dock,
+            self.info_dock,
+            self.model_dock,
+            self.review_dock,
+        ):
             view_menu.addAction(dock.toggleViewAction())
         analysis_menu = menus.addMenu("&Analysis")
         analysis_menu.addAction(self.analyze_action)
         analysis_menu.addAction(self.cancel_action)
         analysis_menu.addAction(self.model_action)
+        review_menu = menus.addMenu("&Review")
+        for action in self.review_panel.review_actions:
+            if action is self.review_panel.draw_action:
+                review_menu.addSeparator()
+            review_menu.addAction(action)
         help_menu = menus.addMenu("&Help")
         help_menu.addAction(self.shortcuts_action)
         help_menu.addAction(self.info_action)
@@ -316,6 +347,8 @@ class MainWindow(QMainWindow):
         toolbar.setMovable(False)
         for action in (self.open_action, self.fit_action, self.analyze_action, self.cancel_action):
             toolbar.addAction(action)
+        toolbar.addSeparator()
+        toolbar.addAction(self.review_panel.draw_action)
         self._rebuild_recent_menu()
 
     def _connect(self) -> None:
@@ -335,6 +368,12 @@ class MainWindow(QMainWindow):
         self.runner.analysis_cancelled.connect(self._on_analysis_cancelled)
         self.runner.analysis_warned.connect(lambda text: self.statusBar().showMessage(text, 8000))
         self.runner.stopped.connect(self._on_analysis_stopped)
+        self.review_panel.review_failed.connect(self.show_error)
+        self.review_panel.status_reported.connect(
+            lambda text: self.statusBar().showMessage(text, 6000)
+        )
+        self.review_panel.review_opened.connect(lambda _state: self._update_actions())
+        self.review_panel.review_closed.connect(self._update_actions)
         self._tile_error_reported = False
 
     # -- settings ---------------------------------------------------------------------------
@@ -470,6 +509,7 @@ class MainWindow(QMainWindow):
         self._slide = None
         self._slide_path = None
         self._shown_analysis_id = None
+        self.review_panel.close_review()
         self.position_label.clear()
         self.probability_label.clear()
         if old is not None:
@@ -609,6 +649,7 @@ class MainWindow(QMainWindow):
             self.statusBar().showMessage(f"Stored analyses cannot be read: {exc}", 10000)
             return
         if record is None or probability_map is None:
+            self.review_panel.close_review()
             self.view.clear_probability_map()
             self._refresh_overview_heatmap()
             self.overlay_panel.analysis_label.setText(
@@ -632,6 +673,7 @@ class MainWindow(QMainWindow):
             f"{record.mpp.value:.4g} µm/px ({record.mpp.source})."
         )
         self._shown_analysis_id = record.id
+        self.review_panel.show_analysis(record.id, record.model.threshold)
         self.stored_analysis_shown.emit(record.id)
 
     @property
@@ -698,6 +740,9 @@ class MainWindow(QMainWindow):
             self.analyze_action.setToolTip(f"Analyse with {card.name} (Ctrl+R)")
         self.cancel_action.setEnabled(running)
         self.close_action.setEnabled(has_slide)
+        has_review = self.review_panel.session is not None
+        self.export_action.setEnabled(has_review)
+        self.import_action.setEnabled(has_review)
         for action in (self.fit_action, self.zoom_in_action, self.zoom_out_action):
             action.setEnabled(has_slide)
         for widget in (self.device_label, self.progress_bar, self.cancel_button):
@@ -805,6 +850,7 @@ class MainWindow(QMainWindow):
         if self._job_is_current():
             self._show_probability_map(pmap.grid, pmap.probabilities)
             self._shown_analysis_id = outcome.analysis_id
+            self.review_panel.show_analysis(outcome.analysis_id, analysis.model.threshold)
             self.overlay_panel.analysis_label.setText(
                 f"Analysis #{outcome.analysis_id}: {html.escape(analysis.model.name)} "
                 f"v{html.escape(analysis.model.version)}, {pmap.scored_count:,} patches scored "
@@ -831,6 +877,20 @@ class MainWindow(QMainWindow):
 
     def _on_analysis_stopped(self) -> None:
         self._update_actions()
+
+    # -- review -----------------------------------------------------------------------------
+
+    def export_review(self) -> None:
+        """File › Export…: the reviewed regions into a chosen folder."""
+        self.review_panel.choose_export(self._slide, self._slide_path, self.model_panel.card)
+
+    def choose_qupath_import(self) -> None:
+        start = str(self._slide_path.parent) if self._slide_path is not None else ""
+        path, _ = QFileDialog.getOpenFileName(
+            self, "Import QuPath annotations", start, "GeoJSON (*.geojson *.json);;All files (*)"
+        )
+        if path:
+            self.review_panel.import_qupath(path)
 
     # -- help -------------------------------------------------------------------------------
 

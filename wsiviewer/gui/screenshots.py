@@ -4,7 +4,8 @@
 
 Drives the real window and saves PNGs into OUTDIR: the slide open, zoomed in with the overview,
 the heatmap overlay at two zooms, the model card, the slide information, an analysis running,
-and the error dialog of an unopenable file.
+the error dialog of an unopenable file, and the review of flagged regions (the list, outlines
+by status, a region framed, a polygon being drawn, a manual region).
 
 The heatmap is a SYNTHETIC demonstration map: no trained model ships yet and a random one gives
 near-constant probabilities, so this script records, in a throw-away data folder, an analysis
@@ -87,6 +88,86 @@ def _synthetic_analysis(slide_path: Path, models_dir: Path) -> Path:
     return card_path
 
 
+def _synthetic_foci_analysis(slide_path: Path, foci: int = 4) -> None:
+    """Record, with the latest analysis's model and grid, a SYNTHETIC map of a few separate
+    foci (P 0.65-0.98, one or two cells each, far apart) over low-probability tissue."""
+    from wsiviewer.core.analysis import Analysis, SlideSummary
+    from wsiviewer.core.probability import ProbabilityMap
+    from wsiviewer.core.slide import open_slide
+    from wsiviewer.core.store import Store
+    from wsiviewer.core.tissue import TissueSettings
+
+    with open_slide(slide_path) as slide, Store.open() as store:
+        record = store.latest_analysis(slide.identity)
+        assert record is not None
+        tissue = store.load_probability_map(record).tissue
+        rng = np.random.default_rng(7)
+        probabilities = np.where(tissue, rng.uniform(0.05, 0.35, tissue.shape), np.nan)
+        cells = np.argwhere(tissue)
+        chosen = [cells[len(cells) // 2]]
+        while len(chosen) < min(foci, len(cells)):  # farthest-point: foci never touch
+            distance = np.min([np.abs(cells - c).sum(axis=1) for c in chosen], axis=0)
+            chosen.append(cells[int(np.argmax(distance))])
+        for index, (row, col) in enumerate(chosen):
+            probabilities[row, col] = 0.98 - 0.1 * index
+            if index % 2 == 0 and row + 1 < tissue.shape[0] and tissue[row + 1, col]:
+                probabilities[row + 1, col] = 0.7 - 0.02 * index
+        analysis = Analysis(
+            slide=SlideSummary(slide.identity, slide.vendor, slide.dimensions, record.mpp),
+            model=record.model,
+            tissue_settings=TissueSettings(**record.tissue_settings),
+            probability_map=ProbabilityMap(record.grid, probabilities.astype(np.float32), tissue),
+            device="synthetic (screenshots)",
+            batch_size=0,
+            started_at="2025-01-02T00:00:00+00:00",
+        )
+        store.save_analysis(analysis)
+
+
+def _review_screenshots(app: object, window: object, save: object) -> None:
+    """The review of the synthetic map's regions: some decided, a note, a manual region."""
+    from PySide6.QtCore import QPointF
+
+    panel = window.review_panel  # type: ignore[attr-defined]
+    view = window.view  # type: ignore[attr-defined]
+    # The smooth blobs merge into one region on a small slide: record a map of separate
+    # synthetic foci and reopen the slide, which opens its review by itself.
+    slide_path = window.slide_path  # type: ignore[attr-defined]
+    window.close_slide()  # type: ignore[attr-defined]
+    _synthetic_foci_analysis(slide_path)
+    window.open_slide(slide_path)  # type: ignore[attr-defined]
+    _wait(app, lambda: panel.state is not None and view.settled)
+    window.review_dock.show()  # type: ignore[attr-defined]
+    window.review_dock.raise_()  # type: ignore[attr-defined]
+    window.overlay_dock.raise_()  # type: ignore[attr-defined]
+    panel.select_next()
+    panel.accept_selected()
+    panel.reject_selected()
+    panel.accept_selected()
+    panel.set_note("cribriform pattern; check the margin")
+    state = panel.state
+    print(f"review: {state.progress_text}, {len(state.items)} regions")
+    view.fit()
+    _wait(app, lambda: view.settled)
+    save("04a-review-overview")  # type: ignore[operator]
+
+    panel.select_previous()
+    _wait(app, lambda: view.settled)
+    save("04b-review-region-framed")  # type: ignore[operator]
+
+    visible = view.visible_l0_rect().intersected(view.slide_rect)
+    size = min(visible.width(), visible.height()) * 0.5
+    cx, cy = visible.center().x() - size * 0.3, visible.center().y() - size * 0.4
+    panel.draw_tool.start()
+    for dx, dy in ((0, -0.3), (0.5, -0.2), (0.6, 0.3), (0.1, 0.4)):
+        panel.draw_tool.add_vertex(QPointF(cx + dx * size, cy + dy * size))
+    app.processEvents()  # type: ignore[attr-defined]
+    save("04c-review-drawing")  # type: ignore[operator]
+    panel.draw_tool.finish()
+    _wait(app, lambda: view.settled)
+    save("04d-review-manual-region")  # type: ignore[operator]
+
+
 def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or args[0] in ("-h", "--help"):
@@ -107,6 +188,7 @@ def main(argv: list[str] | None = None) -> int:
 
     app = application()
     settings = QSettings(str(Path(data_dir) / "settings.ini"), QSettings.Format.IniFormat)
+    settings.setValue("review/reviewer", "Demo reviewer")  # never a modal name prompt here
     window = MainWindow(settings=settings)
     window.resize(1800, 1100)
     window.move(0, 0)
@@ -154,6 +236,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"cursor over cell {(row, col)} at view {view_pos.x():.0f},{view_pos.y():.0f}")
     _wait(app, lambda: window.view.settled)
     save("04-heatmap-synthetic-zoomed")
+    _review_screenshots(app, window, save)
 
     window.model_dock.show()
     window.model_dock.raise_()

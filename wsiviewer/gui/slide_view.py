@@ -2,9 +2,10 @@
 
 The scene is in level-0 px (DESIGN.md), so the heatmap item is placed and scaled by the
 :class:`~wsiviewer.core.grid.PatchGrid` alone. Tiles are painted in ``drawBackground``: for
-every tile of the level the zoom asks for, the cached tile, else the finest coarser level whose
-tiles are cached, else the always-loaded base image (the coarsest level), so the view never
-flashes blank while finer tiles arrive.
+every tile of the level (and reduction) the zoom asks for, the cached tile, else the same
+level's tiles at another reduction, else the finest coarser level whose tiles are cached, else
+the always-loaded base image (the coarsest level), so the view never flashes blank while finer
+tiles arrive.
 """
 
 from __future__ import annotations
@@ -37,7 +38,14 @@ from PySide6.QtWidgets import (
 from wsiviewer.core.colormaps import DEFAULT_COLORMAP, apply_colormap
 from wsiviewer.core.grid import PatchGrid
 from wsiviewer.core.slide import Slide
-from wsiviewer.gui.tiles import DEFAULT_CACHE_BYTES, TileKey, TileLayout, TileLoader
+from wsiviewer.gui.tiles import (
+    DEFAULT_CACHE_BYTES,
+    REDUCTIONS,
+    TileKey,
+    TileLayout,
+    TileLoader,
+    reduction_for,
+)
 
 #: Grey around the slide, as in QuPath and ASAP.
 BACKGROUND = QColor(48, 48, 48)
@@ -279,11 +287,18 @@ class SlideView(QGraphicsView):
     @property
     def target_level(self) -> int:
         """The coarsest level at least as fine as the screen at this zoom."""
+        return self.target_grid[0]
+
+    @property
+    def target_grid(self) -> tuple[int, int]:
+        """``(level, reduction)`` of the tiles this zoom is painted from: the coarsest level at
+        least as fine as the screen, averaged down as far as it stays so
+        (:func:`~wsiviewer.gui.tiles.reduction_for`)."""
         if self._slide is None:
-            return 0
-        return self._slide.best_level_for_downsample(
-            self.l0_per_screen_px / self.devicePixelRatioF()
-        )
+            return 0, 1
+        l0_per_device_px = self.l0_per_screen_px / self.devicePixelRatioF()
+        level = self._slide.best_level_for_downsample(l0_per_device_px)
+        return level, reduction_for(l0_per_device_px / self._slide.level_downsamples[level])
 
     def visible_l0_rect(self) -> QRectF:
         return self.mapToScene(self.viewport().rect()).boundingRect()
@@ -407,7 +422,8 @@ class SlideView(QGraphicsView):
             self._wanted, self._wanted_set = [], frozenset()
         else:
             box = (visible.x(), visible.y(), visible.width(), visible.height())
-            self._wanted = self._layout.tiles_in(self.target_level, box)
+            level, reduction = self.target_grid
+            self._wanted = self._layout.tiles_in(level, box, reduction)
             self._wanted_set = frozenset(self._wanted)
         self.loader.request(self._wanted)
         self._check_settled()
@@ -442,26 +458,38 @@ class SlideView(QGraphicsView):
         layout = self._layout
         cache = self.loader.cache
         box = (exposed.x(), exposed.y(), exposed.width(), exposed.height())
-        for key in layout.tiles_in(self.target_level, box):
+        level, reduction = self.target_grid
+        fallbacks: list[tuple[int, int]] | None = None
+        for key in layout.tiles_in(level, box, reduction):
             tile_rect = QRectF(*layout.l0_box(key))
             image = cache.get(key)
             if image is not None:
-                painter.drawImage(tile_rect, image)
+                image_rect = QRectF(*layout.l0_image_box(key))
+                if image_rect == tile_rect:
+                    painter.drawImage(tile_rect, image)
+                else:
+                    # A partial block at the slide's edge: its px is wider than the slide.
+                    _draw_part(painter, image, image_rect, exposed)
             else:
-                self._draw_fallback(painter, tile_rect.intersected(exposed), key.level)
+                if fallbacks is None:
+                    fallbacks = _fallback_grids(level, reduction, layout.level_count)
+                self._draw_fallback(painter, tile_rect.intersected(exposed), fallbacks)
 
-    def _draw_fallback(self, painter: QPainter, target: QRectF, level: int) -> None:
-        """Paint ``target`` from the finest coarser level fully in the cache, else the base."""
+    def _draw_fallback(
+        self, painter: QPainter, target: QRectF, grids: list[tuple[int, int]]
+    ) -> None:
+        """Paint ``target`` from the first of ``grids`` (``(level, reduction)``) whose tiles
+        there are all cached, else from the base image."""
         assert self._layout is not None
         layout = self._layout
         box = (target.x(), target.y(), target.width(), target.height())
-        for coarser in range(level + 1, layout.level_count):
-            keys = layout.tiles_in(coarser, box)
+        for level, reduction in grids:
+            keys = layout.tiles_in(level, box, reduction)
             images = [self.loader.cache.peek(key) for key in keys]
             if keys and all(image is not None for image in images):
                 for key, image in zip(keys, images, strict=True):
                     assert image is not None
-                    _draw_part(painter, image, QRectF(*layout.l0_box(key)), target)
+                    _draw_part(painter, image, QRectF(*layout.l0_image_box(key)), target)
                 return
         if self._base_image is not None:
             _draw_part(painter, self._base_image, self._base_rect, target)
@@ -599,6 +627,20 @@ class SlideView(QGraphicsView):
     def shutdown(self) -> None:
         """Stop tile loading (waits for reads in progress)."""
         self.loader.shutdown()
+
+
+def _fallback_grids(level: int, reduction: int, level_count: int) -> list[tuple[int, int]]:
+    """Where to look, in order, for tiles to stand in for missing ``(level, reduction)`` ones.
+
+    The same level first (zooming across a reduction step keeps the level's sharp tiles,
+    nearest reduction first), then the coarser levels, finest first.
+    """
+    same_level = sorted(
+        (r for r in REDUCTIONS if r != reduction), key=lambda r: (abs(math.log2(r / reduction)), r)
+    )
+    grids = [(level, r) for r in same_level]
+    grids += [(coarser, r) for coarser in range(level + 1, level_count) for r in REDUCTIONS]
+    return grids
 
 
 def _draw_part(painter: QPainter, image: QImage, image_rect: QRectF, target: QRectF) -> None:
