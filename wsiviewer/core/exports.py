@@ -23,6 +23,7 @@ import shutil
 import tempfile
 import uuid
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, TextIO
@@ -112,12 +113,6 @@ def write_outputs(
     ExportError
         If a file cannot be written.
     """
-    out_dir = Path(out_dir)
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=".wsiviewer-export-", dir=out_dir))
-    except OSError as exc:
-        raise ExportError(f"Cannot create output folder {out_dir}: {exc}") from exc
     probability_map = analysis.probability_map
     grid = probability_map.grid
     region_mask = region_set.mask(grid.shape)
@@ -134,14 +129,41 @@ def write_outputs(
         writers["overlay"] = lambda path: write_overlay_png(
             path, slide, probability_map, colormap=colormap
         )
+    written = write_staged(out_dir, {OUTPUT_NAMES[kind]: write for kind, write in writers.items()})
+    return {kind: written[OUTPUT_NAMES[kind]] for kind in writers}
+
+
+def write_staged(
+    out_dir: str | os.PathLike[str], writers: Mapping[str, Callable[[Path], object]]
+) -> dict[str, Path]:
+    """Write a set of files into ``out_dir`` so that none appears unless all were written.
+
+    Each ``writers[name](path)`` writes one file into a hidden staging folder inside
+    ``out_dir`` (several at once: encoders release the GIL); the files are moved into place
+    with :func:`os.replace` only once all are written. On any failure, or a cancel, none of
+    them appears and older files stay as they were; only ``os.replace`` itself failing during
+    the final moves could leave new and old files side by side, each of them whole.
+
+    Raises
+    ------
+    ExportError
+        If the folder cannot be created or a file cannot be written.
+    """
+    out_dir = Path(out_dir)
     try:
-        for kind, write in writers.items():
-            write(staging / OUTPUT_NAMES[kind])
+        out_dir.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".wsiviewer-export-", dir=out_dir))
+    except OSError as exc:
+        raise ExportError(f"Cannot create output folder {out_dir}: {exc}") from exc
+    try:
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            futures = [pool.submit(write, staging / name) for name, write in writers.items()]
+            for future in futures:
+                future.result()
         written: dict[str, Path] = {}
-        for kind in writers:
-            target = out_dir / OUTPUT_NAMES[kind]
-            os.replace(staging / OUTPUT_NAMES[kind], target)
-            written[kind] = target
+        for name in writers:
+            os.replace(staging / name, out_dir / name)
+            written[name] = out_dir / name
         return written
     except OSError as exc:
         raise ExportError(f"Cannot write outputs to {out_dir}: {exc}") from exc
@@ -211,15 +233,7 @@ def write_geojson(
     One feature per line: compact, yet a diff or a text editor shows one region at a time.
     """
     collection = regions_feature_collection(region_set, analysis_key=analysis_key)
-    features = collection.pop("features")
-
-    def write(handle: TextIO) -> None:
-        handle.write(json.dumps(collection)[:-1] + ', "features": [')
-        for index, feature in enumerate(features):
-            handle.write(("," if index else "") + "\n" + json.dumps(feature))
-        handle.write("\n]}\n")
-
-    return _write_text(path, write)
+    return _write_feature_collection(path, collection)
 
 
 def _polygons(region: Region) -> list[Polygon]:
@@ -333,6 +347,7 @@ def write_review_geojson(
 
 
 def _write_feature_collection(path: str | os.PathLike[str], collection: dict[str, Any]) -> Path:
+    """Write a FeatureCollection one feature per line: compact, yet diffable (atomically)."""
     features = collection.pop("features")
 
     def write(handle: TextIO) -> None:

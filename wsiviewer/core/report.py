@@ -28,8 +28,6 @@ import io
 import json
 import math
 import os
-import shutil
-import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -52,6 +50,7 @@ from wsiviewer.core.exports import (
     write_mask_tiff,
     write_patch_csv,
     write_review_geojson,
+    write_staged,
 )
 from wsiviewer.core.probability import ProbabilityMap
 from wsiviewer.core.regions import find_regions
@@ -172,12 +171,6 @@ def export_review(
         raise ExportError(
             f"Unknown export kind(s) {unknown or kinds}; choose from {', '.join(EXPORT_KINDS)}"
         )
-    out_dir = Path(out_dir)
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=".wsiviewer-export-", dir=out_dir))
-    except OSError as exc:
-        raise ExportError(f"Cannot create output folder {out_dir}: {exc}") from exc
     grid = export.probability_map.grid
     writers: dict[str, Callable[[Path], object]] = {}
     if "geojson" in kinds:
@@ -202,18 +195,7 @@ def export_review(
         writers["review.json"] = lambda path: _write_text(
             path, lambda handle: json.dump(summary, handle, indent=2, ensure_ascii=False)
         )
-    try:
-        for name, write in writers.items():
-            write(staging / name)
-        written: dict[str, Path] = {}
-        for name in writers:
-            os.replace(staging / name, out_dir / name)
-            written[name] = out_dir / name
-        return written
-    except OSError as exc:
-        raise ExportError(f"Cannot write outputs to {out_dir}: {exc}") from exc
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    return write_staged(out_dir, writers)
 
 
 # --------------------------------------------------------------------------- tables
