@@ -212,14 +212,22 @@ def regions_feature_collection(region_set: RegionSet, *, analysis_key: str = "")
                     },
                 }
             )
+    return _feature_collection(features, region_set.threshold, region_set.min_area_mm2)
+
+
+def _feature_collection(
+    features: list[dict[str, Any]], threshold: float, min_area_mm2: float, **about: object
+) -> dict[str, Any]:
+    """A FeatureCollection with the research-use notice and what the regions came from."""
     return {
         "type": "FeatureCollection",
         "notice": RESEARCH_USE_NOTICE,
         "wsiviewer": {
             "version": __version__,
             "units": "level-0 px, origin top-left, x right, y down",
-            "threshold": region_set.threshold,
-            "min_area_mm2": region_set.min_area_mm2,
+            "threshold": threshold,
+            "min_area_mm2": min_area_mm2,
+            **about,
         },
         "features": features,
     }
@@ -286,19 +294,13 @@ def review_feature_collection(
         if accepted_only and item.status != "accepted":
             continue
         features.append(_review_feature(item, state, analysis_key))
-    return {
-        "type": "FeatureCollection",
-        "notice": RESEARCH_USE_NOTICE,
-        "wsiviewer": {
-            "version": __version__,
-            "units": "level-0 px, origin top-left, x right, y down",
-            "threshold": state.threshold,
-            "min_area_mm2": state.min_area_mm2,
-            "review": state.progress_text,
-            "accepted_only": accepted_only,
-        },
-        "features": features,
-    }
+    return _feature_collection(
+        features,
+        state.threshold,
+        state.min_area_mm2,
+        review=state.progress_text,
+        accepted_only=accepted_only,
+    )
 
 
 def _review_feature(item: ReviewItem, state: ReviewState, analysis_key: str) -> dict[str, Any]:
