@@ -24,7 +24,7 @@ EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 
-COMMANDS = ("info", "analyze", "models", "gui", "train", "export")
+COMMANDS = ("info", "analyze", "models", "gui", "train", "evaluate", "export")
 
 
 def _probability(text: str) -> float:
@@ -51,6 +51,16 @@ def _non_negative_float(text: str) -> float:
     value = float(text) if text.replace(".", "", 1).isdigit() else -1.0
     if value < 0:
         raise argparse.ArgumentTypeError(f"{text!r} must be a number ≥ 0")
+    return value
+
+
+def _json_object(text: str) -> dict[str, object]:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"not JSON: {exc}") from exc
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("must be a JSON object")
     return value
 
 
@@ -121,11 +131,33 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--data", type=Path, required=True, help="the dataset folder")
     train.add_argument("--out", type=Path, required=True, help="folder for weights, card, split")
     train.add_argument("--name", default="cancernet", help="model name (default cancernet)")
-    train.add_argument("--architecture", default="cancernet")
+    train.add_argument("--architecture", default="cancernet", help="cancernet (default) or resnet8")
+    train.add_argument(
+        "--architecture-args",
+        type=_json_object,
+        default={},
+        metavar="JSON",
+        help="constructor arguments, e.g. '{\"widths\": [48, 96, 192]}'",
+    )
     train.add_argument("--epochs", type=_positive_int, default=20)
+    train.add_argument(
+        "--stain-jitter",
+        type=_non_negative_float,
+        default=0.05,
+        help="H&E stain jitter: each stain scaled by 1 ± this (default 0.05)",
+    )
+    train.add_argument(
+        "--brightness-contrast",
+        type=_non_negative_float,
+        default=0.0,
+        help="brightness and contrast jitter: each scaled by 1 ± this (default 0: off)",
+    )
     train.add_argument("--batch-size", type=_positive_int, default=128)
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
+    train.add_argument(
+        "--threads", type=_positive_int, help="CPU threads for torch (default: all cores)"
+    )
     train.add_argument(
         "--split", type=Path, help="reuse this patient split JSON instead of making one"
     )
@@ -135,6 +167,36 @@ def build_parser() -> argparse.ArgumentParser:
         help="idc_patients.csv marking complete patients (default: beside --data)",
     )
     train.add_argument("--default", action="store_true", help="mark the card as the default")
+
+    evaluate = commands.add_parser(
+        "evaluate",
+        help="evaluate a model on the patients of its split: metrics, plots, report",
+        description="Score one part of a model's patient split (the test patients by "
+        "default): patch-level metrics with 95% intervals bootstrapped over patients, a "
+        "per-patient table, and the part's complete patients rebuilt as slides and analysed "
+        "end to end (Dice and IoU of the IDC mask). Writes metrics.json, CSV tables, PNG "
+        f"plots and report.md. {RESEARCH_USE_NOTICE}",
+    )
+    evaluate.add_argument("--data", type=Path, required=True, help="the dataset folder")
+    evaluate.add_argument("--model", help="model card name or path (default: the default model)")
+    evaluate.add_argument(
+        "--split", default="test", choices=("test", "validation", "train"), help="default test"
+    )
+    evaluate.add_argument(
+        "--split-file", type=Path, help="patient split JSON (default: the one on the card)"
+    )
+    evaluate.add_argument(
+        "--out", type=Path, help="report folder (default: evaluation-<model>-<split>)"
+    )
+    evaluate.add_argument(
+        "--patients-csv",
+        type=Path,
+        help="idc_patients.csv marking complete patients (default: beside --data)",
+    )
+    evaluate.add_argument(
+        "--no-slides", action="store_true", help="skip the slide-level (end-to-end) part"
+    )
+    evaluate.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
 
     export = commands.add_parser(
         "export",
@@ -204,6 +266,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_export(args)
         if args.command == "train":
             return _cmd_train(args)
+        if args.command == "evaluate":
+            return _cmd_evaluate(args)
     except KeyboardInterrupt:
         print("wsiviewer: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
@@ -244,10 +308,18 @@ def _cmd_models() -> int:
         return EXIT_OK
     for card in cards:
         mark = "*" if card.default else " "
+        test = (card.extra.get("metrics") or {}).get("test")
+        scores = ""
+        if isinstance(test, dict) and "roc_auc" in test:
+            scores = (
+                f"  test patients: AUC {test['roc_auc']:.3f}, balanced accuracy "
+                f"{test.get('balanced_accuracy', float('nan')):.3f}"
+            )
         print(
             f"{mark} {card.name}  v{card.version}  {card.architecture}  "
-            f"{card.input_mpp} µm/px  {card.path}"
+            f"{card.input_mpp:g} µm/px{scores}  {card.path}"
         )
+    print("* the default model. " + RESEARCH_USE_NOTICE)
     return EXIT_OK
 
 
@@ -360,6 +432,7 @@ def _analyze_one(
 def _cmd_train(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
+    from wsiviewer.core.models import build_model
     from wsiviewer.core.predictor import resolve_device
     from wsiviewer.core.progress import run_to_end
     from wsiviewer.training.dataset import (
@@ -370,7 +443,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
     )
     from wsiviewer.training.train import EpochReport, TrainingSettings, finish, train
 
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
+    build_model(args.architecture, args.architecture_args)  # a bad name fails before decoding
     print(f"Decoding patches under {args.data} ...", file=sys.stderr)
     patches = load_patch_set(args.data)
     for path, reason in patches.unreadable:
@@ -393,6 +471,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
         )
     settings = TrainingSettings(
         architecture=args.architecture,
+        architecture_args=args.architecture_args,
+        stain_jitter=args.stain_jitter,
+        brightness_contrast=args.brightness_contrast,
         epochs=args.epochs,
         batch_size=args.batch_size,
         seed=args.seed,
@@ -429,6 +510,70 @@ def _cmd_train(args: argparse.Namespace) -> int:
         training_summary=summary,
     )
     print(f"Wrote {card_path} and its weights. {RESEARCH_USE_NOTICE}", file=sys.stderr)
+    return EXIT_OK
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from wsiviewer.core.cards import resolve_model
+    from wsiviewer.core.progress import run_to_end
+    from wsiviewer.training.dataset import read_complete_patients
+    from wsiviewer.training.evaluate import EvaluationProgress, evaluate, write_report
+    from wsiviewer.training.metrics import INTERVAL_METRICS
+
+    card = resolve_model(args.model)
+    out_dir = args.out or Path(f"evaluation-{card.name}-{args.split}")
+    complete = read_complete_patients(args.patients_csv or args.data.parent / "idc_patients.csv")
+    bars: dict[str, tqdm] = {}  # type: ignore[type-arg]
+
+    def show(progress: EvaluationProgress) -> None:
+        bar = bars.get(progress.stage)
+        if bar is None:
+            for old in bars.values():
+                old.close()
+            bars.clear()
+            bar = bars[progress.stage] = tqdm(
+                total=progress.total, desc=progress.stage, file=sys.stderr, disable=None
+            )
+        bar.n = progress.done
+        bar.refresh()
+
+    try:
+        evaluation = run_to_end(
+            evaluate(
+                card,
+                args.data,
+                part=args.split,
+                split_path=args.split_file,
+                complete_patients=sorted(complete),
+                device=args.device,
+                slides=not args.no_slides,
+            ),
+            show,
+        )
+    finally:
+        for bar in bars.values():
+            bar.close()
+    report = write_report(evaluation, out_dir)
+    m, ci = evaluation.metrics, evaluation.intervals
+    print(
+        f"{card.name} on the {args.split} patients: {len(evaluation.patients)} patients, "
+        f"{len(evaluation.labels)} patches, threshold {evaluation.threshold:.4f}"
+    )
+    for key in INTERVAL_METRICS:
+        low, high = ci[key]
+        print(f"  {key:<18} {m[key]:.4f}  (95% CI {low:.4f}-{high:.4f})")
+    summary = evaluation.slide_summary()
+    if summary:
+        print(
+            f"  slide level: {summary['slides']} slides, Dice {summary['dice_pooled']:.4f}, "
+            f"IoU {summary['iou_pooled']:.4f}, max |ΔP| vs patch files "
+            f"{summary['max_abs_difference']:.1e}"
+        )
+    for patient in evaluation.missing_patients:
+        print(f"wsiviewer: warning: patient {patient} is not in {args.data}", file=sys.stderr)
+    print(f"Wrote {report}. {RESEARCH_USE_NOTICE}", file=sys.stderr)
     return EXIT_OK
 
 

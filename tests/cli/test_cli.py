@@ -76,8 +76,13 @@ def test_info_bad_slide_is_one_line(wsi_dir: Path, name: str, message: str) -> N
     assert "Traceback" not in err
 
 
-def test_analyze_without_any_model_says_so(generated_slide: Path, tmp_path: Path) -> None:
-    code, _, err = run_cli("analyze", generated_slide, "--out", tmp_path / "out")
+def test_analyze_without_any_model_says_so(
+    generated_slide: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:  # type: ignore[no-untyped-def]
+    # An installation whose shipped models folder is gone, and no user models.
+    monkeypatch.setattr("wsiviewer.core.cards.shipped_models_dir", lambda: None)
+    code = cli.main(["analyze", str(generated_slide), "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
     assert code == 1
     assert "No model is installed" in err
     assert "Traceback" not in err

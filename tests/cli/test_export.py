@@ -187,7 +187,10 @@ def test_default_model_is_preferred_when_installed(
     tiny_model_card: Path,
     tmp_path: Path,
     isolated_data_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    # Only the user's model is installed: it is the default (the shipped ones are hidden).
+    monkeypatch.setattr("wsiviewer.core.cards.shipped_models_dir", lambda: None)
     analyze(generated_slide, tiny_model_card, tmp_path / "analysis")
     synthetic_analysis(generated_slide)  # newer, by a model that is not installed
     models = isolated_data_dir / "models"

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +44,16 @@ def test_registry_builds_by_name() -> None:
         build_model("nope")
     with pytest.raises(ModelError, match="Bad architecture_args"):
         build_model("cancernet", {"bogus": 1})
+    wide = build_model("resnet8", {"widths": [48, 96, 192]})
+    assert wide(torch.zeros(2, 3, 50, 50)).shape == (2, 2)
+
+
+def test_written_weights_are_readable_like_any_file(tmp_path: Path) -> None:
+    umask = os.umask(0o022)
+    os.umask(umask)
+    write_model(CancerNet(), tmp_path, untrained_card_fields("shared"))
+    mode = (tmp_path / "shared.safetensors").stat().st_mode & 0o777
+    assert mode == 0o666 & ~umask
 
 
 def test_write_and_load_round_trip(tiny_model_card: Path) -> None:

@@ -17,7 +17,7 @@ from wsiviewer.training.dataset import PatientSplit, load_patch_set, split_patie
 from wsiviewer.training.metrics import (
     best_balanced_accuracy_threshold,
     expected_calibration_error,
-    fit_temperature,
+    fit_platt,
     pr_auc,
     roc_auc,
     sensitivity_operating_point,
@@ -57,7 +57,7 @@ def test_metrics_on_known_values() -> None:
     rng = np.random.default_rng(0)
     y = rng.integers(0, 2, 2000)
     logits = np.stack([np.zeros(2000), (y * 2 - 1) * 6.0 + rng.normal(0, 6, 2000)], axis=1)
-    assert fit_temperature(logits, y) > 1.5
+    assert fit_platt(logits, y)[0] > 1.5
 
 
 def test_augment_keeps_shape_and_range() -> None:

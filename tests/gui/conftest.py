@@ -63,6 +63,14 @@ def window(qtbot, settings: QSettings) -> Iterator[MainWindow]:  # type: ignore[
     main_window.close()
 
 
+@pytest.fixture(autouse=True)
+def without_shipped_models(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """GUI tests choose their models: the shipped ones are hidden unless a test is marked
+    ``shipped_models``."""
+    if "shipped_models" not in request.keywords:
+        monkeypatch.setattr("wsiviewer.core.cards.shipped_models_dir", lambda: None)
+
+
 @pytest.fixture
 def installed_model(tiny_model_card: Path, isolated_data_dir: Path) -> Path:
     """The tiny random CancerNet, copied into this test's user models folder."""

@@ -49,7 +49,7 @@ def test_model_card_panel_shows_what_the_model_is(
         "200 µm",
         "Trained on",
         "randomly initialised",
-        "Test metrics",
+        "Metrics",
         "Intended use",
         "Testing only",
     ):
@@ -295,3 +295,22 @@ def test_mpp_entered_by_the_user_is_used(
     assert blocker.args[0].analysis.slide.mpp == Mpp(0.5, "user")
     assert window.view.magnification == pytest.approx(10 / (0.5 * window.view.l0_per_screen_px))
     assert "entered by you" in window.info_panel.plain_text()
+
+
+@pytest.mark.shipped_models
+def test_shipped_default_model_shows_its_metrics_and_report(qtbot, window: MainWindow) -> None:  # type: ignore[no-untyped-def]
+    window.reload_models()
+    card = window.model_panel.card
+    assert card is not None
+    assert card.default
+    text = window.model_panel.card_view.toPlainText()
+    for needle in ("Balanced accuracy", "ROC AUC", "test (45 patients)", "Research use only"):
+        assert needle in text, needle
+    assert window.model_panel.report_button.isEnabled()
+    dialog = window.model_panel.show_report()
+    assert dialog is not None
+    qtbot.waitExposed(dialog)
+    report = dialog.browser.toPlainText()
+    assert "Patch level" in report
+    assert "Slide level" in report
+    dialog.close()

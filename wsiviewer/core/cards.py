@@ -77,6 +77,8 @@ class ModelCard:
     classes: tuple[str, ...]
     threshold: float
     temperature: float
+    #: Added to the IDC logit after the temperature (Platt scaling); 0 if the card has none.
+    logit_bias: float = 0.0
     default: bool = False
     #: Everything else on the card (operating points, metrics, training data, ...).
     extra: Mapping[str, Any] = field(default_factory=dict)
@@ -84,6 +86,12 @@ class ModelCard:
     @property
     def weights_path(self) -> Path:
         return self.path.with_suffix(".safetensors")
+
+    @property
+    def report_path(self) -> Path | None:
+        """The evaluation report written beside the card (``reports/<name>/report.md``)."""
+        path = self.path.parent / "reports" / self.name / "report.md"
+        return path if path.is_file() else None
 
     @property
     def positive_index(self) -> int:
@@ -160,10 +168,13 @@ class ModelCard:
             raise ValueError(f"threshold {threshold} must be within [0, 1]")
         if not (math.isfinite(temperature) and temperature > 0):
             raise ValueError(f"temperature {temperature} must be positive")
+        logit_bias = float(data.get("logit_bias", 0.0))
+        if not math.isfinite(logit_bias):
+            raise ValueError(f"logit_bias {logit_bias} must be finite")
         sha = str(data["weights_sha256"]).lower()
         if len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):
             raise ValueError(f"weights_sha256 {sha!r} is not a sha256 hex digest")
-        known = {*_REQUIRED_KEYS, "architecture_args", "default"}
+        known = {*_REQUIRED_KEYS, "architecture_args", "logit_bias", "default"}
         return cls(
             path=path,
             card_sha256=card_sha256,
@@ -179,6 +190,7 @@ class ModelCard:
             classes=classes,
             threshold=threshold,
             temperature=temperature,
+            logit_bias=logit_bias,
             default=bool(data.get("default", False)),
             extra={k: v for k, v in data.items() if k not in known},
         )
@@ -227,8 +239,8 @@ def resolve_model(spec: str | Path | None = None) -> ModelCard:
     if not cards:
         searched = ", ".join(str(d) for d in [shipped_models_dir(), *model_dirs()] if d) or "none"
         raise ModelError(
-            "No model is installed: no trained CancerNet ships with this build yet "
-            f"(searched: {searched}). Pass --model PATH/TO/CARD.json, or put a model "
+            "No model is installed: the models shipped with wsiviewer are missing "
+            f"(searched: {searched}). Reinstall, pass --model PATH/TO/CARD.json, or put a model "
             "(<name>.json + <name>.safetensors) in the user models folder"
         )
     if spec is None:

@@ -10,10 +10,10 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 from torch import nn
 
-from wsiviewer.core.atomic import atomic_path, atomic_write_text
+from wsiviewer.core.atomic import atomic_write_bytes, atomic_write_text
 from wsiviewer.core.cards import ModelCard
 from wsiviewer.errors import ModelError
 
@@ -94,6 +94,67 @@ class CancerNet(nn.Module):
         return self.classifier(self.features(x))
 
 
+class BasicBlock(nn.Module):
+    """Two 3×3 convolutions with batch norm and an identity (or 1×1 projection) shortcut."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int = 1) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(out_channels)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(out_channels)
+        self.relu = nn.ReLU(inplace=True)
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or in_channels != out_channels:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(in_channels, out_channels, 1, stride, bias=False),
+                nn.BatchNorm2d(out_channels),
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.relu(self.bn1(self.conv1(x)))
+        return self.relu(self.bn2(self.conv2(y)) + self.shortcut(x))
+
+
+@register_architecture("resnet8")
+class ResNet8(nn.Module):
+    """A compact residual network for 50×50 patches, trained from scratch.
+
+    A 3×3 stem (``widths[0]`` channels) at full resolution and a 2×2 max-pool (25×25), then
+    one :class:`BasicBlock` per width, the second and third with stride 2 (13×13, 7×7);
+    global average pooling, dropout and two logits. 8 weight layers, ≈0.3 M parameters,
+    ≈35 M multiply-adds per patch (CancerNet: ≈11 M, 1.2 M parameters).
+    """
+
+    def __init__(
+        self,
+        num_classes: int = 2,
+        widths: tuple[int, int, int] = (32, 64, 128),
+        dropout: float = 0.2,
+    ) -> None:
+        super().__init__()
+        layers: list[nn.Module] = [
+            nn.Conv2d(3, widths[0], 3, 1, 1, bias=False),
+            nn.BatchNorm2d(widths[0]),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(2),
+        ]
+        in_channels = widths[0]
+        for index, width in enumerate(widths):
+            layers.append(BasicBlock(in_channels, width, stride=1 if index == 0 else 2))
+            in_channels = width
+        self.features = nn.Sequential(*layers)
+        self.classifier = nn.Sequential(
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+            nn.Dropout(dropout),
+            nn.Linear(in_channels, num_classes),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+
 def build_model(architecture: str, args: Mapping[str, Any] | None = None) -> nn.Module:
     """Construct a registered architecture."""
     try:
@@ -161,9 +222,11 @@ def write_model(
     folder.mkdir(parents=True, exist_ok=True)
     weights_path = folder / f"{name}.safetensors"
     state = {key: value.detach().cpu().contiguous() for key, value in model.state_dict().items()}
-    with atomic_path(weights_path) as tmp_path:
-        save_file(state, str(tmp_path), metadata={"name": name})
-        card = {**card_fields, "weights_sha256": sha256_file(tmp_path)}
+    # Serialised in memory and written like any other file (safetensors' own writer makes
+    # the file private, 0600, which a shared lab install cannot read).
+    data = save(state, metadata={"name": name})
+    atomic_write_bytes(weights_path, data)
+    card = {**card_fields, "weights_sha256": hashlib.sha256(data).hexdigest()}
     card_path = folder / f"{name}.json"
     atomic_write_text(card_path, json.dumps(card, indent=2) + "\n")
     return card_path
@@ -182,6 +245,7 @@ def untrained_card_fields(name: str = "cancernet-untrained") -> dict[str, Any]:
         "classes": ["non-IDC", "IDC"],
         "threshold": 0.5,
         "temperature": 1.0,
+        "logit_bias": 0.0,
         "operating_points": {},
         "training_data": "none: randomly initialised weights",
         "split": None,
@@ -194,12 +258,15 @@ def untrained_card_fields(name: str = "cancernet-untrained") -> dict[str, Any]:
 class PatchClassifier(nn.Module):
     """A network with its card applied: ``(N, H, W, 3) uint8`` patches in, P(IDC) out.
 
-    Normalisation, temperature-scaled softmax and the choice of the positive class live here,
-    once, so the eager, CUDA and exported (ONNX) paths all compute the same function.
+    Normalisation, calibration (temperature, then the card's ``logit_bias`` added to the
+    positive class's logit: Platt scaling for two classes), softmax and the choice of the
+    positive class live here, once, so the eager, CUDA and exported (ONNX) paths all compute
+    the same function.
     """
 
     offset: torch.Tensor
     scale: torch.Tensor
+    bias: torch.Tensor
 
     def __init__(self, model: nn.Module, card: ModelCard) -> None:
         super().__init__()
@@ -211,9 +278,12 @@ class PatchClassifier(nn.Module):
         self.register_buffer("scale", std.view(1, 3, 1, 1))
         self.temperature = float(card.temperature)
         self.positive_index = card.positive_index
+        bias = torch.zeros(1, len(card.classes), dtype=torch.float32)
+        bias[0, card.positive_index] = card.logit_bias
+        self.register_buffer("bias", bias)
 
     def forward(self, patches: torch.Tensor) -> torch.Tensor:
         x = patches.permute(0, 3, 1, 2).float()
         x = (x - self.offset) / self.scale
-        logits = self.model(x).float() / self.temperature
+        logits = self.model(x).float() / self.temperature + self.bias
         return torch.softmax(logits, dim=1)[:, self.positive_index]

@@ -5,14 +5,16 @@ from __future__ import annotations
 import html
 import json
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
-from PySide6.QtCore import QRectF, QSize, Qt, Signal
-from PySide6.QtGui import QColor, QImage, QPainter, QPaintEvent, QPen, QPixmap
+from PySide6.QtCore import QRectF, QSize, Qt, QUrl, Signal
+from PySide6.QtGui import QColor, QImage, QPainter, QPaintEvent, QPen, QPixmap, QTextDocument
 from PySide6.QtWidgets import (
     QCheckBox,
     QComboBox,
     QDialog,
+    QDialogButtonBox,
     QFormLayout,
     QHBoxLayout,
     QLabel,
@@ -326,6 +328,82 @@ class OverlayPanel(QWidget):
 # -- model ------------------------------------------------------------------------------------
 
 
+#: Metrics shown on the model card, in order.
+_CARD_METRICS = (
+    ("balanced_accuracy", "Balanced accuracy"),
+    ("sensitivity", "Sensitivity"),
+    ("specificity", "Specificity"),
+    ("roc_auc", "ROC AUC"),
+    ("ece", "Calibration error (ECE)"),
+)
+
+
+def _metrics_html(metrics: object) -> str:
+    """A table of the card's metrics: flat ``{name: value}``, or by part with 95% intervals."""
+    if not isinstance(metrics, dict) or not metrics:
+        return ""
+    if all(isinstance(v, int | float) for v in metrics.values()):
+        return (
+            "<table>"
+            + "".join(
+                f"<tr><td>{html.escape(str(k))}</td><td>{v:.3g}</td></tr>"
+                for k, v in metrics.items()
+            )
+            + "</table>"
+        )
+    parts = [part for part in ("validation", "test") if isinstance(metrics.get(part), dict)]
+    if not parts:
+        return ""
+    head = "".join(
+        f"<th align=left>{part} ({metrics[part].get('patients', '?')} patients)</th>"
+        for part in parts
+    )
+    rows = []
+    for key, label in _CARD_METRICS:
+        cells = []
+        for part in parts:
+            value = metrics[part].get(key)
+            interval = (metrics[part].get("intervals_95") or {}).get(key)
+            text = "–" if not isinstance(value, int | float) else f"{value:.3f}"
+            if isinstance(interval, list) and len(interval) == 2:
+                text += f" <small>({interval[0]:.3f}–{interval[1]:.3f})</small>"
+            cells.append(f"<td>{text}</td>")
+        rows.append(f"<tr><td>{label}</td>{''.join(cells)}</tr>")
+    return (
+        f"<table cellspacing=2><tr><th></th>{head}</tr>{''.join(rows)}</table>"
+        "<small>Patients never seen in training; 95% intervals bootstrapped over patients."
+        "</small>"
+    )
+
+
+def _operating_points_html(points: object) -> str:
+    """``P ≥ threshold`` of each operating point the card names, in words."""
+    names = {
+        "balanced_accuracy": "best balanced accuracy on validation",
+        "sensitivity_0.90": "≥ 0.90 sensitivity on validation",
+    }
+    if not isinstance(points, dict) or not points:
+        return ""
+    return "<br>".join(
+        f"P ≥ {value:.3f}: {html.escape(names.get(str(key), str(key)))}"
+        for key, value in points.items()
+        if isinstance(value, int | float)
+    )
+
+
+def _training_data_text(data: dict[str, object]) -> str:
+    text = str(data.get("dataset", ""))
+    patients = data.get("patients")
+    patches = data.get("patches")
+    if isinstance(patients, dict) and isinstance(patches, dict):
+        parts = ", ".join(
+            f"{part} {patients.get(part, '?')} patients / {patches.get(part, '?'):,} patches"
+            for part in ("train", "validation", "test")
+        )
+        text += f"; {parts}"
+    return text
+
+
 def model_card_html(card: ModelCard) -> str:
     """What a pathologist should know about a model before reading its heatmap."""
     extra = card.extra
@@ -338,22 +416,12 @@ def model_card_html(card: ModelCard) -> str:
             return f"<pre>{html.escape(json.dumps(value, indent=2, ensure_ascii=False))}</pre>"
         return html.escape(str(value))
 
-    metrics = extra.get("metrics")
-    if (
-        isinstance(metrics, dict)
-        and metrics
-        and all(isinstance(v, int | float) for v in metrics.values())
-    ):
-        metric_html = (
-            "<table>"
-            + "".join(
-                f"<tr><td>{html.escape(str(k))}</td><td>{v:.3g}</td></tr>"
-                for k, v in metrics.items()
-            )
-            + "</table>"
-        )
-    else:
-        metric_html = block(metrics)
+    metric_html = _metrics_html(extra.get("metrics"))
+    if not metric_html:
+        metric_html = block(extra.get("metrics"))
+    training_data = extra.get("training_data")
+    if isinstance(training_data, dict):
+        training_data = _training_data_text(training_data)
     rows = [
         ("Model", f"{html.escape(card.name)} v{html.escape(card.version)} ({card.architecture})"),
         (
@@ -363,19 +431,43 @@ def model_card_html(card: ModelCard) -> str:
         ),
         ("Classes", html.escape(", ".join(card.classes))),
         ("Threshold", f"{card.threshold:g} (regions are drawn at this probability)"),
-        ("Trained on", block(extra.get("training_data"))),
+        ("Trained on", block(training_data)),
         ("Split", block(extra.get("split"))),
-        ("Test metrics", metric_html),
-        ("Operating points", block(extra.get("operating_points"))),
+        ("Metrics", metric_html),
+        (
+            "Operating points",
+            _operating_points_html(extra.get("operating_points"))
+            or block(extra.get("operating_points")),
+        ),
         ("Intended use", html.escape(card.intended_use)),
         ("Weights sha256", f"<code>{card.weights_sha256[:16]}…</code>"),
         ("Card", html.escape(str(card.path))),
     ]
-    body = "".join(f"<tr><td valign=top><b>{k}</b></td><td>{v}</td></tr>" for k, v in rows)
+    body = "".join(f"<tr><td valign=top nowrap><b>{k}</b></td><td>{v}</td></tr>" for k, v in rows)
     return (
         f"<p style='{NOTICE_STYLE}'>{html.escape(RESEARCH_USE_NOTICE)}</p>"
         f"<table cellspacing=4>{body}</table>"
     )
+
+
+class ReportDialog(QDialog):
+    """A model's evaluation report (Markdown with its plots), read-only."""
+
+    def __init__(self, card: ModelCard, report: Path, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setWindowTitle(f"Evaluation report: {card.name} v{card.version}")
+        self.browser = QTextBrowser()
+        self.browser.setOpenExternalLinks(True)
+        # Relative image paths resolve against the report's folder.
+        self.browser.setSource(
+            QUrl.fromLocalFile(str(report)), QTextDocument.ResourceType.MarkdownResource
+        )
+        buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Close)
+        buttons.rejected.connect(self.reject)
+        layout = QVBoxLayout(self)
+        layout.addWidget(self.browser, 1)
+        layout.addWidget(buttons)
+        self.resize(900, 760)
 
 
 class ModelPanel(QWidget):
@@ -402,14 +494,21 @@ class ModelPanel(QWidget):
         )
         self.card_view = QTextBrowser()
         self.card_view.setOpenLinks(False)
+        self.report_button = QPushButton("Evaluation report…")
+        self.report_button.setToolTip(
+            "Metrics on held-out patients, plots and per-patient results of this model"
+        )
+        self.report_dialog: ReportDialog | None = None
         row = QHBoxLayout()
         row.addWidget(self.chooser, 1)
         row.addWidget(self.add_button)
         layout = QVBoxLayout(self)
         layout.addLayout(row)
         layout.addWidget(self.card_view, 1)
+        layout.addWidget(self.report_button, 0, Qt.AlignmentFlag.AlignRight)
         self.chooser.currentIndexChanged.connect(self._chosen)
         self.add_button.clicked.connect(self.add_requested)
+        self.report_button.clicked.connect(self.show_report)
 
     @property
     def card(self) -> ModelCard | None:
@@ -444,14 +543,28 @@ class ModelPanel(QWidget):
             self.card_view.setHtml(
                 f"<p style='{NOTICE_STYLE}'>{html.escape(RESEARCH_USE_NOTICE)}</p>"
                 "<h3>No model installed</h3>"
-                "<p>No trained CancerNet ships with this build yet. To analyse slides, add a "
+                "<p>The models shipped with wsiviewer are missing from this installation. "
+                "To analyse slides, reinstall or add a "
                 "model: a card <code>&lt;name&gt;.json</code> and its weights "
                 "<code>&lt;name&gt;.safetensors</code>, with <b>Add model…</b> or by copying "
                 f"both into your models folder:</p><p><code>{html.escape(searched)}</code></p>"
             )
         else:
             self.card_view.setHtml(model_card_html(card))
+        self.report_button.setEnabled(card is not None and card.report_path is not None)
         self.model_changed.emit(card)
+
+    def show_report(self) -> ReportDialog | None:
+        """Open the chosen model's evaluation report; ``None`` if it has none."""
+        card = self.card
+        report = card.report_path if card is not None else None
+        if card is None or report is None:
+            return None
+        if self.report_dialog is not None:
+            self.report_dialog.close()
+        self.report_dialog = ReportDialog(card, report, self)
+        self.report_dialog.show()
+        return self.report_dialog
 
 
 def scroll_wrapped(widget: QWidget) -> QScrollArea:

@@ -1,16 +1,18 @@
 """Screenshots of the viewer's main states, for looking at it (run under Xvfb).
 
     xvfb-run -s "-screen 0 1920x1200x24" python -m wsiviewer.gui.screenshots OUTDIR [SLIDE]
+        [--synthetic]
 
 Drives the real window and saves PNGs into OUTDIR: the slide open, zoomed in with the overview,
 the heatmap overlay at two zooms, the model card, the slide information, an analysis running,
 the error dialog of an unopenable file, and the review of flagged regions (the list, outlines
 by status, a region framed, a polygon being drawn, a manual region).
 
-The heatmap is a SYNTHETIC demonstration map: no trained model ships yet and a random one gives
-near-constant probabilities, so this script records, in a throw-away data folder, an analysis
-whose probabilities are smooth blobs over the slide's tissue. The window says which analysis it
-shows; the screenshots are labelled "synthetic". Never use them as results.
+The heatmap is the installed default model's real analysis of the slide, run by the window's
+Analyze. With ``--synthetic`` (or when no model is installed) it is a SYNTHETIC demonstration
+map instead, recorded in a throw-away data folder: smooth blobs over the slide's tissue, and
+separate foci for the review screenshots; those screenshots are labelled "synthetic". Never use
+them as results.
 """
 
 from __future__ import annotations
@@ -124,17 +126,18 @@ def _synthetic_foci_analysis(slide_path: Path, foci: int = 4) -> None:
         store.save_analysis(analysis)
 
 
-def _review_screenshots(app: object, window: object, save: object) -> None:
-    """The review of the synthetic map's regions: some decided, a note, a manual region."""
+def _review_screenshots(app: object, window: object, save: object, synthetic: bool) -> None:
+    """The review of the map's regions: some decided, a note, a manual region."""
     from PySide6.QtCore import QPointF
 
     panel = window.review_panel  # type: ignore[attr-defined]
     view = window.view  # type: ignore[attr-defined]
-    # The smooth blobs merge into one region on a small slide: record a map of separate
-    # synthetic foci and reopen the slide, which opens its review by itself.
     slide_path = window.slide_path  # type: ignore[attr-defined]
     window.close_slide()  # type: ignore[attr-defined]
-    _synthetic_foci_analysis(slide_path)
+    if synthetic:
+        # The smooth blobs merge into one region on a small slide: record a map of separate
+        # synthetic foci; reopening the slide opens its review by itself.
+        _synthetic_foci_analysis(slide_path)
     window.open_slide(slide_path)  # type: ignore[attr-defined]
     _wait(app, lambda: panel.state is not None and view.settled)
     window.review_dock.show()  # type: ignore[attr-defined]
@@ -173,12 +176,19 @@ def main(argv: list[str] | None = None) -> int:
     if not args or args[0] in ("-h", "--help"):
         print(__doc__)
         return 0 if args else 2
+    synthetic = "--synthetic" in args
+    args = [a for a in args if a != "--synthetic"]
     out_dir = Path(args[0])
     slide_path = Path(args[1]) if len(args) > 1 else DEFAULT_SLIDE
     out_dir.mkdir(parents=True, exist_ok=True)
     data_dir = tempfile.mkdtemp(prefix="wsiviewer-screenshots-")
     os.environ["WSIVIEWER_DATA_DIR"] = data_dir  # never the user's Store
-    print(f"Synthetic demonstration data in {data_dir} (not real results)")
+
+    from wsiviewer.core.cards import available_models
+
+    synthetic = synthetic or not available_models()
+    if synthetic:
+        print(f"Synthetic demonstration data in {data_dir} (not real results)")
 
     from PySide6.QtCore import QSettings
     from PySide6.QtWidgets import QApplication
@@ -217,13 +227,22 @@ def main(argv: list[str] | None = None) -> int:
     _wait(app, lambda: window.view.settled)
     save("02-zoomed-with-overview")
 
-    window.close_slide()
-    card_path = _synthetic_analysis(slide_path, Path(data_dir) / "models")
-    window.reload_models(preferred="synthetic-demo")
-    window.open_slide(slide_path)
+    card_path: Path | None = None
+    label = "synthetic" if synthetic else "model"
+    if synthetic:
+        window.close_slide()
+        card_path = _synthetic_analysis(slide_path, Path(data_dir) / "models")
+        window.reload_models(preferred="synthetic-demo")
+        window.open_slide(slide_path)
+    else:
+        window.view.fit()
+        if not window.analyze():
+            print("the analysis did not start", file=sys.stderr)
+            return 1
+        _wait(app, lambda: not window.runner.running, timeout=600)
     _wait(app, lambda: window.shown_analysis_id is not None and window.view.settled)
     window.overlay_dock.raise_()
-    save("03-heatmap-synthetic-fit")
+    save(f"03-heatmap-{label}-fit")
     window.view.set_magnification(5 if window.view.mpp else 1)
     grid = window.view.grid
     probabilities = window.view.probabilities
@@ -235,8 +254,8 @@ def main(argv: list[str] | None = None) -> int:
         window._on_cursor_moved(x + size / 2, y + size / 2)
         print(f"cursor over cell {(row, col)} at view {view_pos.x():.0f},{view_pos.y():.0f}")
     _wait(app, lambda: window.view.settled)
-    save("04-heatmap-synthetic-zoomed")
-    _review_screenshots(app, window, save)
+    save(f"04-heatmap-{label}-zoomed")
+    _review_screenshots(app, window, save, synthetic)
 
     window.model_dock.show()
     window.model_dock.raise_()
@@ -269,7 +288,8 @@ def main(argv: list[str] | None = None) -> int:
         save("08-error-dialog", whole_screen=True)
         window.last_error_box.accept()  # type: ignore[union-attr]
     window.close()
-    card_path.unlink(missing_ok=True)
+    if card_path is not None:
+        card_path.unlink(missing_ok=True)
     return 0
 
 

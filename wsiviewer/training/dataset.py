@@ -146,6 +146,14 @@ def split_patients(
         test += members[:n_test]
         validation += rest[:n_validation]
         train += rest[n_validation:]
+    # Small datasets round some parts to nothing within every stratum: take one from train.
+    for part in (test, validation):
+        if not part and len(train) > 1:
+            part.append(train.pop(int(rng.integers(len(train)))))
+    if not (train and validation and test):
+        raise DatasetError(
+            f"{len(ids)} patients are too few to split into training, validation and test"
+        )
     return PatientSplit(
         tuple(sorted(train, key=_patient_key)),
         tuple(sorted(validation, key=_patient_key)),

@@ -105,20 +105,96 @@ def sensitivity_operating_point(
     return float(positives[min(index, len(positives) - 1)])
 
 
-def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
-    """The softmax temperature minimising negative log-likelihood (1-D search, log scale)."""
+def positive_logit(logits: np.ndarray, positive_index: int = 1) -> np.ndarray:
+    """The log-odds of the positive class from two-class logits."""
     logits = np.asarray(logits, dtype=np.float64)
-    labels = np.asarray(labels).astype(np.int64)
+    return logits[:, positive_index] - logits[:, 1 - positive_index]
 
-    def nll(temperature: float) -> float:
-        scaled = logits / temperature
-        scaled -= scaled.max(axis=1, keepdims=True)
-        log_probs = scaled - np.log(np.exp(scaled).sum(axis=1, keepdims=True))
-        return float(-log_probs[np.arange(len(labels)), labels].mean())
 
-    from scipy.optimize import minimize_scalar
+def calibrated_probability(
+    logits: np.ndarray, temperature: float, bias: float, positive_index: int = 1
+) -> np.ndarray:
+    """P(positive) = sigmoid(log-odds / temperature + bias): what the Predictor computes."""
+    z = positive_logit(logits, positive_index) / temperature + bias
+    return np.asarray(0.5 * (1.0 + np.tanh(0.5 * z)))
 
-    result = minimize_scalar(
-        lambda log_t: nll(math.exp(log_t)), bounds=(-3.0, 3.0), method="bounded"
+
+def fit_platt(logits: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
+    """Temperature and bias minimising the negative log-likelihood (Platt scaling).
+
+    Class-weighted training shifts the log-odds by the log of the class-weight ratio; the
+    bias undoes that shift and the temperature the network's over- or under-confidence.
+    """
+    from scipy.optimize import minimize
+
+    z = positive_logit(logits)
+    y = np.asarray(labels).astype(np.float64)
+
+    def nll(params: np.ndarray) -> tuple[float, np.ndarray]:
+        slope, bias = params
+        t = slope * z + bias
+        # log(1 + e^t) - y t, and its gradient.
+        loss = np.logaddexp(0.0, t) - y * t
+        residual = 0.5 * (1.0 + np.tanh(0.5 * t)) - y
+        gradient = np.array([(residual * z).mean(), residual.mean()])
+        return float(loss.mean()), gradient
+
+    result = minimize(
+        nll,
+        np.array([1.0, 0.0]),
+        jac=True,
+        method="L-BFGS-B",
+        bounds=[(1 / 20, 20.0), (-10.0, 10.0)],
     )
-    return float(math.exp(result.x))
+    slope, bias = (float(v) for v in result.x)
+    return 1.0 / slope, bias
+
+
+#: Metrics that get bootstrap intervals (the confusion counts do not).
+INTERVAL_METRICS = (
+    "accuracy",
+    "precision",
+    "sensitivity",
+    "specificity",
+    "f1",
+    "balanced_accuracy",
+    "roc_auc",
+    "pr_auc",
+    "ece",
+)
+
+
+def bootstrap_intervals(
+    labels: np.ndarray,
+    scores: np.ndarray,
+    patients: np.ndarray,
+    threshold: float,
+    *,
+    resamples: int = 1000,
+    level: float = 0.95,
+    seed: int = 0,
+) -> dict[str, list[float]]:
+    """Percentile intervals of each metric, resampling **patients** with replacement.
+
+    Patches of one patient are correlated, so the patient is the unit of resampling: each
+    resample draws as many patients as there are, and takes all of each drawn patient's
+    patches. Seeded, so the intervals are reproducible.
+    """
+    labels = np.asarray(labels)
+    scores = np.asarray(scores)
+    patients = np.asarray(patients)
+    ids, inverse = np.unique(patients, return_inverse=True)
+    members = [np.flatnonzero(inverse == i) for i in range(len(ids))]
+    rng = np.random.default_rng(seed)
+    samples: dict[str, list[float]] = {key: [] for key in INTERVAL_METRICS}
+    for _ in range(resamples):
+        drawn = rng.integers(0, len(ids), len(ids))
+        index = np.concatenate([members[i] for i in drawn])
+        metrics = classification_metrics(labels[index], scores[index], threshold)
+        for key in INTERVAL_METRICS:
+            samples[key].append(metrics[key])
+    tail = (1 - level) / 2 * 100
+    return {
+        key: [float(np.nanpercentile(values, tail)), float(np.nanpercentile(values, 100 - tail))]
+        for key, values in samples.items()
+    }

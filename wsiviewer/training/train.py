@@ -21,12 +21,14 @@ import torch
 from torch import nn
 
 from wsiviewer.core.models import build_model, write_model
+from wsiviewer.core.predictor import device_label
 from wsiviewer.training.dataset import PatchSet, PatientSplit, iter_batches
 from wsiviewer.training.idc import DATASET_MPP, PATCH_SIZE
 from wsiviewer.training.metrics import (
     best_balanced_accuracy_threshold,
+    bootstrap_intervals,
     classification_metrics,
-    fit_temperature,
+    fit_platt,
     roc_auc,
     sensitivity_operating_point,
 )
@@ -41,6 +43,7 @@ _HED_FROM_RGB = torch.linalg.inv(_RGB_FROM_HED)
 @dataclass(frozen=True)
 class TrainingSettings:
     architecture: str = "cancernet"
+    architecture_args: dict[str, Any] = field(default_factory=dict)
     epochs: int = 20
     batch_size: int = 128
     learning_rate: float = 2e-3
@@ -49,6 +52,8 @@ class TrainingSettings:
     patience: int = 5
     #: Stain jitter: each of H, E scaled by 1 ± this and shifted by ± this / 4 (OD units).
     stain_jitter: float = 0.05
+    #: Brightness and contrast each scaled by 1 ± this (0: off).
+    brightness_contrast: float = 0.0
     seed: int = 0
 
 
@@ -73,8 +78,14 @@ class TrainingResult:
     best_epoch: int = 0
 
 
-def augment(batch: torch.Tensor, generator: torch.Generator, stain_jitter: float) -> torch.Tensor:
-    """Flips, 90° rotations and H&E stain jitter on ``(N, 3, H, W)`` floats in [0, 1]."""
+def augment(
+    batch: torch.Tensor,
+    generator: torch.Generator,
+    stain_jitter: float,
+    brightness_contrast: float = 0.0,
+) -> torch.Tensor:
+    """Flips, 90° rotations, H&E stain jitter, brightness and contrast jitter on
+    ``(N, 3, H, W)`` floats in [0, 1]."""
     n = batch.shape[0]
     flip = torch.rand(n, generator=generator) < 0.5
     batch = torch.where(flip.view(-1, 1, 1, 1), batch.flip(3), batch)
@@ -89,6 +100,11 @@ def augment(batch: torch.Tensor, generator: torch.Generator, stain_jitter: float
         hed = hed * scale + shift
         od = torch.einsum("ndhw,dc->nchw", hed, _RGB_FROM_HED)
         batch = torch.exp(-od).clamp(0, 1)
+    if brightness_contrast > 0:
+        brightness = 1 + (torch.rand(n, 1, 1, 1, generator=generator) * 2 - 1) * brightness_contrast
+        contrast = 1 + (torch.rand(n, 1, 1, 1, generator=generator) * 2 - 1) * brightness_contrast
+        mean = batch.mean(dim=(1, 2, 3), keepdim=True)
+        batch = ((batch - mean) * contrast + mean * brightness).clamp(0, 1)
     return batch
 
 
@@ -126,7 +142,7 @@ def train(
     torch.manual_seed(settings.seed)
     generator = torch.Generator().manual_seed(settings.seed)
     rng = np.random.default_rng(settings.seed)
-    model = build_model(settings.architecture).to(device)
+    model = build_model(settings.architecture, settings.architecture_args).to(device)
     floats = train_set.pixels.reshape(-1, 3).astype(np.float64) / 255.0
     mean_values = floats.mean(axis=0)
     std_values = floats.std(axis=0)
@@ -155,7 +171,7 @@ def train(
             if len(index) < 2:
                 continue  # batch norm cannot train on a single patch
             x = _to_float(train_set.pixels[index], torch.device("cpu"))
-            x = augment(x, generator, settings.stain_jitter)
+            x = augment(x, generator, settings.stain_jitter, settings.brightness_contrast)
             x = ((x.to(device) - mean) / std).contiguous(memory_format=torch.channels_last)
             y = labels[index].to(device)
             optimizer.zero_grad(set_to_none=True)
@@ -168,9 +184,12 @@ def train(
             total_loss += float(loss.detach()) * len(index)
         logits = predict_logits(model, validation_set.pixels, mean, std, device)
         validation_auc = roc_auc(validation_set.labels, _softmax(logits)[:, 1])
+        # The same class-weighted loss as training, so the two curves are comparable.
         validation_loss = float(
             nn.functional.cross_entropy(
-                torch.from_numpy(logits), torch.from_numpy(validation_set.labels)
+                torch.from_numpy(logits),
+                torch.from_numpy(validation_set.labels),
+                weight=weights,
             )
         )
         improved = validation_auc > best_auc
@@ -218,54 +237,77 @@ def finish(
 ) -> Path:
     """Calibrate and choose on validation, score test once, write weights, card and split.
 
-    Returns the card's path.
+    Calibration is Platt scaling (a temperature and a bias on the IDC log-odds), which also
+    undoes the shift that class-weighted training puts into the log-odds. The probabilities
+    behind every choice and metric come from the written model through the
+    :class:`~wsiviewer.core.predictor.Predictor` on the CPU, the path analysis and
+    ``wsiviewer evaluate`` take, so the card's figures are theirs. Returns the card's path.
     """
+    from wsiviewer.core.cards import ModelCard
+    from wsiviewer.core.predictor import Predictor
+
     mean = torch.tensor(result.mean, dtype=torch.float32, device=device).view(1, 3, 1, 1)
     std = torch.tensor(result.std, dtype=torch.float32, device=device).view(1, 3, 1, 1)
     validation_logits = predict_logits(result.model, validation_set.pixels, mean, std, device)
-    temperature = fit_temperature(validation_logits, validation_set.labels)
-    validation_p = _softmax(validation_logits, temperature)[:, 1]
-    threshold = best_balanced_accuracy_threshold(validation_set.labels, validation_p)
-    sensitive = sensitivity_operating_point(validation_set.labels, validation_p, 0.9)
-    # Every choice is made: the test patients are scored once.
-    test_logits = predict_logits(result.model, test_set.pixels, mean, std, device)
-    test_p = _softmax(test_logits, temperature)[:, 1]
+    temperature, bias = fit_platt(validation_logits, validation_set.labels)
     split_name = f"{name}-split.json"
     split.save(out_dir / split_name)
-    card = {
+    card: dict[str, Any] = {
         "name": name,
         "version": "0.1.0",
         "architecture": result.settings.architecture,
-        "architecture_args": {},
+        "architecture_args": dict(result.settings.architecture_args),
         "input_size": PATCH_SIZE,
         "input_mpp": DATASET_MPP,
         "normalization": {"mean": list(result.mean), "std": list(result.std)},
         "classes": ["non-IDC", "IDC"],
-        "threshold": round(threshold, 6),
+        "threshold": 0.5,  # chosen below, on validation
         "temperature": round(temperature, 6),
-        "operating_points": {
-            "balanced_accuracy": round(threshold, 6),
-            "sensitivity_0.90": round(sensitive, 6),
-        },
+        "logit_bias": round(bias, 6),
+        "calibration": "Platt scaling on validation: P(IDC) = sigmoid(log-odds / temperature "
+        "+ logit_bias)",
+        "operating_points": {},
         "training_data": {
             "dataset": "IDC breast histology patches (Janowczyk & Madabhushi 2016), 50×50 px "
             "at ≈4 µm/px",
             **(training_summary or {}),
         },
         "split": split_name,
-        "metrics": {
-            "validation": classification_metrics(validation_set.labels, validation_p, threshold),
-            "test": classification_metrics(test_set.labels, test_p, threshold),
-        },
+        "metrics": {},
         "training": {
             "settings": result.settings.__dict__,
             "best_epoch": result.best_epoch,
             "epochs_run": len(result.history),
+            "device": device_label(device),
+            "cpu_threads": torch.get_num_threads(),
             "epoch_seconds": [round(r.seconds, 1) for r in result.history],
-            "validation_auc_by_epoch": [round(r.validation_auc, 4) for r in result.history],
+            "train_loss_by_epoch": [round(r.train_loss, 5) for r in result.history],
+            "validation_loss_by_epoch": [round(r.validation_loss, 5) for r in result.history],
+            "validation_auc_by_epoch": [round(r.validation_auc, 5) for r in result.history],
         },
         "intended_use": "Research use only, not for diagnosis: flags regions of possible IDC "
         "in H&E breast tissue for a pathologist to review.",
         "default": default,
     }
-    return write_model(result.model.cpu(), out_dir, card)
+    model = result.model.cpu()
+    predictor = Predictor(ModelCard.from_file(write_model(model, out_dir, card)), device="cpu")
+    validation_p = predictor.predict(validation_set.pixels)
+    threshold = round(best_balanced_accuracy_threshold(validation_set.labels, validation_p), 6)
+    sensitive = round(sensitivity_operating_point(validation_set.labels, validation_p, 0.9), 6)
+    # Every choice is made: the test patients are scored once.
+    test_p = predictor.predict(test_set.pixels)
+    metrics = {}
+    for part, labels, scores, patients in (
+        ("validation", validation_set.labels, validation_p, validation_set.patients),
+        ("test", test_set.labels, test_p, test_set.patients),
+    ):
+        metrics[part] = {
+            **classification_metrics(labels, scores, threshold),
+            "patients": len(set(patients.tolist())),
+            "patches": len(labels),
+            "intervals_95": bootstrap_intervals(labels, scores, patients, threshold),
+        }
+    card["threshold"] = threshold
+    card["operating_points"] = {"balanced_accuracy": threshold, "sensitivity_0.90": sensitive}
+    card["metrics"] = metrics
+    return write_model(model, out_dir, card)

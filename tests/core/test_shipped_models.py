@@ -1,0 +1,75 @@
+"""The models shipped in models/: cards, weights, split, report, and metrics that reproduce."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from wsiviewer.core.cards import ModelCard, available_models, resolve_model, shipped_models_dir
+from wsiviewer.core.models import load_model
+from wsiviewer.core.progress import run_to_end
+from wsiviewer.training.dataset import PatientSplit
+from wsiviewer.training.evaluate import evaluate, split_path_of
+
+SHIPPED = ("cancernet", "resnet8")
+
+
+def shipped_cards() -> dict[str, ModelCard]:
+    folder = shipped_models_dir()
+    assert folder is not None
+    return {card.name: card for card in available_models() if card.path.parent == folder}
+
+
+def test_both_models_ship_with_one_default() -> None:
+    cards = shipped_cards()
+    assert set(cards) == set(SHIPPED)
+    defaults = [card for card in cards.values() if card.default]
+    assert len(defaults) == 1
+    assert resolve_model(None) == defaults[0]
+    # The default is the better of the two on validation (never on test).
+    validation_auc = {
+        name: card.extra["metrics"]["validation"]["roc_auc"] for name, card in cards.items()
+    }
+    assert defaults[0].name == max(validation_auc, key=validation_auc.__getitem__)
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_card_is_complete(name: str) -> None:
+    card = shipped_cards()[name]
+    load_model(card)  # weights match the sha256 and the architecture
+    assert card.input_size == 50
+    assert card.input_mpp == pytest.approx(4.0)
+    assert card.intended_use.startswith("Research use only, not for diagnosis")
+    assert set(card.extra["operating_points"]) == {"balanced_accuracy", "sensitivity_0.90"}
+    split = PatientSplit.load(split_path_of(card))
+    parts = [set(split.train), set(split.validation), set(split.test)]
+    assert parts[0].isdisjoint(parts[1])
+    assert parts[0].isdisjoint(parts[2])
+    assert parts[1].isdisjoint(parts[2])
+    for part in ("validation", "test"):
+        metrics = card.extra["metrics"][part]
+        for key in ("balanced_accuracy", "roc_auc", "sensitivity", "specificity"):
+            low, high = metrics["intervals_95"][key]
+            assert low <= metrics[key] <= high
+        # ECE is biased upwards in small resamples: its interval may sit above the point.
+        assert 0 <= metrics["intervals_95"]["ece"][0] < metrics["intervals_95"]["ece"][1]
+    report = card.report_path
+    assert report is not None
+    text = report.read_text()
+    assert "Research use only" in text
+    for image in ("roc.png", "reliability.png", "confusion_matrix.png", "training_curves.png"):
+        assert (report.parent / image).is_file()
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_evaluate_reproduces_the_card_test_metrics(name: str, idc_dir: Path) -> None:
+    card = shipped_cards()[name]
+    evaluation = run_to_end(
+        evaluate(card, idc_dir, part="test", device="cpu", slides=False, resamples=200)
+    )
+    on_card = card.extra["metrics"]["test"]
+    assert len(evaluation.patients) == on_card["patients"]
+    assert len(evaluation.labels) == on_card["patches"]
+    for key in ("roc_auc", "pr_auc", "balanced_accuracy", "sensitivity", "specificity", "ece"):
+        assert evaluation.metrics[key] == pytest.approx(on_card[key], abs=2e-4), key
