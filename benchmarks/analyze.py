@@ -6,14 +6,16 @@ a JPEG-tiled Aperio pyramid with levels 1, 4, 16, 64, and a second one without a
 level (1, 4, 32). Each pipeline runs in its own process (so peak RSS is its own) and times
 open → tissue → inference → regions → exports, interpreter start and imports excluded.
 
-- ours: the ``wsiviewer analyze`` path (pyramid level at the model's scale, block reads,
+- ours: the ``wsiviewer analyze`` path (pyramid level at the model's scale, decoded from the
+  file's own tiles and, when small, once for tissue, patches and overlay; block reads,
   reading beside inference, ONNX Runtime on the CPU / torch on CUDA).
 - naive: the same tissue cells, one ``read_region`` of level 0 per patch (800×800 px),
   PIL resize to 50×50, eager torch in float32, batches of 64.
 
 Nothing it builds is kept, unless --workdir names a folder to reuse between runs.
 
-    python benchmarks/analyze.py [--patient 8975] [--device cpu|cuda] [--workdir DIR]
+    python benchmarks/analyze.py [--patient 8975] [--model NAME|CARD.json] [--device cpu|cuda]
+                                 [--workdir DIR] [--skip-naive]
 """
 
 from __future__ import annotations
@@ -52,11 +54,14 @@ def build_slide(patient: str, downsamples: tuple[int, ...], path: Path) -> Path:
     )
 
 
-def benchmark_card(workdir: Path) -> Path:
-    """The default shipped model, or a random CancerNet (weights do not change the speed)."""
+def benchmark_card(workdir: Path, model: str | None) -> Path:
+    """``model`` (a card name or path), else the default installed model, else a random
+    CancerNet (weights do not change the speed)."""
     from wsiviewer.core.cards import resolve_model
     from wsiviewer.errors import ModelError
 
+    if model is not None:
+        return resolve_model(model).path
     try:
         return resolve_model(None).path
     except ModelError:
@@ -243,6 +248,7 @@ def measure(pipeline: str, slide: Path, card: Path, device: str, workdir: Path) 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--patient", default="8975")
+    parser.add_argument("--model", help="card name or path (default: the default model)")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--workdir", type=Path, help="reuse slides built here (default: temp)")
     parser.add_argument("--skip-naive", action="store_true")
@@ -262,7 +268,7 @@ def main() -> None:
     workdir = args.workdir.resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     os.environ["WSIVIEWER_DATA_DIR"] = str(workdir / "data")
-    card = benchmark_card(workdir)
+    card = benchmark_card(workdir, args.model)
     print(f"# wsiviewer analysis benchmark — patient {args.patient}, model {card.stem}")
     print(
         f"# {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import uuid
 from pathlib import Path
@@ -275,6 +276,18 @@ def test_mask_png_has_one_px_per_cell(tmp_path: Path, region_set: RegionSet) -> 
         assert image.size == (grid.cols, grid.rows)
         assert (np.asarray(image) == np.where(mask, 255, 0)).all()
         assert image.text["Disclaimer"] == RESEARCH_USE_NOTICE
+
+
+@pytest.mark.parametrize(
+    ("shape", "mode"), [((9, 13), "L"), ((9, 13, 3), "RGB"), ((9, 13, 4), "RGBA")]
+)
+def test_png_pixels_and_text_round_trip(shape: tuple[int, ...], mode: str) -> None:
+    pixels = np.random.default_rng(len(shape)).integers(0, 256, shape, dtype=np.uint8)
+    text = {"Disclaimer": RESEARCH_USE_NOTICE, "Scale": "4 µm → 8 µm"}  # "→" is not Latin-1
+    with Image.open(io.BytesIO(exports._png_bytes(pixels, text))) as image:
+        assert image.mode == mode
+        np.testing.assert_array_equal(np.asarray(image), pixels)
+        assert image.text == text
 
 
 # --------------------------------------------------------------------------- CSV, npy

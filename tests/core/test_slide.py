@@ -3,8 +3,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import openslide
 import pytest
 
+from wsiviewer.core import slide as slide_module
+from wsiviewer.core.pyramid import PyramidStyle, write_pyramid_tiff
 from wsiviewer.core.resample import area_resample, block_mean
 from wsiviewer.core.slide import ArraySource, Mpp, is_identifying_property, open_slide
 from wsiviewer.errors import ResolutionError, SlideOpenError, SlideReadError
@@ -149,6 +152,114 @@ def test_area_resample_is_exact() -> None:
     one = area_resample(pixels, lv_origin=(0.5, 0), lv_extent=(2, 1), out_size=(1, 1))
     expected = (pixels[0, 0] * 0.5 + pixels[0, 1] + pixels[0, 2] * 0.5) / 2
     np.testing.assert_array_equal(one[0, 0], np.floor(expected + 0.5).astype(np.uint8))
+
+
+@pytest.mark.parametrize("factor", [2, 3, 4, 16, 17])
+def test_block_mean_rounds_half_up_with_white_padding(factor: int) -> None:
+    pixels = np.random.default_rng(factor).integers(0, 256, (37, 53, 3), dtype=np.uint8)
+    height, width = -(-37 // factor) * factor, -(-53 // factor) * factor
+    padded = np.full((height, width, 3), 255.0)
+    padded[:37, :53] = pixels
+    means = padded.reshape(height // factor, factor, width // factor, factor, 3).mean((1, 3))
+    np.testing.assert_array_equal(block_mean(pixels, factor), np.floor(means + 0.5))
+
+
+def test_a_small_level_is_decoded_once_and_read_exactly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pixels = np.random.default_rng(3).integers(0, 256, (700, 1000, 3), dtype=np.uint8)
+    path = write_pyramid_tiff(
+        tmp_path / "slide.tif", pixels, mpp=0.5, downsamples=(1, 4), compression="deflate"
+    )
+    reads = [  # level-0 box and output size, all from level 1 (250 x 175 px)
+        ((40, 80, 400, 200), (100, 50)),  # a tenth of the level: not worth holding it
+        ((0, 0, 1000, 700), (125, 88)),  # the whole level: decoded and held from now on
+        ((960, 680, 80, 40), (20, 10)),  # past the edges: white
+        ((10.5, 3, 77.3, 41), (13, 7)),  # fractional edges
+    ]
+
+    def read_all(held_pixels: int) -> tuple[list[np.ndarray], list[tuple[int, int]]]:
+        monkeypatch.setattr(slide_module, "HELD_LEVEL_PIXELS", held_pixels)
+        with open_slide(path) as slide:
+            assert isinstance(slide, slide_module.OpenSlideSource)
+            decoded: list[tuple[int, int]] = []
+            read = slide._read
+
+            def spy(l0_xy: tuple[int, int], level: int, lv_size: tuple[int, int]) -> np.ndarray:
+                decoded.append(lv_size)
+                return read(l0_xy, level, lv_size)
+
+            monkeypatch.setattr(slide, "_read", spy)
+            return [slide.read_l0_box(box, size, level=1) for box, size in reads], decoded
+
+    direct, direct_decoded = read_all(held_pixels=0)
+    held, held_decoded = read_all(held_pixels=250 * 175)
+    assert len(direct_decoded) == len(reads)
+    assert held_decoded == [(100, 50), (250, 175)]
+    for expected, got in zip(direct, held, strict=True):
+        np.testing.assert_array_equal(got, expected)
+    assert (held[2][5:] == 255).all()
+    assert (held[2][:, 10:] == 255).all()
+
+
+def _smooth_slide(tmp_path: Path, style: PyramidStyle) -> Path:
+    """A JPEG-tiled pyramid whose tiles OpenSlide and imagecodecs both decode."""
+    y, x = np.mgrid[0:700, 0:1000]
+    pixels = np.stack([x % 256, y % 256, (x + 2 * y) % 256], axis=-1).astype(np.uint8)
+    return write_pyramid_tiff(
+        tmp_path / f"{style}.svs",
+        pixels,
+        mpp=0.25,
+        downsamples=(1, 4),
+        tile=256,
+        style=style,
+        compression="jpeg",
+    )
+
+
+TILE_READS = [  # level, level-0 xy, size: whole, inside, across tiles, past each edge
+    (0, (0, 0), (1000, 700)),
+    (0, (256, 512), (300, 100)),
+    (1, (-40, 8), (100, 60)),
+    (1, (900, 680), (50, 20)),
+]
+
+
+@pytest.mark.parametrize("style", ["aperio", "generic"])
+def test_tiled_tiff_levels_are_decoded_from_their_tiles(
+    tmp_path: Path, style: PyramidStyle, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = _smooth_slide(tmp_path, style)
+    with open_slide(path) as slide, openslide.OpenSlide(path) as reference:
+        assert isinstance(slide, slide_module.OpenSlideSource)
+        checked: list[int] = []
+        read_openslide = slide._read_openslide
+
+        def spy(l0_xy: tuple[int, int], level: int, lv_size: tuple[int, int]) -> np.ndarray:
+            checked.append(level)
+            return read_openslide(l0_xy, level, lv_size)
+
+        monkeypatch.setattr(slide, "_read_openslide", spy)
+        for level, l0_xy, size in TILE_READS:
+            expected = np.asarray(reference.read_region(l0_xy, level, size))
+            got = slide.read_region(l0_xy, level, size)
+            np.testing.assert_array_equal(got, slide_module._premultiplied_rgba_to_rgb(expected))
+        assert checked == [0, 1]  # OpenSlide read one tile per level, to check the decoding
+
+
+def test_tiles_that_decode_differently_are_left_to_openslide(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = _smooth_slide(tmp_path, "aperio")
+    tile = slide_module._TiffTiles._tile
+    monkeypatch.setattr(
+        slide_module._TiffTiles, "_tile", lambda self, level, index: tile(self, level, index) ^ 1
+    )
+    with open_slide(path) as slide, openslide.OpenSlide(path) as reference:
+        for level, l0_xy, size in TILE_READS:
+            expected = np.asarray(reference.read_region(l0_xy, level, size))
+            got = slide.read_region(l0_xy, level, size)
+            np.testing.assert_array_equal(got, slide_module._premultiplied_rgba_to_rgb(expected))
 
 
 def test_read_l0_box_picks_level() -> None:

@@ -242,6 +242,25 @@ def test_never_reads_level_zero_of_a_large_slide() -> None:
     assert 0.25 < tissue_mask.tissue_fraction < 0.35  # a disk of radius 600 in 2048²: 0.27
 
 
+@pytest.mark.parametrize("radius", [1.0, 1.5, 2.9, 5.0, 7.3])
+def test_disk_morphology_matches_the_distance_transform(radius: float) -> None:
+    # The closing and the margin are exact disk operations, as thresholded Euclidean
+    # distance transforms (scikit-image's isotropic morphology) define them.
+    from scipy.ndimage import distance_transform_edt
+
+    from wsiviewer.core.tissue import _disk_dilation, _disk_erosion
+
+    rng = np.random.default_rng(round(radius * 10))
+    sparse = rng.random((60, 80)) < 0.03
+    dense = rng.random((60, 80)) < 0.97
+    np.testing.assert_array_equal(
+        _disk_dilation(sparse, radius), distance_transform_edt(~sparse) <= radius
+    )
+    np.testing.assert_array_equal(
+        _disk_erosion(dense, radius), distance_transform_edt(dense) > radius
+    )
+
+
 def test_user_mpp_overrides_a_missing_one() -> None:
     rng = np.random.default_rng(7)
     pixels = _glass(512, 512, rng)

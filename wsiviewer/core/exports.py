@@ -14,24 +14,24 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import io
 import json
 import math
 import os
 import re
 import shutil
+import struct
 import tempfile
 import uuid
+import zlib
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, TextIO
 
+import imagecodecs
 import numpy as np
 import shapely
-from PIL import Image
-from PIL.PngImagePlugin import PngInfo
 from shapely.geometry import MultiPolygon, Polygon, mapping
 
 from wsiviewer import RESEARCH_USE_NOTICE, __version__
@@ -116,19 +116,21 @@ def write_outputs(
     probability_map = analysis.probability_map
     grid = probability_map.grid
     region_mask = region_set.mask(grid.shape)
-    writers: dict[str, Callable[[Path], object]] = {
-        "regions": lambda path: write_geojson(path, region_set, analysis_key=analysis.key),
+    # The two slow writers first, so that they run side by side from the start.
+    writers: dict[str, Callable[[Path], object]] = {}
+    if slide is not None:
+        writers["overlay"] = lambda path: write_overlay_png(
+            path, slide, probability_map, colormap=colormap
+        )
+    writers |= {
         "mask_tiff": lambda path: write_mask_tiff(path, region_mask, grid),
+        "regions": lambda path: write_geojson(path, region_set, analysis_key=analysis.key),
         "mask_png": lambda path: write_mask_png(path, region_mask),
         "patches": lambda path: write_patch_csv(path, probability_map),
         "heatmap": lambda path: write_heatmap_png(path, probability_map, colormap=colormap),
         "probabilities": lambda path: write_probabilities_npy(path, probability_map),
         "run": lambda path: write_run_json(path, analysis, region_set),
     }
-    if slide is not None:
-        writers["overlay"] = lambda path: write_overlay_png(
-            path, slide, probability_map, colormap=colormap
-        )
     written = write_staged(out_dir, {OUTPUT_NAMES[kind]: write for kind, write in writers.items()})
     return {kind: written[OUTPUT_NAMES[kind]] for kind in writers}
 
@@ -441,6 +443,7 @@ def write_mask_tiff(
         tile=tile,
         compression="deflate",
         description=description,
+        workers=1,  # mask tiles encode in microseconds: threads would only add hand-offs
     )
 
 
@@ -452,7 +455,7 @@ def write_mask_png(path: str | os.PathLike[str], grid_mask: np.ndarray) -> Path:
     grid_mask = np.asarray(grid_mask, dtype=bool)
     empty = grid_mask.size == 0
     pixels = np.zeros((1, 1), np.uint8) if empty else np.where(grid_mask, 255, 0).astype(np.uint8)
-    return _write_png(path, Image.fromarray(pixels), empty=empty)
+    return _write_png(path, pixels, empty=empty)
 
 
 # --------------------------------------------------------------------------- patch table
@@ -527,12 +530,10 @@ def write_heatmap_png(
     """
     grid = probability_map.grid
     if grid.cell_count == 0:
-        return _write_png(path, Image.new("RGBA", (1, 1)), empty=True)
+        return _write_png(path, np.zeros((1, 1, 4), dtype=np.uint8), empty=True)
     cell_px = cell_px or heatmap_cell_px(grid)
     rgba = heatmap_rgba(probability_map, colormap=colormap, cell_px=cell_px)
-    return _write_png(
-        path, Image.fromarray(rgba), extra={"Colormap": colormap, **_scale(grid, cell_px)}
-    )
+    return _write_png(path, rgba, extra={"Colormap": colormap, **_scale(grid, cell_px)})
 
 
 def overlay_rgb(
@@ -555,14 +556,19 @@ def overlay_rgb(
     if grid.cell_count == 0:
         return slide.thumbnail(min(HEATMAP_TARGET_PX, max(slide.dimensions)))
     cell_px = cell_px or heatmap_cell_px(grid)
-    heatmap = heatmap_rgba(probability_map, colormap=colormap, cell_px=cell_px)
-    out_h, out_w = heatmap.shape[:2]
-    l0_box = (0.0, 0.0, grid.cols * grid.l0_patch_size, grid.rows * grid.l0_patch_size)
+    rows, cols = grid.shape
+    l0_box = (0.0, 0.0, cols * grid.l0_patch_size, rows * grid.l0_patch_size)
     level = slide.display_level(grid.l0_patch_size / cell_px)
-    background = slide.read_l0_box(l0_box, (out_w, out_h), level=level).astype(np.float32)
-    weight = heatmap[..., 3:4].astype(np.float32) / 255.0 * alpha
-    blended = background * (1.0 - weight) + heatmap[..., :3].astype(np.float32) * weight
-    return np.clip(np.rint(blended), 0, 255).astype(np.uint8)
+    background = slide.read_l0_box(l0_box, (cols * cell_px, rows * cell_px), level=level)
+    blended = background.astype(np.float32)
+    # A cell has one colour and one weight: blend through a (row, y, col, x) view of the
+    # picture rather than enlarging the heatmap to its size.
+    colours = apply_colormap(probability_map.probabilities, colormap).astype(np.float32)
+    weight = colours[..., 3:] / 255.0 * alpha
+    by_cell = blended.reshape(rows, cell_px, cols, cell_px, 3)
+    by_cell *= (1.0 - weight)[:, None, :, None]
+    by_cell += (colours[..., :3] * weight)[:, None, :, None]
+    return np.clip(np.rint(blended, out=blended), 0, 255, out=blended).astype(np.uint8)
 
 
 def write_overlay_png(
@@ -581,7 +587,7 @@ def write_overlay_png(
         extra = {"Colormap": colormap, **_scale(grid, cell_px or heatmap_cell_px(grid))}
     else:
         extra = {}
-    return _write_png(path, Image.fromarray(pixels), extra=extra)
+    return _write_png(path, pixels, extra=extra)
 
 
 def _scale(grid: PatchGrid, cell_px: int) -> dict[str, str]:
@@ -725,19 +731,52 @@ def _write_binary(path: str | os.PathLike[str], write: Callable[[BinaryIO], obje
 
 def _write_png(
     path: str | os.PathLike[str],
-    image: Image.Image,
+    pixels: np.ndarray,
     *,
     empty: bool = False,
     extra: Mapping[str, str] | None = None,
 ) -> Path:
-    info = PngInfo()
-    info.add_text("Disclaimer", RESEARCH_USE_NOTICE)
-    info.add_text("Software", f"wsiviewer {__version__}")
-    for key, value in (extra or {}).items():
-        info.add_text(key, value)
+    text = {"Disclaimer": RESEARCH_USE_NOTICE, "Software": f"wsiviewer {__version__}"}
+    text.update(extra or {})
     if empty:
-        info.add_text("Empty", "The analysis grid has no cells; this image is a placeholder.")
-    buffer = io.BytesIO()
-    # Level 1: a few times faster than the default 6 on slide pictures, for ~15% more bytes.
-    image.save(buffer, format="PNG", pnginfo=info, compress_level=1)
-    return _write_binary(path, lambda handle: handle.write(buffer.getvalue()))
+        text["Empty"] = "The analysis grid has no cells; this image is a placeholder."
+    encoded = _png_bytes(pixels, text)
+    return _write_binary(path, lambda handle: handle.write(encoded))
+
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+#: PNG colour type by samples per px: grey, RGB, RGBA.
+_PNG_COLOUR_TYPES = {1: 0, 3: 2, 4: 6}
+
+
+def _png_bytes(pixels: np.ndarray, text: Mapping[str, str]) -> bytes:
+    """An 8-bit grey, RGB or RGBA PNG of ``(H, W)`` / ``(H, W, 3 or 4) uint8`` px, with text.
+
+    Every row uses the Sub filter and the data is deflated by zlib-ng at level 2: on slide
+    pictures that is several times faster than Pillow at its fastest level, for a file of
+    about the same size. Text is Latin-1 ``tEXt`` where it can be, UTF-8 ``iTXt`` otherwise.
+    """
+    height, width = pixels.shape[:2]
+    samples = 1 if pixels.ndim == 2 else pixels.shape[2]
+    rows = np.ascontiguousarray(pixels, dtype=np.uint8).reshape(height, width * samples)
+    filtered = np.empty((height, width * samples + 1), dtype=np.uint8)
+    filtered[:, 0] = 1  # Sub: each byte minus the same byte of the px to its left (mod 256)
+    filtered[:, 1 : 1 + samples] = rows[:, :samples]
+    np.subtract(rows[:, samples:], rows[:, :-samples], out=filtered[:, 1 + samples :])
+    header = struct.pack(">IIBBBBB", width, height, 8, _PNG_COLOUR_TYPES[samples], 0, 0, 0)
+    chunks = [(b"IHDR", header)]
+    chunks += [_png_text_chunk(key, value) for key, value in text.items()]
+    idat = bytes(imagecodecs.zlibng_encode(filtered.tobytes(), level=2))
+    chunks += [(b"IDAT", idat), (b"IEND", b"")]
+    return _PNG_SIGNATURE + b"".join(
+        struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        for kind, data in chunks
+    )
+
+
+def _png_text_chunk(key: str, value: str) -> tuple[bytes, bytes]:
+    try:
+        return b"tEXt", key.encode("latin-1") + b"\0" + value.encode("latin-1")
+    except UnicodeEncodeError:
+        # Keyword, no compression, no language tag, no translated keyword, UTF-8 text.
+        return b"iTXt", key.encode("latin-1") + b"\0\0\0\0\0" + value.encode("utf-8")

@@ -74,10 +74,7 @@ def find_regions(
     found: list[tuple[Polygon, float, float, float, np.ndarray]] = []
     for component in range(1, int(labels.max()) + 1):
         rows, cols = np.nonzero(labels == component)
-        cells = [
-            box(c * size, r * size, (c + 1) * size, (r + 1) * size)
-            for r, c in zip(rows, cols, strict=True)
-        ]
+        cells = shapely.box(cols * size, rows * size, (cols + 1) * size, (rows + 1) * size)
         outline = shapely.union_all(cells).intersection(slide_box)
         outline = shapely.simplify(outline, 0.0)
         if not isinstance(outline, Polygon) or outline.is_empty:

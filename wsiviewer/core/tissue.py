@@ -36,6 +36,7 @@ ink, can be missed; coverslip edges, air bubbles and pen are (deliberately) not 
 from __future__ import annotations
 
 import math
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -249,10 +250,12 @@ def tissue_cells(mask: TissueMask, grid: PatchGrid, settings: TissueSettings) ->
 
 def tissue_from_rgb(rgb: np.ndarray, mpp: float, settings: TissueSettings) -> np.ndarray:
     """The tissue mask of an ``(H, W, 3) uint8`` overview at ``mpp`` µm per px."""
-    from skimage.filters import gaussian
-    from skimage.morphology import isotropic_closing, isotropic_dilation
+    from scipy.ndimage import gaussian_filter
 
-    pixels = rgb.astype(np.float32) / np.float32(255.0)
+    # In-place arithmetic throughout: every full-size temporary saved is memory the kernel
+    # need not fault in (a fresh process pays for each first touch).
+    pixels = rgb.astype(np.float32)
+    pixels /= np.float32(255.0)
     dark = _channel_max(pixels) < settings.dark_value
     corrected = _flat_field(pixels, ~dark, mpp, settings)
     artefact = dark
@@ -265,7 +268,7 @@ def tissue_from_rgb(rgb: np.ndarray, mpp: float, settings: TissueSettings) -> np
     # saturation to about the target scale.
     smoothing_px = 0.4 * settings.target_mpp / mpp
     if smoothing_px >= 0.5:
-        saturation = gaussian(saturation, sigma=smoothing_px, mode="nearest")
+        saturation = gaussian_filter(saturation, smoothing_px, mode="nearest")
     saturation[artefact] = 0.0
     usable = ~artefact
     strong = _strong_threshold(saturation[usable], settings.strong_saturation_bounds)
@@ -276,10 +279,9 @@ def tissue_from_rgb(rgb: np.ndarray, mpp: float, settings: TissueSettings) -> np
     textured = (texture > settings.texture_threshold) & (saturation > settings.texture_floor)
     # Faint px count only with the hue of H&E (green the most absorbed channel): that keeps
     # pink fat membranes and drops grey or yellowish glass edges, dust and fibres.
-    stained = (
-        corrected[..., 1]
-        <= np.minimum(corrected[..., 0], corrected[..., 2]) + settings.hue_tolerance
-    )
+    hue_limit = np.minimum(corrected[..., 0], corrected[..., 2])
+    hue_limit += settings.hue_tolerance
+    stained = corrected[..., 1] <= hue_limit
     faint = stained & ((saturation > weak) | textured)
     seeds = usable & ((saturation > strong) | (textured & stained))
     grow = usable & ((saturation > strong) | faint)
@@ -290,14 +292,14 @@ def tissue_from_rgb(rgb: np.ndarray, mpp: float, settings: TissueSettings) -> np
     px_area_um2 = mpp * mpp
     closing_px = settings.closing_um / mpp
     if closing_px >= 1.0:
-        tissue = isotropic_closing(tissue, closing_px)
+        tissue = _disk_erosion(_disk_dilation(tissue, closing_px), closing_px)
     # Pen on glass is dropped; ink or dye enclosed by tissue comes back as a filled hole.
     tissue &= usable
     tissue = _fill_holes(tissue, max_area_px=settings.max_hole_mm2 * 1e6 / px_area_um2)
     tissue = _remove_small_objects(tissue, min_area_px=settings.min_object_um2 / px_area_um2)
     dilation_px = settings.dilation_um / mpp
     if dilation_px >= 0.5 and tissue.any():
-        tissue = isotropic_dilation(tissue, max(dilation_px, 1.0))
+        tissue = _disk_dilation(tissue, max(dilation_px, 1.0))
     return tissue
 
 
@@ -314,13 +316,16 @@ def _strong_threshold(values: np.ndarray, bounds: tuple[float, float]) -> float:
 def _saturation(pixels: np.ndarray) -> np.ndarray:
     """HSV saturation of ``(H, W, 3)`` float pixels in 0–1."""
     brightest = _channel_max(pixels)
-    chroma = brightest - np.minimum(np.minimum(pixels[..., 0], pixels[..., 1]), pixels[..., 2])
+    chroma = np.minimum(pixels[..., 0], pixels[..., 1])
+    np.minimum(chroma, pixels[..., 2], out=chroma)
+    np.subtract(brightest, chroma, out=chroma)
     return np.divide(chroma, brightest, out=np.zeros_like(chroma), where=brightest > 1e-3)
 
 
 def _channel_max(pixels: np.ndarray) -> np.ndarray:
     """Per-pixel maximum over the 3 channels (much faster than ``max(axis=2)``)."""
-    return np.maximum(np.maximum(pixels[..., 0], pixels[..., 1]), pixels[..., 2])
+    brightest = np.maximum(pixels[..., 0], pixels[..., 1])
+    return np.maximum(brightest, pixels[..., 2], out=brightest)
 
 
 def _flat_field(
@@ -333,10 +338,12 @@ def _flat_field(
     Gaussian normalised by the glass weight (so tissue does not darken the estimate); where
     no glass is near, the slide's median glass colour is used.
     """
-    from skimage.filters import gaussian
+    from scipy.ndimage import gaussian_filter
 
     saturation = _saturation(pixels)
-    brightness = pixels.mean(axis=2)
+    brightness = pixels[..., 0] + pixels[..., 1]
+    brightness += pixels[..., 2]
+    brightness /= np.float32(3.0)
     if usable.sum() < 16:
         return pixels
     # The brightest px are glass on any slide that is not wall-to-wall tissue: their
@@ -348,34 +355,47 @@ def _flat_field(
         return pixels
     # Grey debris and fibres are not glass; vignetting may darken glass a little.
     glass &= brightness >= np.percentile(brightness[glass], 50) - 0.25
-    global_colour = np.median(pixels[glass], axis=0)
+    # Channel by channel: 2-D products whose block sums and medians run along memory,
+    # several times faster than reducing interleaved channels.
+    planes = [pixels[..., channel] for channel in range(3)]
+    global_colour = np.array([np.median(plane[glass]) for plane in planes])
     sigma = settings.background_sigma_um / mpp
-    prior = 1e-3
+    prior = np.float32(1e-3)
     if sigma < 1.0:
         background = np.where(glass[..., None], pixels, global_colour)
     else:
         # The glass colour varies slowly: blur a block-averaged copy, then upsample.
         factor = max(1, int(sigma / 4))
-        weighted = np.concatenate([pixels * glass[..., None], glass[..., None]], axis=2)
-        coarse = _block_mean(weighted.astype(np.float32), factor)
-        coarse = gaussian(coarse, sigma=sigma / factor, mode="nearest", channel_axis=2)
-        coarse_colour = (coarse[..., :3] + prior * global_colour) / (coarse[..., 3:] + prior)
+        weight = glass.astype(np.float32)
+        coarse = [_block_mean(plane * weight, factor) for plane in planes]
+        coarse_weight = gaussian_filter(_block_mean(weight, factor), sigma / factor, mode="nearest")
+        coarse_colour = np.stack(
+            [
+                (gaussian_filter(plane, sigma / factor, mode="nearest") + prior * colour)
+                / (coarse_weight + prior)
+                for plane, colour in zip(coarse, global_colour, strict=True)
+            ],
+            axis=2,
+        )
         background = _upsample(coarse_colour, factor, pixels.shape[:2])
-    background = np.clip(background, 0.5, 1.0)
-    return np.clip(pixels / background, 0.0, 1.0)
+    background = np.clip(background, 0.5, 1.0, out=background)
+    corrected = np.divide(pixels, background, out=background)
+    return np.clip(corrected, 0.0, 1.0, out=corrected)
 
 
 def _block_mean(values: np.ndarray, factor: int) -> np.ndarray:
-    """Mean of ``factor`` x ``factor`` blocks of ``(H, W, C)`` values (edges padded by edge)."""
+    """Mean of ``factor`` x ``factor`` blocks of an ``(H, W)`` plane (edges padded by edge).
+
+    Rows first, then columns: each sum runs over contiguous memory.
+    """
     if factor == 1:
         return values
-    height, width = values.shape[:2]
-    pad = ((0, -height % factor), (0, -width % factor), (0, 0))
-    values = np.pad(values, pad, mode="edge")
-    blocks = values.reshape(
-        values.shape[0] // factor, factor, values.shape[1] // factor, factor, -1
-    )
-    return blocks.mean(axis=(1, 3))
+    height, width = values.shape
+    values = np.pad(values, ((0, -height % factor), (0, -width % factor)), mode="edge")
+    padded_h, padded_w = values.shape
+    sums = values.reshape(padded_h, padded_w // factor, factor).sum(axis=2)
+    sums = sums.reshape(padded_h // factor, factor, padded_w // factor).sum(axis=1)
+    return sums / np.float32(factor * factor)
 
 
 def _upsample(values: np.ndarray, factor: int, shape: tuple[int, ...]) -> np.ndarray:
@@ -391,7 +411,11 @@ def _upsample(values: np.ndarray, factor: int, shape: tuple[int, ...]) -> np.nda
         frac = (position - below).astype(np.float32)
         frac = frac.reshape((-1, 1, 1) if axis == 0 else (1, -1, 1))
         low = np.take(values, below, axis=axis)
-        values = low + frac * (np.take(values, above, axis=axis) - low)
+        step = np.take(values, above, axis=axis)
+        step -= low
+        step *= frac
+        low += step
+        values = low
     return values
 
 
@@ -401,15 +425,64 @@ def _local_std(values: np.ndarray, usable: np.ndarray, sigma: float) -> np.ndarr
     Px outside ``usable`` do not count (normalised convolution), so glass next to strongly
     stained tissue does not inherit the tissue's edge as texture.
     """
-    from skimage.filters import gaussian
+    from scipy.ndimage import gaussian_filter
 
     weight = usable.astype(np.float32)
-    stack = np.stack([weight, values * weight, values * values * weight], axis=2)
-    smooth = gaussian(stack, sigma=sigma, mode="nearest", channel_axis=2)
-    total = np.maximum(smooth[..., 0], 1e-6)
-    mean = smooth[..., 1] / total
-    variance = smooth[..., 2] / total - mean * mean
-    return np.where(usable, np.sqrt(np.maximum(variance, 0.0)), 0.0)
+    weighted = values * weight
+    # SciPy filters without the GIL: the three planes are blurred side by side.
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        total, mean, square = pool.map(
+            lambda plane: gaussian_filter(plane, sigma, mode="nearest"),
+            (weight, weighted, values * weighted),
+        )
+    np.maximum(total, 1e-6, out=total)
+    mean /= total
+    mean *= mean
+    variance = np.divide(square, total, out=square)
+    variance -= mean
+    std = np.sqrt(np.maximum(variance, 0.0, out=variance), out=variance)
+    std[~usable] = 0.0
+    return std
+
+
+def _disk_dilation(mask: np.ndarray, radius: float) -> np.ndarray:
+    """Every px within ``radius`` px (Euclidean) of a True px of ``mask``.
+
+    At each row offset the disk is a run of px: one running maximum along the rows per
+    distinct run width (O(1) per px), then the maximum of those rows shifted by each
+    offset. Exact, and several times faster than thresholding a distance transform.
+    """
+    from scipy.ndimage import maximum_filter1d
+
+    half_widths = _disk_half_widths(radius)
+    pixels = mask.view(np.uint8)
+    widened = {
+        width: maximum_filter1d(pixels, 2 * width + 1, axis=1, mode="constant") if width else pixels
+        for width in set(half_widths)
+    }
+    out = widened[half_widths[0]].copy()
+    height = out.shape[0]
+    for offset in range(1, min(len(half_widths), height)):
+        rows = widened[half_widths[offset]]
+        np.maximum(out[offset:], rows[: height - offset], out=out[offset:])
+        np.maximum(out[: height - offset], rows[offset:], out=out[: height - offset])
+    return out.view(bool)
+
+
+def _disk_erosion(mask: np.ndarray, radius: float) -> np.ndarray:
+    """The px of ``mask`` farther than ``radius`` px from any False px (none lie outside it)."""
+    return ~_disk_dilation(~mask, radius)
+
+
+def _disk_half_widths(radius: float) -> list[int]:
+    """Half-width of the disk's run of px at row offsets 0, 1, ..., ``floor(radius)``.
+
+    An offset (dx, dy) is in the disk when ``sqrt(dx² + dy²) <= radius``, as a Euclidean
+    distance transform compares it.
+    """
+    offsets = np.arange(math.floor(radius) + 1)
+    inside = np.sqrt(offsets[:, None] ** 2 + offsets[None, :] ** 2) <= radius
+    return [int(count) - 1 for count in inside.sum(axis=1)]
 
 
 def _hysteresis(grow: np.ndarray, seeds: np.ndarray) -> np.ndarray:
