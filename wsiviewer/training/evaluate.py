@@ -33,6 +33,7 @@ from wsiviewer.training.metrics import (
     INTERVAL_METRICS,
     bootstrap_intervals,
     classification_metrics,
+    reliability_bins,
     roc_auc,
 )
 
@@ -347,13 +348,20 @@ _METRIC_LABELS = {
 }
 
 
-def roc_points(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """False and true positive rates at every distinct threshold, from (0, 0) to (1, 1)."""
+def _counts_by_threshold(
+    labels: np.ndarray, scores: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """True positives, false positives and positives predicted at every distinct threshold,
+    from the highest down; and the labels in that order."""
     order = np.argsort(-scores, kind="stable")
     y = labels[order].astype(bool)
     distinct = np.append(np.flatnonzero(np.diff(scores[order])), len(y) - 1)
-    tp = np.cumsum(y)[distinct]
-    fp = np.cumsum(~y)[distinct]
+    return np.cumsum(y)[distinct], np.cumsum(~y)[distinct], distinct + 1, y
+
+
+def roc_points(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """False and true positive rates at every distinct threshold, from (0, 0) to (1, 1)."""
+    tp, fp, _, y = _counts_by_threshold(labels, scores)
     return (
         np.concatenate([[0.0], fp / max(1, (~y).sum())]),
         np.concatenate([[0.0], tp / max(1, y.sum())]),
@@ -362,28 +370,8 @@ def roc_points(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.n
 
 def pr_points(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Recall and precision at every distinct threshold."""
-    order = np.argsort(-scores, kind="stable")
-    y = labels[order].astype(bool)
-    distinct = np.append(np.flatnonzero(np.diff(scores[order])), len(y) - 1)
-    tp = np.cumsum(y)[distinct]
-    predicted = distinct + 1
+    tp, _, predicted, y = _counts_by_threshold(labels, scores)
     return tp / max(1, y.sum()), tp / predicted
-
-
-def reliability(
-    labels: np.ndarray, scores: np.ndarray, bins: int = RELIABILITY_BINS
-) -> list[tuple[float, float, int]]:
-    """``(mean P, observed IDC fraction, count)`` of each non-empty equal-width bin."""
-    edges = np.linspace(0.0, 1.0, bins + 1)
-    which = np.clip(np.digitize(scores, edges[1:-1]), 0, bins - 1)
-    out = []
-    for b in range(bins):
-        members = which == b
-        if members.any():
-            out.append(
-                (float(scores[members].mean()), float(labels[members].mean()), int(members.sum()))
-            )
-    return out
 
 
 def _save(figure: Any, path: Path) -> str:
@@ -486,7 +474,7 @@ def write_plots(evaluation: Evaluation, out_dir: Path) -> dict[str, str]:
     figure, (top, bottom) = plt.subplots(
         2, 1, figsize=(4.2, 5.0), sharex=True, gridspec_kw={"height_ratios": [3, 1]}
     )
-    bins = reliability(labels.astype(float), scores)
+    bins = reliability_bins(labels, scores, RELIABILITY_BINS)
     top.plot([0, 1], [0, 1], color="0.7", linestyle=":", linewidth=1, label="perfect calibration")
     top.plot(
         [b[0] for b in bins],

@@ -40,18 +40,33 @@ def confusion(labels: np.ndarray, scores: np.ndarray, threshold: float) -> dict[
     }
 
 
-def expected_calibration_error(labels: np.ndarray, scores: np.ndarray, bins: int = 15) -> float:
-    """ECE of P(IDC) over equal-width bins, weighted by bin size."""
+def reliability_bins(
+    labels: np.ndarray, scores: np.ndarray, bins: int = 15
+) -> list[tuple[float, float, int]]:
+    """``(mean P, observed IDC fraction, count)`` of each non-empty equal-width bin of P."""
     labels = np.asarray(labels).astype(float)
     scores = np.asarray(scores, dtype=float)
     edges = np.linspace(0.0, 1.0, bins + 1)
     which = np.clip(np.digitize(scores, edges[1:-1]), 0, bins - 1)
-    total = 0.0
+    out = []
     for b in range(bins):
         in_bin = which == b
         if in_bin.any():
-            total += in_bin.mean() * abs(scores[in_bin].mean() - labels[in_bin].mean())
-    return float(total)
+            out.append(
+                (float(scores[in_bin].mean()), float(labels[in_bin].mean()), int(in_bin.sum()))
+            )
+    return out
+
+
+def expected_calibration_error(labels: np.ndarray, scores: np.ndarray, bins: int = 15) -> float:
+    """ECE of P(IDC) over equal-width bins, weighted by bin size."""
+    total = len(np.asarray(labels))
+    return float(
+        sum(
+            count / total * abs(mean_p - observed)
+            for mean_p, observed, count in reliability_bins(labels, scores, bins)
+        )
+    )
 
 
 def classification_metrics(
