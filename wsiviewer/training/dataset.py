@@ -42,7 +42,7 @@ class PatchSet:
 
     @property
     def patient_ids(self) -> list[str]:
-        return sorted(set(self.patients.tolist()), key=_patient_key)
+        return sorted_patients(self.patients)
 
 
 def load_patch_set(folder: Path, patients: Sequence[str] | None = None) -> PatchSet:
@@ -179,6 +179,11 @@ def iter_batches(
     order = rng.permutation(count) if rng is not None else np.arange(count)
     for start in range(0, count, batch_size):
         yield order[start : start + batch_size]
+
+
+def sorted_patients(patients: np.ndarray) -> list[str]:
+    """The distinct patient IDs of a per-patch array, numerically where they are numbers."""
+    return sorted(set(patients.tolist()), key=_patient_key)
 
 
 def _patient_key(patient: str) -> tuple[int, str]:

@@ -27,7 +27,7 @@ from wsiviewer import RESEARCH_USE_NOTICE, __version__
 from wsiviewer.core.atomic import atomic_write_bytes, atomic_write_text
 from wsiviewer.core.cards import ModelCard
 from wsiviewer.core.predictor import Predictor
-from wsiviewer.training.dataset import PatchSet, PatientSplit, load_patch_set
+from wsiviewer.training.dataset import PatchSet, PatientSplit, load_patch_set, sorted_patients
 from wsiviewer.training.idc import DATASET_MPP, DatasetError, rebuild_patient
 from wsiviewer.training.metrics import (
     INTERVAL_METRICS,
@@ -173,10 +173,8 @@ def per_patient_table(
     labels: np.ndarray, scores: np.ndarray, patients: np.ndarray, threshold: float
 ) -> list[dict[str, Any]]:
     """One row per patient: patches, IDC fraction, mean P(IDC), AUC, sensitivity, specificity."""
-    from wsiviewer.training.dataset import _patient_key
-
     rows = []
-    for patient in sorted(set(patients.tolist()), key=_patient_key):
+    for patient in sorted_patients(patients):
         mask = patients == patient
         y, p = labels[mask], scores[mask]
         m = classification_metrics(y, p, threshold)
