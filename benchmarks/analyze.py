@@ -37,7 +37,7 @@ VARIANTS = {"with 4 µm/px level": (1, 4, 16, 64), "without (1, 4, 32)": (1, 4, 
 
 
 def build_slide(patient: str, downsamples: tuple[int, ...], path: Path) -> Path:
-    from wsiviewer.core.pyramid import UpsampledSource, write_pyramid_tiff
+    from wsiviewer.core.exports.pyramid_tiff import UpsampledSource, write_pyramid_tiff
     from wsiviewer.training.idc import rebuild_patient
 
     if path.is_file():
@@ -57,7 +57,7 @@ def build_slide(patient: str, downsamples: tuple[int, ...], path: Path) -> Path:
 def benchmark_card(workdir: Path, model: str | None) -> Path:
     """``model`` (a card name or path), else the default installed model, else a random
     CancerNet (weights do not change the speed)."""
-    from wsiviewer.core.cards import resolve_model
+    from wsiviewer.core.model.cards import resolve_model
     from wsiviewer.errors import ModelError
 
     if model is not None:
@@ -67,7 +67,7 @@ def benchmark_card(workdir: Path, model: str | None) -> Path:
     except ModelError:
         import torch
 
-        from wsiviewer.core.models import CancerNet, untrained_card_fields, write_model
+        from wsiviewer.core.model.networks import CancerNet, untrained_card_fields, write_model
 
         card = workdir / "models" / "cancernet-untrained.json"
         if not card.is_file():
@@ -91,14 +91,14 @@ def model_only_rate(predict, patches, repeats: int = 5) -> float:  # type: ignor
 
 
 def run_ours(slide_path: Path, card_path: Path, out: Path, device: str) -> dict[str, object]:
-    from wsiviewer.core.analysis import analyze
-    from wsiviewer.core.cards import ModelCard
-    from wsiviewer.core.engines import probe_patches
-    from wsiviewer.core.exports import write_outputs
-    from wsiviewer.core.predictor import Predictor
+    from wsiviewer.core.analysis.pipeline import analyze
+    from wsiviewer.core.model.cards import ModelCard
+    from wsiviewer.core.model.engines import probe_patches
+    from wsiviewer.core.exports.analysis_outputs import write_outputs
+    from wsiviewer.core.model.predictor import Predictor
     from wsiviewer.core.progress import run_to_end
-    from wsiviewer.core.regions import find_regions
-    from wsiviewer.core.slide import open_slide
+    from wsiviewer.core.analysis.regions import find_regions
+    from wsiviewer.core.slides.base import open_slide
 
     card = ModelCard.from_file(card_path)
     Predictor(card, device=device)  # exports and caches the ONNX model once, untimed
@@ -132,16 +132,16 @@ def run_naive(slide_path: Path, card_path: Path, out: Path, device: str) -> dict
     import openslide
     import torch
 
-    from wsiviewer.core.analysis import Analysis, SlideSummary
-    from wsiviewer.core.cards import ModelCard
-    from wsiviewer.core.engines import probe_patches
-    from wsiviewer.core.exports import write_outputs
-    from wsiviewer.core.grid import PatchGrid
-    from wsiviewer.core.models import load_model
-    from wsiviewer.core.probability import ProbabilityMap
-    from wsiviewer.core.regions import find_regions
-    from wsiviewer.core.slide import Mpp, OpenSlideSource
-    from wsiviewer.core.tissue import TissueSettings, detect_tissue, tissue_cells
+    from wsiviewer.core.analysis.pipeline import Analysis, SlideSummary
+    from wsiviewer.core.model.cards import ModelCard
+    from wsiviewer.core.model.engines import probe_patches
+    from wsiviewer.core.exports.analysis_outputs import write_outputs
+    from wsiviewer.core.analysis.grid import PatchGrid
+    from wsiviewer.core.model.networks import load_model
+    from wsiviewer.core.analysis.probability import ProbabilityMap
+    from wsiviewer.core.analysis.regions import find_regions
+    from wsiviewer.core.slides.base import Mpp, OpenSlideSource
+    from wsiviewer.core.analysis.tissue import TissueSettings, detect_tissue, tissue_cells
 
     card = ModelCard.from_file(card_path)
     torch_device = torch.device("cuda" if device == "cuda" else "cpu")
@@ -212,8 +212,8 @@ def child(args: argparse.Namespace) -> None:
     import skimage.morphology  # noqa: F401
     import torch  # noqa: F401
 
-    import wsiviewer.core.analysis
-    import wsiviewer.core.exports  # noqa: F401
+    import wsiviewer.core.analysis.pipeline
+    import wsiviewer.core.exports.analysis_outputs  # noqa: F401
 
     result = runner(Path(args.slide), Path(args.card), Path(args.out), args.device)
     print(json.dumps(result))
@@ -280,7 +280,7 @@ def main() -> None:
         name = "-".join(map(str, downsamples))
         slide = build_slide(args.patient, downsamples, workdir / f"{args.patient}-{name}.svs")
         built = time.perf_counter() - start
-        from wsiviewer.core.slide import open_slide
+        from wsiviewer.core.slides.base import open_slide
 
         with open_slide(slide) as opened:
             dims = opened.dimensions

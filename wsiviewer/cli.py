@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from wsiviewer import RESEARCH_USE_NOTICE, WsiViewerError, __version__
 
 if TYPE_CHECKING:
-    from wsiviewer.core.predictor import Predictor
+    from wsiviewer.core.model.predictor import Predictor
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -290,7 +290,7 @@ def _cmd_gui(slide: Path | None) -> int:
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
-    from wsiviewer.core.slide import open_slide
+    from wsiviewer.core.slides.base import open_slide
 
     with open_slide(args.slide) as slide:
         description = slide.describe(include_identifying=args.show_identifying)
@@ -300,7 +300,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 
 def _cmd_models() -> int:
-    from wsiviewer.core.cards import available_models, model_dirs
+    from wsiviewer.core.model.cards import available_models, model_dirs
 
     cards = available_models()
     if not cards:
@@ -342,11 +342,11 @@ def _output_folders(slides: Sequence[Path], out: Path) -> list[Path]:
 def _cmd_analyze(args: argparse.Namespace) -> int:
     # Import everything analysis needs now, not at the first slide: a Ctrl-C that lands inside
     # an import can leave CPython to end the process by SIGINT instead of exiting with 130.
-    import wsiviewer.core.analysis
-    import wsiviewer.core.exports
-    import wsiviewer.core.store  # noqa: F401
-    from wsiviewer.core.cards import resolve_model
-    from wsiviewer.core.predictor import Predictor
+    import wsiviewer.core.analysis.pipeline
+    import wsiviewer.core.exports.analysis_outputs
+    import wsiviewer.core.store.database  # noqa: F401
+    from wsiviewer.core.model.cards import resolve_model
+    from wsiviewer.core.model.predictor import Predictor
 
     card = resolve_model(args.model)
     predictor = Predictor(card, device=args.device, batch_size=args.batch_size)
@@ -382,12 +382,12 @@ def _analyze_one(
 ) -> None:
     from tqdm import tqdm
 
-    from wsiviewer.core.analysis import AnalysisProgress, AnalysisWarning, analyze
-    from wsiviewer.core.exports import write_outputs
+    from wsiviewer.core.analysis.pipeline import AnalysisProgress, AnalysisWarning, analyze
+    from wsiviewer.core.exports.analysis_outputs import write_outputs
     from wsiviewer.core.progress import run_to_end
-    from wsiviewer.core.regions import find_regions
-    from wsiviewer.core.slide import open_slide
-    from wsiviewer.core.store import Store
+    from wsiviewer.core.analysis.regions import find_regions
+    from wsiviewer.core.slides.base import open_slide
+    from wsiviewer.core.store.database import Store
 
     t_start = time.perf_counter()
     with open_slide(slide_path) as slide:
@@ -432,8 +432,8 @@ def _analyze_one(
 def _cmd_train(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from wsiviewer.core.models import build_model
-    from wsiviewer.core.predictor import resolve_device
+    from wsiviewer.core.model.networks import build_model
+    from wsiviewer.core.model.predictor import resolve_device
     from wsiviewer.core.progress import run_to_end
     from wsiviewer.training.dataset import (
         PatientSplit,
@@ -516,7 +516,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from wsiviewer.core.cards import resolve_model
+    from wsiviewer.core.model.cards import resolve_model
     from wsiviewer.core.progress import run_to_end
     from wsiviewer.training.dataset import read_complete_patients
     from wsiviewer.training.evaluate import EvaluationProgress, evaluate, write_report
@@ -578,15 +578,15 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from wsiviewer.core.cards import ModelCard, available_models, resolve_model
-    from wsiviewer.core.report import (
+    from wsiviewer.core.model.cards import ModelCard, available_models, resolve_model
+    from wsiviewer.core.exports.review_outputs import (
         EXPORT_KINDS,
         export_review,
         load_review_export,
         select_region_set,
     )
-    from wsiviewer.core.slide import open_slide
-    from wsiviewer.core.store import Store
+    from wsiviewer.core.slides.base import open_slide
+    from wsiviewer.core.store.database import Store
     from wsiviewer.errors import ModelError
 
     with open_slide(args.slide) as slide, Store.open() as store:

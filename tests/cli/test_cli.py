@@ -12,7 +12,7 @@ import pytest
 
 from tests.conftest import REPO, he_like_slide
 from wsiviewer import cli
-from wsiviewer.core.pyramid import write_pyramid_tiff
+from wsiviewer.core.exports.pyramid_tiff import write_pyramid_tiff
 
 EXPECTED_OUTPUTS = {
     "regions.geojson",
@@ -80,7 +80,7 @@ def test_analyze_without_any_model_says_so(
     generated_slide: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
 ) -> None:  # type: ignore[no-untyped-def]
     # An installation whose shipped models folder is gone, and no user models.
-    monkeypatch.setattr("wsiviewer.core.cards.shipped_models_dir", lambda: None)
+    monkeypatch.setattr("wsiviewer.core.model.cards.shipped_models_dir", lambda: None)
     code = cli.main(["analyze", str(generated_slide), "--out", str(tmp_path / "out")])
     err = capsys.readouterr().err
     assert code == 1
@@ -122,7 +122,7 @@ def test_store_is_shared_with_a_second_process(
         [
             sys.executable,
             "-c",
-            "from wsiviewer.core.store import Store\n"
+            "from wsiviewer.core.store.database import Store\n"
             "with Store.open() as s:\n"
             f"    r = s.latest_analysis({identity!r})\n"
             "    rows, cols = r.grid.shape\n"
@@ -214,7 +214,7 @@ def test_interrupt_leaves_no_partial_outputs(
     generated_slide: Path, tiny_model_card: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Ctrl-C during inference: exit 130, nothing in --out, nothing in the Store."""
-    from wsiviewer.core.predictor import Predictor
+    from wsiviewer.core.model.predictor import Predictor
 
     calls = 0
     original = Predictor.predict
@@ -244,8 +244,8 @@ def test_interrupt_leaves_no_partial_outputs(
     assert code == cli.EXIT_INTERRUPTED
     assert calls == 2
     assert not out.exists() or list(out.iterdir()) == []
-    from wsiviewer.core.slide import open_slide
-    from wsiviewer.core.store import Store
+    from wsiviewer.core.slides.base import open_slide
+    from wsiviewer.core.store.database import Store
 
     with open_slide(generated_slide) as slide, Store.open() as store:
         assert store.latest_analysis(slide.identity) is None

@@ -13,16 +13,16 @@ from shapely.geometry import shape
 
 from tests.conftest import he_like_slide
 from wsiviewer import cli
-from wsiviewer.core.analysis import Analysis, SlideSummary
-from wsiviewer.core.cards import ModelSummary
-from wsiviewer.core.grid import PatchGrid
-from wsiviewer.core.probability import ProbabilityMap
-from wsiviewer.core.pyramid import write_pyramid_tiff
-from wsiviewer.core.report import REVIEW_EXPORT_NAMES
-from wsiviewer.core.review import open_review
-from wsiviewer.core.slide import Mpp, open_slide
-from wsiviewer.core.store import Store
-from wsiviewer.core.tissue import TissueSettings
+from wsiviewer.core.analysis.pipeline import Analysis, SlideSummary
+from wsiviewer.core.model.cards import ModelSummary
+from wsiviewer.core.analysis.grid import PatchGrid
+from wsiviewer.core.analysis.probability import ProbabilityMap
+from wsiviewer.core.exports.pyramid_tiff import write_pyramid_tiff
+from wsiviewer.core.exports.review_outputs import REVIEW_EXPORT_NAMES
+from wsiviewer.core.review.session import open_review
+from wsiviewer.core.slides.base import Mpp, open_slide
+from wsiviewer.core.store.database import Store
+from wsiviewer.core.analysis.tissue import TissueSettings
 
 ALL_FILES = {name for names in REVIEW_EXPORT_NAMES.values() for name in names}
 SLIDE_NAME = "Doe-Jane-S24-0042"
@@ -190,7 +190,7 @@ def test_default_model_is_preferred_when_installed(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # Only the user's model is installed: it is the default (the shipped ones are hidden).
-    monkeypatch.setattr("wsiviewer.core.cards.shipped_models_dir", lambda: None)
+    monkeypatch.setattr("wsiviewer.core.model.cards.shipped_models_dir", lambda: None)
     analyze(generated_slide, tiny_model_card, tmp_path / "analysis")
     synthetic_analysis(generated_slide)  # newer, by a model that is not installed
     models = isolated_data_dir / "models"

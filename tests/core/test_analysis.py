@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 
 from tests.conftest import he_like_slide
-from wsiviewer.core.analysis import AnalysisWarning, analyze
-from wsiviewer.core.cards import ModelCard
-from wsiviewer.core.predictor import Predictor
+from wsiviewer.core.analysis.pipeline import AnalysisWarning, analyze
+from wsiviewer.core.model.cards import ModelCard
+from wsiviewer.core.model.predictor import Predictor
 from wsiviewer.core.progress import run_to_end
-from wsiviewer.core.slide import ArraySource, Mpp
+from wsiviewer.core.slides.base import ArraySource, Mpp
 from wsiviewer.errors import ResolutionError
 
 

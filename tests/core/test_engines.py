@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from wsiviewer.core.cards import ModelCard
-from wsiviewer.core.engines import (
+from wsiviewer.core.model.cards import ModelCard
+from wsiviewer.core.model.engines import (
     ONNX_TOLERANCE,
     OnnxEngine,
     TorchEngine,
@@ -16,8 +16,8 @@ from wsiviewer.core.engines import (
     onnx_cache_path,
     probe_patches,
 )
-from wsiviewer.core.models import PatchClassifier, load_model
-from wsiviewer.core.predictor import Predictor
+from wsiviewer.core.model.networks import PatchClassifier, load_model
+from wsiviewer.core.model.predictor import Predictor
 from wsiviewer.errors import ModelError
 
 

@@ -16,11 +16,12 @@ from PIL import Image
 from shapely.geometry import MultiPolygon, box, shape
 
 from wsiviewer import RESEARCH_USE_NOTICE
-from wsiviewer.core import colormaps, exports
-from wsiviewer.core.analysis import Analysis, SlideSummary
-from wsiviewer.core.cards import ModelSummary
-from wsiviewer.core.colormaps import COLORMAP_NAMES, apply_colormap, load_colormap
-from wsiviewer.core.exports import (
+from wsiviewer.core.exports import analysis_outputs as exports
+from wsiviewer.core.exports import colormaps
+from wsiviewer.core.analysis.pipeline import Analysis, SlideSummary
+from wsiviewer.core.model.cards import ModelSummary
+from wsiviewer.core.exports.colormaps import COLORMAP_NAMES, apply_colormap, load_colormap
+from wsiviewer.core.exports.analysis_outputs import (
     IDC_COLOR,
     OUTPUT_NAMES,
     heatmap_cell_px,
@@ -37,12 +38,12 @@ from wsiviewer.core.exports import (
     write_probabilities_npy,
     write_run_json,
 )
-from wsiviewer.core.grid import PatchGrid
-from wsiviewer.core.probability import ProbabilityMap
-from wsiviewer.core.pyramid import write_pyramid_tiff
-from wsiviewer.core.regions import Region, RegionSet, find_regions
-from wsiviewer.core.slide import ArraySource, Mpp, OpenSlideSource, Slide
-from wsiviewer.core.tissue import TissueSettings
+from wsiviewer.core.analysis.grid import PatchGrid
+from wsiviewer.core.analysis.probability import ProbabilityMap
+from wsiviewer.core.exports.pyramid_tiff import write_pyramid_tiff
+from wsiviewer.core.analysis.regions import Region, RegionSet, find_regions
+from wsiviewer.core.slides.base import ArraySource, Mpp, OpenSlideSource, Slide
+from wsiviewer.core.analysis.tissue import TissueSettings
 from wsiviewer.errors import ExportError
 
 #: 50 px at 4 µm/px is 100.5 level-0 px at this µm/px: a fractional cell size, as on real slides.

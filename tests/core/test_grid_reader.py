@@ -3,10 +3,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from wsiviewer.core.grid import PatchGrid
-from wsiviewer.core.reader import PatchReader
-from wsiviewer.core.resample import block_mean
-from wsiviewer.core.slide import ArraySource
+from wsiviewer.core.analysis.grid import PatchGrid
+from wsiviewer.core.analysis.patches import PatchReader
+from wsiviewer.core.slides.resample import block_mean
+from wsiviewer.core.slides.base import ArraySource
 from wsiviewer.errors import ResolutionError
 
 
@@ -72,7 +72,7 @@ def test_reader_uses_the_coarsest_fine_enough_level_and_area_averages() -> None:
 
 
 def test_reader_blocks_bound_each_read(monkeypatch: pytest.MonkeyPatch) -> None:
-    import wsiviewer.core.reader as reader_module
+    import wsiviewer.core.analysis.patches as reader_module
 
     monkeypatch.setattr(reader_module, "MAX_READ_SIDE", 100)
     pixels = np.zeros((300, 300, 3), np.uint8)

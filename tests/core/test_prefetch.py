@@ -5,7 +5,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from wsiviewer.core.prefetch import Prefetcher
+from wsiviewer.core.analysis.prefetch import Prefetcher
 
 
 def test_yields_everything_in_order() -> None:

@@ -9,8 +9,8 @@ import openslide
 import pytest
 import tifffile
 
-from wsiviewer.core import pyramid
-from wsiviewer.core.pyramid import (
+from wsiviewer.core.exports import pyramid_tiff as pyramid
+from wsiviewer.core.exports.pyramid_tiff import (
     ArrayPyramidSource,
     FunctionSource,
     PyramidSource,

@@ -11,15 +11,15 @@ import pytest
 from shapely.geometry import box, mapping
 
 from tests.core.test_exports import THRESHOLD, _analysis, _probability_map
-from wsiviewer.core.exports import IDC_COLOR, write_review_geojson
-from wsiviewer.core.qupath import (
+from wsiviewer.core.exports.analysis_outputs import IDC_COLOR, write_review_geojson
+from wsiviewer.core.review.qupath_import import (
     ImportedAnnotation,
     QuPathImportError,
     import_annotations,
     read_qupath_geojson,
 )
-from wsiviewer.core.review import ReviewError, ReviewSession, open_review
-from wsiviewer.core.store import Store
+from wsiviewer.core.review.session import ReviewError, ReviewSession, open_review
+from wsiviewer.core.store.database import Store
 from wsiviewer.errors import WsiViewerError
 
 

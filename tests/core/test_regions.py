@@ -3,9 +3,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from wsiviewer.core.grid import PatchGrid
-from wsiviewer.core.probability import ProbabilityMap
-from wsiviewer.core.regions import find_regions
+from wsiviewer.core.analysis.grid import PatchGrid
+from wsiviewer.core.analysis.probability import ProbabilityMap
+from wsiviewer.core.analysis.regions import find_regions
 
 
 def _map(values: np.ndarray, l0_dimensions: tuple[int, int] | None = None) -> ProbabilityMap:

@@ -25,24 +25,24 @@ from tests.core.test_exports import (
     _slide_pixels,
 )
 from wsiviewer import RESEARCH_USE_NOTICE
-from wsiviewer.core import report as report_module
-from wsiviewer.core.exports import (
+from wsiviewer.core.exports import review_outputs as report_module
+from wsiviewer.core.exports.analysis_outputs import (
     IDC_CLASS_NAME,
     IDC_COLOR,
     REJECTED_CLASS_NAME,
     review_feature_collection,
     review_grid_mask,
 )
-from wsiviewer.core.report import (
+from wsiviewer.core.exports.review_outputs import (
     REVIEW_EXPORT_NAMES,
     export_review,
     load_review_export,
     report_images,
     select_region_set,
 )
-from wsiviewer.core.review import ReviewSession, open_review
-from wsiviewer.core.slide import ArraySource
-from wsiviewer.core.store import Store
+from wsiviewer.core.review.session import ReviewSession, open_review
+from wsiviewer.core.slides.base import ArraySource
+from wsiviewer.core.store.database import Store
 from wsiviewer.errors import ExportError
 
 ALL_FILES = {name for names in REVIEW_EXPORT_NAMES.values() for name in names}

@@ -14,14 +14,14 @@ import pytest
 from shapely.geometry import Polygon, box
 
 from tests.core.test_store import make_analysis
-from wsiviewer.core.review import (
+from wsiviewer.core.review.session import (
     RegionRef,
     ReviewError,
     ReviewSession,
     open_review,
     review_state,
 )
-from wsiviewer.core.store import Store
+from wsiviewer.core.store.database import Store
 from wsiviewer.errors import StoreError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -285,8 +285,8 @@ def test_a_review_killed_midway_keeps_every_committed_decision(
         f"""
         import os, signal
         from shapely.geometry import box
-        from wsiviewer.core.review import ReviewSession
-        from wsiviewer.core.store import Store
+        from wsiviewer.core.review.session import ReviewSession
+        from wsiviewer.core.store.database import Store
 
         store = Store.open()
         session = ReviewSession(store, {region_set_id}, "dr-child")

@@ -6,10 +6,10 @@ import numpy as np
 import openslide
 import pytest
 
-from wsiviewer.core import slide as slide_module
-from wsiviewer.core.pyramid import PyramidStyle, write_pyramid_tiff
-from wsiviewer.core.resample import area_resample, block_mean
-from wsiviewer.core.slide import ArraySource, Mpp, is_identifying_property, open_slide
+from wsiviewer.core.slides import base as slide_module
+from wsiviewer.core.exports.pyramid_tiff import PyramidStyle, write_pyramid_tiff
+from wsiviewer.core.slides.resample import area_resample, block_mean
+from wsiviewer.core.slides.base import ArraySource, Mpp, is_identifying_property, open_slide
 from wsiviewer.errors import ResolutionError, SlideOpenError, SlideReadError
 
 

@@ -17,15 +17,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from wsiviewer.core import paths, store
-from wsiviewer.core.analysis import Analysis, SlideSummary
-from wsiviewer.core.cards import ModelSummary
-from wsiviewer.core.grid import PatchGrid
-from wsiviewer.core.probability import ProbabilityMap
-from wsiviewer.core.regions import find_regions
-from wsiviewer.core.slide import Mpp
-from wsiviewer.core.store import MIGRATIONS, AnalysisRecord, Migration, Store
-from wsiviewer.core.tissue import TissueSettings
+from wsiviewer.core import paths
+from wsiviewer.core.store import database as store
+from wsiviewer.core.analysis.pipeline import Analysis, SlideSummary
+from wsiviewer.core.model.cards import ModelSummary
+from wsiviewer.core.analysis.grid import PatchGrid
+from wsiviewer.core.analysis.probability import ProbabilityMap
+from wsiviewer.core.analysis.regions import find_regions
+from wsiviewer.core.slides.base import Mpp
+from wsiviewer.core.store.database import MIGRATIONS, AnalysisRecord, Migration, Store
+from wsiviewer.core.analysis.tissue import TissueSettings
 from wsiviewer.errors import StoreError
 
 TESTS_DIR = Path(__file__).resolve().parent
@@ -557,7 +558,7 @@ def test_region_set_errors(opened: Store) -> None:
 _READ_LATEST = """
 import json
 import numpy as np
-from wsiviewer.core.store import Store
+from wsiviewer.core.store.database import Store
 with Store.open() as store:
     record = store.latest_analysis("quickhash-slide-a")
     probability_map = store.load_probability_map(record)
@@ -590,7 +591,7 @@ def test_second_process_reads_what_the_first_wrote(opened: Store, data_dir: Path
 
 _WRITE_ONE = """
 from test_store import make_analysis
-from wsiviewer.core.store import Store
+from wsiviewer.core.store.database import Store
 with Store.open() as store:
     print(store.save_analysis(make_analysis("quickhash-slide-b", seed=3)))
 """
@@ -615,7 +616,7 @@ def test_second_process_writes_while_the_first_is_open(opened: Store) -> None:
 _WRITE_WHEN_UNLOCKED = """
 import sys
 from test_store import make_analysis
-from wsiviewer.core.store import Store
+from wsiviewer.core.store.database import Store
 
 def announce(statement):
     if statement == "BEGIN IMMEDIATE":

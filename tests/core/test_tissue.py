@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from wsiviewer.core.grid import PatchGrid
-from wsiviewer.core.slide import ArraySource
-from wsiviewer.core.tissue import TissueMask, TissueSettings, detect_tissue, tissue_cells
+from wsiviewer.core.analysis.grid import PatchGrid
+from wsiviewer.core.slides.base import ArraySource
+from wsiviewer.core.analysis.tissue import TissueMask, TissueSettings, detect_tissue, tissue_cells
 
 DATA_DIR = Path(__file__).resolve().parents[3] / "shared" / "data"
 
@@ -248,7 +248,7 @@ def test_disk_morphology_matches_the_distance_transform(radius: float) -> None:
     # distance transforms (scikit-image's isotropic morphology) define them.
     from scipy.ndimage import distance_transform_edt
 
-    from wsiviewer.core.tissue import _disk_dilation, _disk_erosion
+    from wsiviewer.core.analysis.tissue import _disk_dilation, _disk_erosion
 
     rng = np.random.default_rng(round(radius * 10))
     sparse = rng.random((60, 80)) < 0.03

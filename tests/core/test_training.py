@@ -10,8 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
-from wsiviewer.core.cards import ModelCard
-from wsiviewer.core.predictor import Predictor
+from wsiviewer.core.model.cards import ModelCard
+from wsiviewer.core.model.predictor import Predictor
 from wsiviewer.core.progress import run_to_end
 from wsiviewer.training.dataset import PatientSplit, load_patch_set, split_patients
 from wsiviewer.training.metrics import (

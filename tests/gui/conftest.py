@@ -17,7 +17,7 @@ from PySide6.QtCore import QSettings, QThreadPool
 from PySide6.QtWidgets import QApplication
 
 from tests.conftest import he_like_slide
-from wsiviewer.core.pyramid import write_pyramid_tiff
+from wsiviewer.core.exports.pyramid_tiff import write_pyramid_tiff
 from wsiviewer.gui.main_window import MainWindow
 from wsiviewer.gui.tiles import TileLoader
 
@@ -68,7 +68,7 @@ def without_shipped_models(request: pytest.FixtureRequest, monkeypatch: pytest.M
     """GUI tests choose their models: the shipped ones are hidden unless a test is marked
     ``shipped_models``."""
     if "shipped_models" not in request.keywords:
-        monkeypatch.setattr("wsiviewer.core.cards.shipped_models_dir", lambda: None)
+        monkeypatch.setattr("wsiviewer.core.model.cards.shipped_models_dir", lambda: None)
 
 
 @pytest.fixture

@@ -11,12 +11,12 @@ from PySide6.QtCore import QPointF
 
 from tests.gui.conftest import GENERATED_MPP, wait_settled
 from wsiviewer import cli
-from wsiviewer.core.cards import ModelCard
-from wsiviewer.core.colormaps import load_colormap
-from wsiviewer.core.grid import PatchGrid
-from wsiviewer.core.probability import ProbabilityMap
-from wsiviewer.core.slide import Mpp, open_slide
-from wsiviewer.core.store import Store
+from wsiviewer.core.model.cards import ModelCard
+from wsiviewer.core.exports.colormaps import load_colormap
+from wsiviewer.core.analysis.grid import PatchGrid
+from wsiviewer.core.analysis.probability import ProbabilityMap
+from wsiviewer.core.slides.base import Mpp, open_slide
+from wsiviewer.core.store.database import Store
 from wsiviewer.gui.analysis import AnalysisUpdate
 from wsiviewer.gui.main_window import MainWindow
 
@@ -111,7 +111,7 @@ def test_cancel_stops_within_a_batch_and_saves_nothing(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:  # type: ignore[no-untyped-def]
     """The second batch is held until Cancel is pressed: the worker stops right after it."""
-    from wsiviewer.core.predictor import Predictor
+    from wsiviewer.core.model.predictor import Predictor
 
     gate = threading.Event()
     predicted: list[int] = []
@@ -153,8 +153,8 @@ def _store_synthetic_analysis(
     slide_path: Path, card_path: Path, hot_rc: tuple[int, int]
 ) -> PatchGrid:
     """Record an analysis whose map is 1.0 in one cell and 0.2 elsewhere in tissue."""
-    from wsiviewer.core.analysis import Analysis, SlideSummary
-    from wsiviewer.core.tissue import TissueSettings
+    from wsiviewer.core.analysis.pipeline import Analysis, SlideSummary
+    from wsiviewer.core.analysis.tissue import TissueSettings
 
     card = ModelCard.from_file(card_path)
     with open_slide(slide_path) as slide:

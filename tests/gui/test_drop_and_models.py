@@ -9,7 +9,7 @@ from PySide6.QtCore import QMimeData, QPoint, Qt, QUrl
 from PySide6.QtGui import QDragEnterEvent, QDropEvent
 from PySide6.QtWidgets import QApplication, QFileDialog
 
-from wsiviewer.core.cards import ModelCard
+from wsiviewer.core.model.cards import ModelCard
 from wsiviewer.gui.main_window import MainWindow
 
 

@@ -9,12 +9,12 @@ import pytest
 from PySide6.QtCore import QSettings, Qt
 from PySide6.QtWidgets import QApplication
 
-from wsiviewer.core.cards import ModelCard
-from wsiviewer.core.grid import PatchGrid
-from wsiviewer.core.probability import ProbabilityMap
-from wsiviewer.core.review import RegionRef, ReviewSession
-from wsiviewer.core.slide import open_slide
-from wsiviewer.core.store import Store
+from wsiviewer.core.model.cards import ModelCard
+from wsiviewer.core.analysis.grid import PatchGrid
+from wsiviewer.core.analysis.probability import ProbabilityMap
+from wsiviewer.core.review.session import RegionRef, ReviewSession
+from wsiviewer.core.slides.base import open_slide
+from wsiviewer.core.store.database import Store
 from wsiviewer.gui.main_window import MainWindow
 from wsiviewer.gui.region_items import STATUS_STYLES
 from wsiviewer.gui.review_panel import REVIEWER_KEY, ReviewPanel
@@ -34,8 +34,8 @@ HOT_CELLS: dict[tuple[int, int], float] = {
 
 
 def _store_analysis(slide_path: Path, card_path: Path) -> int:
-    from wsiviewer.core.analysis import Analysis, SlideSummary
-    from wsiviewer.core.tissue import TissueSettings
+    from wsiviewer.core.analysis.pipeline import Analysis, SlideSummary
+    from wsiviewer.core.analysis.tissue import TissueSettings
 
     card = ModelCard.from_file(card_path)
     with open_slide(slide_path) as slide:

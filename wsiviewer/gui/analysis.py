@@ -20,14 +20,14 @@ import numpy as np
 from PySide6.QtCore import QObject, QThreadPool, Signal
 from superqt.utils import GeneratorWorker, create_worker
 
-from wsiviewer.core.cards import ModelCard
-from wsiviewer.core.grid import PatchGrid
-from wsiviewer.core.slide import Mpp
+from wsiviewer.core.model.cards import ModelCard
+from wsiviewer.core.analysis.grid import PatchGrid
+from wsiviewer.core.slides.base import Mpp
 from wsiviewer.errors import ModelError, WsiViewerError
 
 if TYPE_CHECKING:
-    # wsiviewer.core.analysis imports torch: only the worker imports it, when it starts.
-    from wsiviewer.core.analysis import Analysis
+    # wsiviewer.core.analysis.pipeline imports torch: only the worker imports it, when it starts.
+    from wsiviewer.core.analysis.pipeline import Analysis
 
 log = logging.getLogger(__name__)
 
@@ -75,11 +75,11 @@ def _run_analysis(job: AnalysisJob) -> Generator[AnalysisUpdate, None, AnalysisO
     yield AnalysisUpdate("loading model", 0, 0)
     t_start = time.perf_counter()
     # Imported here, on the worker, when first needed: torch costs seconds at startup.
-    from wsiviewer.core.analysis import analyze
-    from wsiviewer.core.predictor import Predictor
-    from wsiviewer.core.regions import find_regions
-    from wsiviewer.core.slide import open_slide
-    from wsiviewer.core.store import Store
+    from wsiviewer.core.analysis.pipeline import analyze
+    from wsiviewer.core.model.predictor import Predictor
+    from wsiviewer.core.analysis.regions import find_regions
+    from wsiviewer.core.slides.base import open_slide
+    from wsiviewer.core.store.database import Store
 
     predictor = Predictor(job.card, device=job.device, batch_size=job.batch_size)
     device = predictor.device_name

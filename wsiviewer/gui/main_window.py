@@ -34,9 +34,9 @@ from PySide6.QtWidgets import (
 )
 
 from wsiviewer import RESEARCH_USE_NOTICE, WsiViewerError, __version__
-from wsiviewer.core.cards import ModelCard, available_models, model_dirs
-from wsiviewer.core.grid import PatchGrid
-from wsiviewer.core.slide import Mpp, Slide, open_slide
+from wsiviewer.core.model.cards import ModelCard, available_models, model_dirs
+from wsiviewer.core.analysis.grid import PatchGrid
+from wsiviewer.core.slides.base import Mpp, Slide, open_slide
 from wsiviewer.errors import ModelError, ResolutionError
 from wsiviewer.gui.analysis import AnalysisJob, AnalysisOutcome, AnalysisRunner, AnalysisUpdate
 from wsiviewer.gui.overview import OverviewWidget
@@ -634,7 +634,7 @@ class MainWindow(QMainWindow):
         if slide is None or (for_slide is not None and for_slide is not slide):
             return
         self._shown_analysis_id = None
-        from wsiviewer.core.store import Store
+        from wsiviewer.core.store.database import Store
 
         card = self.model_panel.card
         try:

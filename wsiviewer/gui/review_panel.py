@@ -1,9 +1,9 @@
 """Review of flagged regions: the region list, decisions, notes, manual regions, exports.
 
-:class:`ReviewPanel` drives a :class:`~wsiviewer.core.review.ReviewSession`: every decision is
+:class:`ReviewPanel` drives a :class:`~wsiviewer.core.review.session.ReviewSession`: every decision is
 one committed Store transaction, so nothing is lost when the window closes or crashes, and
 reopening the slide shows the review exactly as it was left. The panel shows the session's
-:class:`~wsiviewer.core.review.ReviewState` in a sortable table and as outlines on the slide
+:class:`~wsiviewer.core.review.session.ReviewState` in a sortable table and as outlines on the slide
 (:mod:`wsiviewer.gui.region_items`); it never keeps decisions of its own.
 
 Everything can be done from the keyboard: N / P step through the list, A accepts, R rejects,
@@ -80,10 +80,10 @@ from wsiviewer.gui.region_items import (
 )
 
 if TYPE_CHECKING:
-    from wsiviewer.core.cards import ModelCard
-    from wsiviewer.core.review import RegionRef, ReviewItem, ReviewSession, ReviewState
-    from wsiviewer.core.slide import Slide
-    from wsiviewer.core.store import Store
+    from wsiviewer.core.model.cards import ModelCard
+    from wsiviewer.core.review.session import RegionRef, ReviewItem, ReviewSession, ReviewState
+    from wsiviewer.core.slides.base import Slide
+    from wsiviewer.core.store.database import Store
     from wsiviewer.gui.slide_view import SlideView
 
 log = logging.getLogger(__name__)
@@ -710,7 +710,7 @@ class ReviewPanel(QWidget):
         not known yet (else wait for :meth:`start_review`)."""
         if self._analysis_id is None:
             return False
-        from wsiviewer.core.review import open_review
+        from wsiviewer.core.review.session import open_review
 
         self.draw_tool.cancel()
         reviewer = self._ensure_reviewer(ask)
@@ -763,7 +763,7 @@ class ReviewPanel(QWidget):
             self.review_closed.emit()
 
     def _open_store(self) -> Store:
-        from wsiviewer.core.store import Store
+        from wsiviewer.core.store.database import Store
 
         if self._store is None or self._store.closed:
             self._store = Store.open()
@@ -1202,7 +1202,7 @@ class ReviewPanel(QWidget):
         state = self._state
         if state is None:
             return None
-        from wsiviewer.core.report import export_review, load_review_export
+        from wsiviewer.core.exports.review_outputs import export_review, load_review_export
 
         QApplication.setOverrideCursor(Qt.CursorShape.WaitCursor)
         try:
@@ -1233,7 +1233,7 @@ class ReviewPanel(QWidget):
                 "Cannot import annotations", "Open a slide with an analysis to review first."
             )
             return None
-        from wsiviewer.core.qupath import import_annotations
+        from wsiviewer.core.review.qupath_import import import_annotations
 
         count = self._apply("import the annotations", lambda s: import_annotations(s, Path(path)))
         if count is None:

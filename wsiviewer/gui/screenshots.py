@@ -46,14 +46,14 @@ def _synthetic_analysis(slide_path: Path, models_dir: Path) -> Path:
     """Record a synthetic analysis (smooth blobs over tissue) with a random tiny model."""
     import torch
 
-    from wsiviewer.core.analysis import Analysis, SlideSummary
-    from wsiviewer.core.cards import ModelCard
-    from wsiviewer.core.grid import PatchGrid
-    from wsiviewer.core.models import CancerNet, untrained_card_fields, write_model
-    from wsiviewer.core.probability import ProbabilityMap
-    from wsiviewer.core.slide import open_slide
-    from wsiviewer.core.store import Store
-    from wsiviewer.core.tissue import TissueSettings, detect_tissue, tissue_cells
+    from wsiviewer.core.analysis.pipeline import Analysis, SlideSummary
+    from wsiviewer.core.model.cards import ModelCard
+    from wsiviewer.core.analysis.grid import PatchGrid
+    from wsiviewer.core.model.networks import CancerNet, untrained_card_fields, write_model
+    from wsiviewer.core.analysis.probability import ProbabilityMap
+    from wsiviewer.core.slides.base import open_slide
+    from wsiviewer.core.store.database import Store
+    from wsiviewer.core.analysis.tissue import TissueSettings, detect_tissue, tissue_cells
 
     torch.manual_seed(0)
     fields = untrained_card_fields("synthetic-demo")
@@ -93,11 +93,11 @@ def _synthetic_analysis(slide_path: Path, models_dir: Path) -> Path:
 def _synthetic_foci_analysis(slide_path: Path, foci: int = 4) -> None:
     """Record, with the latest analysis's model and grid, a SYNTHETIC map of a few separate
     foci (P 0.65-0.98, one or two cells each, far apart) over low-probability tissue."""
-    from wsiviewer.core.analysis import Analysis, SlideSummary
-    from wsiviewer.core.probability import ProbabilityMap
-    from wsiviewer.core.slide import open_slide
-    from wsiviewer.core.store import Store
-    from wsiviewer.core.tissue import TissueSettings
+    from wsiviewer.core.analysis.pipeline import Analysis, SlideSummary
+    from wsiviewer.core.analysis.probability import ProbabilityMap
+    from wsiviewer.core.slides.base import open_slide
+    from wsiviewer.core.store.database import Store
+    from wsiviewer.core.analysis.tissue import TissueSettings
 
     with open_slide(slide_path) as slide, Store.open() as store:
         record = store.latest_analysis(slide.identity)
@@ -184,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     data_dir = tempfile.mkdtemp(prefix="wsiviewer-screenshots-")
     os.environ["WSIVIEWER_DATA_DIR"] = data_dir  # never the user's Store
 
-    from wsiviewer.core.cards import available_models
+    from wsiviewer.core.model.cards import available_models
 
     synthetic = synthetic or not available_models()
     if synthetic:

@@ -1,7 +1,7 @@
 """The slide view: a tiled multi-resolution slide with the IDC heatmap over it.
 
 The scene is in level-0 px (DESIGN.md), so the heatmap item is placed and scaled by the
-:class:`~wsiviewer.core.grid.PatchGrid` alone. Tiles are painted in ``drawBackground``: for
+:class:`~wsiviewer.core.analysis.grid.PatchGrid` alone. Tiles are painted in ``drawBackground``: for
 every tile of the level (and reduction) the zoom asks for, the cached tile, else the same
 level's tiles at another reduction, else the finest coarser level whose tiles are cached, else
 the always-loaded base image (the coarsest level), so the view never flashes blank while finer
@@ -35,9 +35,9 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from wsiviewer.core.colormaps import DEFAULT_COLORMAP, apply_colormap
-from wsiviewer.core.grid import PatchGrid
-from wsiviewer.core.slide import Slide
+from wsiviewer.core.exports.colormaps import DEFAULT_COLORMAP, apply_colormap
+from wsiviewer.core.analysis.grid import PatchGrid
+from wsiviewer.core.slides.base import Slide
 from wsiviewer.gui.tiles import (
     DEFAULT_CACHE_BYTES,
     REDUCTIONS,

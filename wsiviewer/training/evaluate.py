@@ -2,9 +2,9 @@
 
 :func:`evaluate` is a generator (like ``analyze`` and ``train``): it yields
 :class:`EvaluationProgress` and returns an :class:`Evaluation`. Patches are scored by the
-same :class:`~wsiviewer.core.predictor.Predictor` that analysis uses, so the figures are the
+same :class:`~wsiviewer.core.model.predictor.Predictor` that analysis uses, so the figures are the
 ones the viewer's heatmap has. The complete patients of the part are rebuilt as slides and run
-through :func:`~wsiviewer.core.analysis.analyze`: the IDC mask is compared with the label mask
+through :func:`~wsiviewer.core.analysis.pipeline.analyze`: the IDC mask is compared with the label mask
 (Dice, IoU), and every labelled cell's probability is compared with its patch file's.
 
 :func:`write_report` writes ``metrics.json``, ``patients.csv``, the plots and ``report.md``.
@@ -25,8 +25,8 @@ import numpy as np
 
 from wsiviewer import RESEARCH_USE_NOTICE, __version__
 from wsiviewer.core.atomic import atomic_write_bytes, atomic_write_text
-from wsiviewer.core.cards import ModelCard
-from wsiviewer.core.predictor import Predictor
+from wsiviewer.core.model.cards import ModelCard
+from wsiviewer.core.model.predictor import Predictor
 from wsiviewer.training.dataset import PatchSet, PatientSplit, load_patch_set, sorted_patients
 from wsiviewer.training.idc import DATASET_MPP, DatasetError, rebuild_patient
 from wsiviewer.training.metrics import (
@@ -208,9 +208,9 @@ def dice_iou(predicted: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
 
 def evaluate_slide(predictor: Predictor, patient_dir: Path, threshold: float) -> SlideResult:
     """Rebuild a complete patient as a slide, analyse it, and compare with its labels."""
-    from wsiviewer.core.analysis import analyze
+    from wsiviewer.core.analysis.pipeline import analyze
     from wsiviewer.core.progress import run_to_end
-    from wsiviewer.core.slide import ArraySource, Mpp
+    from wsiviewer.core.slides.base import ArraySource, Mpp
     from wsiviewer.training.idc import pad_patch, read_patch
 
     rebuilt = rebuild_patient(patient_dir)

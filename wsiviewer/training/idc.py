@@ -4,7 +4,7 @@ The dataset (Janowczyk & Madabhushi 2016) is ``<patient>/<0|1>/<patient>_idx5_x<
 with ``.png`` (the original) or lossless ``.webp``. ``X``, ``Y`` are the patch's top-left
 corner on the patient's slide downsampled 16:1 (≈4 µm/px), on a 50 px grid offset by 1, so a
 rebuilt slide places a patch at ``x - 1, y - 1`` (DESIGN.md, Frames) and a
-:class:`~wsiviewer.core.grid.PatchGrid` from (0, 0) lands exactly on the patches.
+:class:`~wsiviewer.core.analysis.grid.PatchGrid` from (0, 0) lands exactly on the patches.
 """
 
 from __future__ import annotations

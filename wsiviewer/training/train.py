@@ -20,8 +20,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from wsiviewer.core.models import build_model, write_model
-from wsiviewer.core.predictor import device_label
+from wsiviewer.core.model.networks import build_model, write_model
+from wsiviewer.core.model.predictor import device_label
 from wsiviewer.training.dataset import PatchSet, PatientSplit, iter_batches
 from wsiviewer.training.idc import DATASET_MPP, PATCH_SIZE
 from wsiviewer.training.metrics import (
@@ -240,11 +240,11 @@ def finish(
     Calibration is Platt scaling (a temperature and a bias on the IDC log-odds), which also
     undoes the shift that class-weighted training puts into the log-odds. The probabilities
     behind every choice and metric come from the written model through the
-    :class:`~wsiviewer.core.predictor.Predictor` on the CPU, the path analysis and
+    :class:`~wsiviewer.core.model.predictor.Predictor` on the CPU, the path analysis and
     ``wsiviewer evaluate`` take, so the card's figures are theirs. Returns the card's path.
     """
-    from wsiviewer.core.cards import ModelCard
-    from wsiviewer.core.predictor import Predictor
+    from wsiviewer.core.model.cards import ModelCard
+    from wsiviewer.core.model.predictor import Predictor
 
     mean = torch.tensor(result.mean, dtype=torch.float32, device=device).view(1, 3, 1, 1)
     std = torch.tensor(result.std, dtype=torch.float32, device=device).view(1, 3, 1, 1)

@@ -38,7 +38,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from wsiviewer import RESEARCH_USE_NOTICE, __version__
-from wsiviewer.core.exports import (
+from wsiviewer.core.exports.analysis_outputs import (
     _finite,
     _public,
     _write_text,
@@ -52,21 +52,21 @@ from wsiviewer.core.exports import (
     write_review_geojson,
     write_staged,
 )
-from wsiviewer.core.probability import ProbabilityMap
-from wsiviewer.core.regions import find_regions
-from wsiviewer.core.review import (
+from wsiviewer.core.analysis.probability import ProbabilityMap
+from wsiviewer.core.analysis.regions import find_regions
+from wsiviewer.core.review.session import (
     STATUS_COLORS,
     ReviewItem,
     ReviewState,
     review_history,
     review_state,
 )
-from wsiviewer.core.store import AnalysisRecord, RegionSetRecord, Store
+from wsiviewer.core.store.database import AnalysisRecord, RegionSetRecord, Store
 from wsiviewer.errors import ExportError
 
 if TYPE_CHECKING:
-    from wsiviewer.core.cards import ModelCard
-    from wsiviewer.core.slide import Slide
+    from wsiviewer.core.model.cards import ModelCard
+    from wsiviewer.core.slides.base import Slide
 
 #: Files written for each export kind (the ``--what`` choices of ``wsiviewer export``).
 REVIEW_EXPORT_NAMES: dict[str, tuple[str, ...]] = {

@@ -7,8 +7,8 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from wsiviewer.core.grid import MPP_TOLERANCE, PatchGrid
-from wsiviewer.core.slide import Slide
+from wsiviewer.core.analysis.grid import MPP_TOLERANCE, PatchGrid
+from wsiviewer.core.slides.base import Slide
 
 #: Largest side, in level px, of one region read: blocks of 2048² (12 MiB of RGB) keep reading
 #: and inference overlapped without holding much memory.

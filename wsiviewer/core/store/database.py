@@ -19,7 +19,7 @@ Privacy: the database records a slide by its content identity (OpenSlide quickha
 geometry, never by its path or file name.
 
 Every finished run is recorded, even a repeat: ``analyses.analysis_key`` (what determines the
-map, see :attr:`wsiviewer.core.analysis.Analysis.key`) is indexed, not unique. Region sets are
+map, see :attr:`wsiviewer.core.analysis.pipeline.Analysis.key`) is indexed, not unique. Region sets are
 immutable and, once review starts, frozen: review decisions will reference ``regions.id``, which
 never changes, and the database refuses (by trigger) to alter or delete a frozen set's regions.
 
@@ -58,16 +58,16 @@ from shapely.geometry import Polygon
 
 from wsiviewer import __version__
 from wsiviewer.core.atomic import atomic_path
-from wsiviewer.core.cards import ModelSummary
-from wsiviewer.core.grid import PatchGrid
+from wsiviewer.core.model.cards import ModelSummary
+from wsiviewer.core.analysis.grid import PatchGrid
 from wsiviewer.core.paths import data_dir as default_data_dir
-from wsiviewer.core.probability import ProbabilityMap
-from wsiviewer.core.regions import Region, RegionSet
-from wsiviewer.core.slide import Mpp, MppSource
+from wsiviewer.core.analysis.probability import ProbabilityMap
+from wsiviewer.core.analysis.regions import Region, RegionSet
+from wsiviewer.core.slides.base import Mpp, MppSource
 from wsiviewer.errors import ResolutionError, StoreError
 
 if TYPE_CHECKING:
-    from wsiviewer.core.analysis import Analysis
+    from wsiviewer.core.analysis.pipeline import Analysis
 
 #: File name of the database in the data directory.
 DATABASE_NAME = "wsiviewer.sqlite"

@@ -1,7 +1,7 @@
 """Tissue detection: which parts of a slide hold tissue, and which grid cells to analyse.
 
 The mask is computed on a low-resolution overview of the slide (8 µm/px by default), read
-with :meth:`~wsiviewer.core.slide.Slide.read_l0_box`, which picks the coarsest pyramid level
+with :meth:`~wsiviewer.core.slides.base.Slide.read_l0_box`, which picks the coarsest pyramid level
 that is fine enough, so a huge slide is never read at level 0.
 
 Method, in the overview's pixels:
@@ -41,8 +41,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from wsiviewer.core.grid import PatchGrid
-from wsiviewer.core.slide import Slide
+from wsiviewer.core.analysis.grid import PatchGrid
+from wsiviewer.core.slides.base import Slide
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from safetensors.torch import load_file, save
 from torch import nn
 
 from wsiviewer.core.atomic import atomic_write_bytes, atomic_write_text
-from wsiviewer.core.cards import ModelCard
+from wsiviewer.core.model.cards import ModelCard
 from wsiviewer.errors import ModelError
 
 ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {}

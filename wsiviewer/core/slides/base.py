@@ -237,7 +237,7 @@ class Slide(ABC):
         then area-averages, exactly, fractional pixel edges included, to ``(width, height)``.
         Parts of the box outside the slide are white.
         """
-        from wsiviewer.core.resample import area_resample
+        from wsiviewer.core.slides.resample import area_resample
 
         l0_x, l0_y, l0_w, l0_h = l0_box
         out_w, out_h = out_size
@@ -666,7 +666,7 @@ class ArraySource(Slide):
         vendor: str = "array",
         properties: Mapping[str, str] | None = None,
     ) -> None:
-        from wsiviewer.core.resample import block_mean
+        from wsiviewer.core.slides.resample import block_mean
 
         if level0.ndim != 3 or level0.shape[2] != 3 or level0.dtype != np.uint8:
             raise SlideOpenError(

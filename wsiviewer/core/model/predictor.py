@@ -7,8 +7,8 @@ from typing import Literal
 import numpy as np
 import torch
 
-from wsiviewer.core.cards import ModelCard
-from wsiviewer.core.engines import build_engine
+from wsiviewer.core.model.cards import ModelCard
+from wsiviewer.core.model.engines import build_engine
 from wsiviewer.errors import DeviceError, ModelError
 
 DeviceChoice = Literal["auto", "cpu", "cuda"]

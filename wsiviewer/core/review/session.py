@@ -32,8 +32,8 @@ from shapely.geometry import Polygon
 from shapely.geometry.polygon import orient
 from shapely.validation import explain_validity
 
-from wsiviewer.core.regions import find_regions
-from wsiviewer.core.store import (
+from wsiviewer.core.analysis.regions import find_regions
+from wsiviewer.core.store.database import (
     ManualRegionRecord,
     RegionRecord,
     ReviewDecisionRecord,

@@ -1,4 +1,4 @@
-"""Inference engines: the same :class:`~wsiviewer.core.models.PatchClassifier`, run fast.
+"""Inference engines: the same :class:`~wsiviewer.core.model.networks.PatchClassifier`, run fast.
 
 - :class:`OnnxEngine` (CPU default): the torch module exported to ONNX once per weights and
   card (cached by their sha256) and run by ONNX Runtime, which runs this depthwise-separable
@@ -23,8 +23,8 @@ import numpy as np
 import torch
 
 from wsiviewer.core.atomic import atomic_write_bytes
-from wsiviewer.core.cards import ModelCard
-from wsiviewer.core.models import PatchClassifier, load_model
+from wsiviewer.core.model.cards import ModelCard
+from wsiviewer.core.model.networks import PatchClassifier, load_model
 
 #: Largest difference in P(IDC) allowed between an engine and eager float32 torch on the CPU.
 ONNX_TOLERANCE = 1e-5

@@ -36,18 +36,18 @@ from shapely.geometry import MultiPolygon, Polygon, mapping
 
 from wsiviewer import RESEARCH_USE_NOTICE, __version__
 from wsiviewer.core.atomic import atomic_path
-from wsiviewer.core.colormaps import DEFAULT_COLORMAP, apply_colormap
-from wsiviewer.core.grid import PatchGrid
-from wsiviewer.core.probability import ProbabilityMap
-from wsiviewer.core.pyramid import UpsampledSource, write_pyramid_tiff
-from wsiviewer.core.regions import Region, RegionSet
-from wsiviewer.core.review import STATUS_COLORS
+from wsiviewer.core.exports.colormaps import DEFAULT_COLORMAP, apply_colormap
+from wsiviewer.core.analysis.grid import PatchGrid
+from wsiviewer.core.analysis.probability import ProbabilityMap
+from wsiviewer.core.exports.pyramid_tiff import UpsampledSource, write_pyramid_tiff
+from wsiviewer.core.analysis.regions import Region, RegionSet
+from wsiviewer.core.review.session import STATUS_COLORS
 from wsiviewer.errors import ExportError
 
 if TYPE_CHECKING:
-    from wsiviewer.core.analysis import Analysis
-    from wsiviewer.core.review import ReviewItem, ReviewState
-    from wsiviewer.core.slide import Slide
+    from wsiviewer.core.analysis.pipeline import Analysis
+    from wsiviewer.core.review.session import ReviewItem, ReviewState
+    from wsiviewer.core.slides.base import Slide
 
 #: File names inside the output folder, by output kind (the keys of :func:`write_outputs`).
 OUTPUT_NAMES: dict[str, str] = {

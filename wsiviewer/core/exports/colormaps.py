@@ -22,7 +22,7 @@ DEFAULT_COLORMAP = "viridis"
 _LUT_SIZE = 256
 
 #: The repository's resources folder, for a source tree that was never installed.
-_SOURCE_TREE_COLORMAPS = Path(__file__).resolve().parents[2] / "resources" / "colormaps"
+_SOURCE_TREE_COLORMAPS = Path(__file__).resolve().parents[3] / "resources" / "colormaps"
 
 
 def _read_lut_text(name: str) -> str:

@@ -10,7 +10,7 @@ from shapely.geometry import Polygon, box
 from shapely.geometry.polygon import orient
 from skimage.measure import label
 
-from wsiviewer.core.probability import ProbabilityMap
+from wsiviewer.core.analysis.probability import ProbabilityMap
 
 
 @dataclass(frozen=True)

@@ -17,13 +17,13 @@ from datetime import UTC, datetime
 
 import numpy as np
 
-from wsiviewer.core.cards import ModelSummary
-from wsiviewer.core.grid import PatchGrid
-from wsiviewer.core.predictor import Predictor
-from wsiviewer.core.prefetch import Prefetcher
-from wsiviewer.core.probability import ProbabilityMap
-from wsiviewer.core.slide import Mpp, Slide
-from wsiviewer.core.tissue import TissueSettings, detect_tissue, tissue_cells
+from wsiviewer.core.model.cards import ModelSummary
+from wsiviewer.core.analysis.grid import PatchGrid
+from wsiviewer.core.model.predictor import Predictor
+from wsiviewer.core.analysis.prefetch import Prefetcher
+from wsiviewer.core.analysis.probability import ProbabilityMap
+from wsiviewer.core.slides.base import Mpp, Slide
+from wsiviewer.core.analysis.tissue import TissueSettings, detect_tissue, tissue_cells
 
 
 class AnalysisWarning(UserWarning):
@@ -115,7 +115,7 @@ def analyze(
     SlideReadError
         If the slide's pixels cannot be read.
     """
-    from wsiviewer.core.reader import PatchReader
+    from wsiviewer.core.analysis.patches import PatchReader
 
     tissue_settings = tissue_settings or TissueSettings()
     card = predictor.card

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from wsiviewer.core.grid import PatchGrid
+from wsiviewer.core.analysis.grid import PatchGrid
 
 
 @dataclass
