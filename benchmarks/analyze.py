@@ -67,7 +67,8 @@ def benchmark_card(workdir: Path, model: str | None) -> Path:
     except ModelError:
         import torch
 
-        from wsiviewer.core.model.networks import CancerNet, untrained_card_fields, write_model
+        from wsiviewer.core.model.networks import CancerNet
+        from wsiviewer.core.model.weights import untrained_card_fields, write_model
 
         card = workdir / "models" / "cancernet-untrained.json"
         if not card.is_file():
@@ -92,13 +93,13 @@ def model_only_rate(predict, patches, repeats: int = 5) -> float:  # type: ignor
 
 def run_ours(slide_path: Path, card_path: Path, out: Path, device: str) -> dict[str, object]:
     from wsiviewer.core.analysis.pipeline import analyze
+    from wsiviewer.core.analysis.regions import find_regions
+    from wsiviewer.core.exports.analysis_outputs import write_outputs
     from wsiviewer.core.model.cards import ModelCard
     from wsiviewer.core.model.engines import probe_patches
-    from wsiviewer.core.exports.analysis_outputs import write_outputs
     from wsiviewer.core.model.predictor import Predictor
     from wsiviewer.core.progress import run_to_end
-    from wsiviewer.core.analysis.regions import find_regions
-    from wsiviewer.core.slides.base import open_slide
+    from wsiviewer.core.slides import open_slide
 
     card = ModelCard.from_file(card_path)
     Predictor(card, device=device)  # exports and caches the ONNX model once, untimed
@@ -132,16 +133,16 @@ def run_naive(slide_path: Path, card_path: Path, out: Path, device: str) -> dict
     import openslide
     import torch
 
-    from wsiviewer.core.analysis.pipeline import Analysis, SlideSummary
-    from wsiviewer.core.model.cards import ModelCard
-    from wsiviewer.core.model.engines import probe_patches
-    from wsiviewer.core.exports.analysis_outputs import write_outputs
     from wsiviewer.core.analysis.grid import PatchGrid
-    from wsiviewer.core.model.networks import load_model
+    from wsiviewer.core.analysis.pipeline import Analysis, SlideSummary
     from wsiviewer.core.analysis.probability import ProbabilityMap
     from wsiviewer.core.analysis.regions import find_regions
-    from wsiviewer.core.slides.base import Mpp, OpenSlideSource
     from wsiviewer.core.analysis.tissue import TissueSettings, detect_tissue, tissue_cells
+    from wsiviewer.core.exports.analysis_outputs import write_outputs
+    from wsiviewer.core.model.cards import ModelCard
+    from wsiviewer.core.model.engines import probe_patches
+    from wsiviewer.core.model.weights import load_model
+    from wsiviewer.core.slides import Mpp, OpenSlideSource
 
     card = ModelCard.from_file(card_path)
     torch_device = torch.device("cuda" if device == "cuda" else "cpu")
@@ -280,7 +281,7 @@ def main() -> None:
         name = "-".join(map(str, downsamples))
         slide = build_slide(args.patient, downsamples, workdir / f"{args.patient}-{name}.svs")
         built = time.perf_counter() - start
-        from wsiviewer.core.slides.base import open_slide
+        from wsiviewer.core.slides import open_slide
 
         with open_slide(slide) as opened:
             dims = opened.dimensions

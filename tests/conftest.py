@@ -53,7 +53,8 @@ def tiny_model_card(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A randomly initialised CancerNet written by the real model writer."""
     import torch
 
-    from wsiviewer.core.model.networks import CancerNet, untrained_card_fields, write_model
+    from wsiviewer.core.model.networks import CancerNet
+    from wsiviewer.core.model.weights import untrained_card_fields, write_model
 
     torch.manual_seed(0)
     model = CancerNet()

@@ -290,7 +290,7 @@ def _cmd_gui(slide: Path | None) -> int:
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
-    from wsiviewer.core.slides.base import open_slide
+    from wsiviewer.core.slides import open_slide
 
     with open_slide(args.slide) as slide:
         description = slide.describe(include_identifying=args.show_identifying)
@@ -383,10 +383,10 @@ def _analyze_one(
     from tqdm import tqdm
 
     from wsiviewer.core.analysis.pipeline import AnalysisProgress, AnalysisWarning, analyze
+    from wsiviewer.core.analysis.regions import find_regions
     from wsiviewer.core.exports.analysis_outputs import write_outputs
     from wsiviewer.core.progress import run_to_end
-    from wsiviewer.core.analysis.regions import find_regions
-    from wsiviewer.core.slides.base import open_slide
+    from wsiviewer.core.slides import open_slide
     from wsiviewer.core.store.database import Store
 
     t_start = time.perf_counter()
@@ -578,14 +578,14 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from wsiviewer.core.model.cards import ModelCard, available_models, resolve_model
     from wsiviewer.core.exports.review_outputs import (
         EXPORT_KINDS,
         export_review,
         load_review_export,
         select_region_set,
     )
-    from wsiviewer.core.slides.base import open_slide
+    from wsiviewer.core.model.cards import ModelCard, available_models, resolve_model
+    from wsiviewer.core.slides import open_slide
     from wsiviewer.core.store.database import Store
     from wsiviewer.errors import ModelError
 

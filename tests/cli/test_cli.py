@@ -244,7 +244,7 @@ def test_interrupt_leaves_no_partial_outputs(
     assert code == cli.EXIT_INTERRUPTED
     assert calls == 2
     assert not out.exists() or list(out.iterdir()) == []
-    from wsiviewer.core.slides.base import open_slide
+    from wsiviewer.core.slides import open_slide
     from wsiviewer.core.store.database import Store
 
     with open_slide(generated_slide) as slide, Store.open() as store:

@@ -13,16 +13,16 @@ from shapely.geometry import shape
 
 from tests.conftest import he_like_slide
 from wsiviewer import cli
-from wsiviewer.core.analysis.pipeline import Analysis, SlideSummary
-from wsiviewer.core.model.cards import ModelSummary
 from wsiviewer.core.analysis.grid import PatchGrid
+from wsiviewer.core.analysis.pipeline import Analysis, SlideSummary
 from wsiviewer.core.analysis.probability import ProbabilityMap
+from wsiviewer.core.analysis.tissue import TissueSettings
 from wsiviewer.core.exports.pyramid_tiff import write_pyramid_tiff
 from wsiviewer.core.exports.review_outputs import REVIEW_EXPORT_NAMES
+from wsiviewer.core.model.cards import ModelSummary
 from wsiviewer.core.review.session import open_review
-from wsiviewer.core.slides.base import Mpp, open_slide
+from wsiviewer.core.slides import Mpp, open_slide
 from wsiviewer.core.store.database import Store
-from wsiviewer.core.analysis.tissue import TissueSettings
 
 ALL_FILES = {name for names in REVIEW_EXPORT_NAMES.values() for name in names}
 SLIDE_NAME = "Doe-Jane-S24-0042"

@@ -10,7 +10,7 @@ from wsiviewer.core.analysis.pipeline import AnalysisWarning, analyze
 from wsiviewer.core.model.cards import ModelCard
 from wsiviewer.core.model.predictor import Predictor
 from wsiviewer.core.progress import run_to_end
-from wsiviewer.core.slides.base import ArraySource, Mpp
+from wsiviewer.core.slides import ArraySource, Mpp
 from wsiviewer.errors import ResolutionError
 
 

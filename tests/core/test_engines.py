@@ -16,8 +16,9 @@ from wsiviewer.core.model.engines import (
     onnx_cache_path,
     probe_patches,
 )
-from wsiviewer.core.model.networks import PatchClassifier, load_model
+from wsiviewer.core.model.networks import PatchClassifier
 from wsiviewer.core.model.predictor import Predictor
+from wsiviewer.core.model.weights import load_model
 from wsiviewer.errors import ModelError
 
 

@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from wsiviewer.core.model.cards import ModelCard
-from wsiviewer.core.model.networks import PatchClassifier, load_model
+from wsiviewer.core.model.networks import PatchClassifier
 from wsiviewer.core.model.predictor import Predictor
+from wsiviewer.core.model.weights import load_model
 from wsiviewer.core.progress import run_to_end
 from wsiviewer.training.dataset import load_patch_set, split_patients
 from wsiviewer.training.evaluate import (

@@ -16,34 +16,32 @@ from PIL import Image
 from shapely.geometry import MultiPolygon, box, shape
 
 from wsiviewer import RESEARCH_USE_NOTICE
-from wsiviewer.core.exports import analysis_outputs as exports
-from wsiviewer.core.exports import colormaps
+from wsiviewer.core.analysis.grid import PatchGrid
 from wsiviewer.core.analysis.pipeline import Analysis, SlideSummary
-from wsiviewer.core.model.cards import ModelSummary
-from wsiviewer.core.exports.colormaps import COLORMAP_NAMES, apply_colormap, load_colormap
+from wsiviewer.core.analysis.probability import ProbabilityMap
+from wsiviewer.core.analysis.regions import Region, RegionSet, find_regions
+from wsiviewer.core.analysis.tissue import TissueSettings
+from wsiviewer.core.exports import analysis_outputs, colormaps, geojson, png
 from wsiviewer.core.exports.analysis_outputs import (
-    IDC_COLOR,
     OUTPUT_NAMES,
-    heatmap_cell_px,
-    heatmap_rgba,
-    overlay_rgb,
-    regions_feature_collection,
-    write_geojson,
-    write_heatmap_png,
-    write_mask_png,
-    write_mask_tiff,
     write_outputs,
-    write_overlay_png,
-    write_patch_csv,
     write_probabilities_npy,
     write_run_json,
 )
-from wsiviewer.core.analysis.grid import PatchGrid
-from wsiviewer.core.analysis.probability import ProbabilityMap
+from wsiviewer.core.exports.colormaps import COLORMAP_NAMES, apply_colormap, load_colormap
+from wsiviewer.core.exports.geojson import IDC_COLOR, regions_feature_collection, write_geojson
+from wsiviewer.core.exports.heatmaps import (
+    heatmap_cell_px,
+    heatmap_rgba,
+    overlay_rgb,
+    write_heatmap_png,
+    write_overlay_png,
+)
+from wsiviewer.core.exports.masks import write_mask_png, write_mask_tiff
 from wsiviewer.core.exports.pyramid_tiff import write_pyramid_tiff
-from wsiviewer.core.analysis.regions import Region, RegionSet, find_regions
-from wsiviewer.core.slides.base import ArraySource, Mpp, OpenSlideSource, Slide
-from wsiviewer.core.analysis.tissue import TissueSettings
+from wsiviewer.core.exports.tables import write_patch_csv
+from wsiviewer.core.model.cards import ModelSummary
+from wsiviewer.core.slides import ArraySource, Mpp, OpenSlideSource, Slide
 from wsiviewer.errors import ExportError
 
 #: 50 px at 4 µm/px is 100.5 level-0 px at this µm/px: a fractional cell size, as on real slides.
@@ -285,7 +283,7 @@ def test_mask_png_has_one_px_per_cell(tmp_path: Path, region_set: RegionSet) -> 
 def test_png_pixels_and_text_round_trip(shape: tuple[int, ...], mode: str) -> None:
     pixels = np.random.default_rng(len(shape)).integers(0, 256, shape, dtype=np.uint8)
     text = {"Disclaimer": RESEARCH_USE_NOTICE, "Scale": "4 µm → 8 µm"}  # "→" is not Latin-1
-    with Image.open(io.BytesIO(exports._png_bytes(pixels, text))) as image:
+    with Image.open(io.BytesIO(png.png_bytes(pixels, text))) as image:
         assert image.mode == mode
         np.testing.assert_array_equal(np.asarray(image), pixels)
         assert image.text == text
@@ -488,7 +486,7 @@ def test_a_failing_export_leaves_old_outputs_and_no_new_ones(
     def broken_heatmap(*args: object, **kwargs: object) -> Path:
         raise RuntimeError("disk pulled")
 
-    monkeypatch.setattr(exports, "write_heatmap_png", broken_heatmap)
+    monkeypatch.setattr(analysis_outputs, "write_heatmap_png", broken_heatmap)
     with pytest.raises(RuntimeError, match="disk pulled"):
         write_outputs(tmp_path, _analysis(probability_map), region_set)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["regions.geojson"]
@@ -510,7 +508,7 @@ def test_a_single_writer_failing_midway_keeps_the_old_file(
             raise KeyboardInterrupt
         return real_dumps(obj, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(exports.json, "dumps", dumps_then_interrupt)
+    monkeypatch.setattr(geojson.json, "dumps", dumps_then_interrupt)
     with pytest.raises(KeyboardInterrupt):
         write_geojson(target, region_set)
     assert target.read_text() == "older regions"

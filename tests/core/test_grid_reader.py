@@ -5,8 +5,8 @@ import pytest
 
 from wsiviewer.core.analysis.grid import PatchGrid
 from wsiviewer.core.analysis.patches import PatchReader
+from wsiviewer.core.slides import ArraySource
 from wsiviewer.core.slides.resample import block_mean
-from wsiviewer.core.slides.base import ArraySource
 from wsiviewer.errors import ResolutionError
 
 

@@ -9,15 +9,9 @@ import pytest
 import torch
 
 from wsiviewer.core.model.cards import ModelCard, available_models, resolve_model
-from wsiviewer.core.model.networks import (
-    ARCHITECTURES,
-    CancerNet,
-    build_model,
-    load_model,
-    untrained_card_fields,
-    write_model,
-)
+from wsiviewer.core.model.networks import ARCHITECTURES, CancerNet, build_model
 from wsiviewer.core.model.predictor import Predictor, resolve_device
+from wsiviewer.core.model.weights import load_model, untrained_card_fields, write_model
 from wsiviewer.errors import DeviceError, ModelError
 
 
@@ -85,7 +79,7 @@ def test_non_safetensors_weights_are_refused(tmp_path: Path) -> None:
     weights = card_path.with_suffix(".safetensors")
     torch.save(CancerNet().state_dict(), weights)  # a pickle, not safetensors
     card = json.loads(card_path.read_text())
-    from wsiviewer.core.model.networks import sha256_file
+    from wsiviewer.core.model.weights import sha256_file
 
     card["weights_sha256"] = sha256_file(weights)
     card_path.write_text(json.dumps(card))

@@ -11,7 +11,7 @@ import pytest
 from shapely.geometry import box, mapping
 
 from tests.core.test_exports import THRESHOLD, _analysis, _probability_map
-from wsiviewer.core.exports.analysis_outputs import IDC_COLOR, write_review_geojson
+from wsiviewer.core.exports.geojson import IDC_COLOR, write_review_geojson
 from wsiviewer.core.review.qupath_import import (
     ImportedAnnotation,
     QuPathImportError,

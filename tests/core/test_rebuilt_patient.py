@@ -14,13 +14,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from wsiviewer.core.analysis.patches import PatchReader
 from wsiviewer.core.analysis.pipeline import analyze
+from wsiviewer.core.exports.pyramid_tiff import UpsampledSource, write_pyramid_tiff
 from wsiviewer.core.model.cards import ModelCard
 from wsiviewer.core.model.predictor import Predictor
 from wsiviewer.core.progress import run_to_end
-from wsiviewer.core.exports.pyramid_tiff import UpsampledSource, write_pyramid_tiff
-from wsiviewer.core.analysis.patches import PatchReader
-from wsiviewer.core.slides.base import Mpp, open_slide
+from wsiviewer.core.slides import Mpp, open_slide
 from wsiviewer.training.idc import PATCH_SIZE, pad_patch, read_patch, rebuild_patient
 
 PATIENT = "14306"

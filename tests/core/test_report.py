@@ -26,22 +26,22 @@ from tests.core.test_exports import (
 )
 from wsiviewer import RESEARCH_USE_NOTICE
 from wsiviewer.core.exports import review_outputs as report_module
-from wsiviewer.core.exports.analysis_outputs import (
+from wsiviewer.core.exports.geojson import (
     IDC_CLASS_NAME,
     IDC_COLOR,
     REJECTED_CLASS_NAME,
     review_feature_collection,
-    review_grid_mask,
 )
+from wsiviewer.core.exports.masks import review_grid_mask
+from wsiviewer.core.exports.report import report_images
 from wsiviewer.core.exports.review_outputs import (
     REVIEW_EXPORT_NAMES,
     export_review,
     load_review_export,
-    report_images,
     select_region_set,
 )
 from wsiviewer.core.review.session import ReviewSession, open_review
-from wsiviewer.core.slides.base import ArraySource
+from wsiviewer.core.slides import ArraySource
 from wsiviewer.core.store.database import Store
 from wsiviewer.errors import ExportError
 

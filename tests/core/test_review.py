@@ -14,13 +14,8 @@ import pytest
 from shapely.geometry import Polygon, box
 
 from tests.core.test_store import make_analysis
-from wsiviewer.core.review.session import (
-    RegionRef,
-    ReviewError,
-    ReviewSession,
-    open_review,
-    review_state,
-)
+from wsiviewer.core.review.log import review_state
+from wsiviewer.core.review.session import RegionRef, ReviewError, ReviewSession, open_review
 from wsiviewer.core.store.database import Store
 from wsiviewer.errors import StoreError
 

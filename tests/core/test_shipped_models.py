@@ -6,8 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from wsiviewer.core.model.cards import ModelCard, available_models, resolve_model, shipped_models_dir
-from wsiviewer.core.model.networks import load_model
+from wsiviewer.core.model.cards import (
+    ModelCard,
+    available_models,
+    resolve_model,
+    shipped_models_dir,
+)
+from wsiviewer.core.model.weights import load_model
 from wsiviewer.core.progress import run_to_end
 from wsiviewer.training.dataset import PatientSplit
 from wsiviewer.training.evaluate import evaluate, split_path_of

@@ -6,10 +6,10 @@ import numpy as np
 import openslide
 import pytest
 
-from wsiviewer.core.slides import base as slide_module
 from wsiviewer.core.exports.pyramid_tiff import PyramidStyle, write_pyramid_tiff
+from wsiviewer.core.slides import ArraySource, Mpp, is_identifying_property, open_slide
+from wsiviewer.core.slides import openslide_source as slide_module
 from wsiviewer.core.slides.resample import area_resample, block_mean
-from wsiviewer.core.slides.base import ArraySource, Mpp, is_identifying_property, open_slide
 from wsiviewer.errors import ResolutionError, SlideOpenError, SlideReadError
 
 
@@ -251,9 +251,9 @@ def test_tiles_that_decode_differently_are_left_to_openslide(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     path = _smooth_slide(tmp_path, "aperio")
-    tile = slide_module._TiffTiles._tile
+    tile = slide_module.TiffTiles._tile
     monkeypatch.setattr(
-        slide_module._TiffTiles, "_tile", lambda self, level, index: tile(self, level, index) ^ 1
+        slide_module.TiffTiles, "_tile", lambda self, level, index: tile(self, level, index) ^ 1
     )
     with open_slide(path) as slide, openslide.OpenSlide(path) as reference:
         for level, l0_xy, size in TILE_READS:

@@ -18,15 +18,16 @@ import numpy as np
 import pytest
 
 from wsiviewer.core import paths
-from wsiviewer.core.store import database as store
-from wsiviewer.core.analysis.pipeline import Analysis, SlideSummary
-from wsiviewer.core.model.cards import ModelSummary
 from wsiviewer.core.analysis.grid import PatchGrid
+from wsiviewer.core.analysis.pipeline import Analysis, SlideSummary
 from wsiviewer.core.analysis.probability import ProbabilityMap
 from wsiviewer.core.analysis.regions import find_regions
-from wsiviewer.core.slides.base import Mpp
-from wsiviewer.core.store.database import MIGRATIONS, AnalysisRecord, Migration, Store
 from wsiviewer.core.analysis.tissue import TissueSettings
+from wsiviewer.core.model.cards import ModelSummary
+from wsiviewer.core.slides import Mpp
+from wsiviewer.core.store import database as store
+from wsiviewer.core.store.database import MIGRATIONS, AnalysisRecord, Store
+from wsiviewer.core.store.schema import Migration
 from wsiviewer.errors import StoreError
 
 TESTS_DIR = Path(__file__).resolve().parent
@@ -245,7 +246,7 @@ def test_version_zero_database_is_migrated(data_dir: Path) -> None:
     """A database made by hand at version 0: a schema_version table and nothing else."""
     path = database(data_dir)
     with raw_connection(path) as connection:
-        connection.execute(store._SCHEMA_VERSION_TABLE)
+        connection.execute(store.SCHEMA_VERSION_TABLE)
         connection.execute("INSERT INTO schema_version VALUES (0, 'empty', '2024-01-01', '0')")
     with Store.open() as opened_store:
         assert opened_store.schema_version == len(MIGRATIONS)

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from wsiviewer.core.analysis.grid import PatchGrid
-from wsiviewer.core.slides.base import ArraySource
 from wsiviewer.core.analysis.tissue import TissueMask, TissueSettings, detect_tissue, tissue_cells
+from wsiviewer.core.slides import ArraySource
 
 DATA_DIR = Path(__file__).resolve().parents[3] / "shared" / "data"
 

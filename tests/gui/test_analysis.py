@@ -11,11 +11,11 @@ from PySide6.QtCore import QPointF
 
 from tests.gui.conftest import GENERATED_MPP, wait_settled
 from wsiviewer import cli
-from wsiviewer.core.model.cards import ModelCard
-from wsiviewer.core.exports.colormaps import load_colormap
 from wsiviewer.core.analysis.grid import PatchGrid
 from wsiviewer.core.analysis.probability import ProbabilityMap
-from wsiviewer.core.slides.base import Mpp, open_slide
+from wsiviewer.core.exports.colormaps import load_colormap
+from wsiviewer.core.model.cards import ModelCard
+from wsiviewer.core.slides import Mpp, open_slide
 from wsiviewer.core.store.database import Store
 from wsiviewer.gui.analysis import AnalysisUpdate
 from wsiviewer.gui.main_window import MainWindow

@@ -9,11 +9,11 @@ import pytest
 from PySide6.QtCore import QSettings, Qt
 from PySide6.QtWidgets import QApplication
 
-from wsiviewer.core.model.cards import ModelCard
 from wsiviewer.core.analysis.grid import PatchGrid
 from wsiviewer.core.analysis.probability import ProbabilityMap
+from wsiviewer.core.model.cards import ModelCard
 from wsiviewer.core.review.session import RegionRef, ReviewSession
-from wsiviewer.core.slides.base import open_slide
+from wsiviewer.core.slides import open_slide
 from wsiviewer.core.store.database import Store
 from wsiviewer.gui.main_window import MainWindow
 from wsiviewer.gui.region_items import STATUS_STYLES

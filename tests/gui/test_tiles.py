@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PySide6.QtGui import QImage
 
-from wsiviewer.core.slides.base import ArraySource
+from wsiviewer.core.slides import ArraySource
 from wsiviewer.errors import SlideReadError
 from wsiviewer.gui.tiles import (
     TileCache,

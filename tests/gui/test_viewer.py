@@ -12,7 +12,7 @@ from PySide6.QtWidgets import QApplication, QTableWidget
 
 from tests.gui.conftest import wait_settled
 from wsiviewer import RESEARCH_USE_NOTICE
-from wsiviewer.core.slides.base import open_slide
+from wsiviewer.core.slides import open_slide
 from wsiviewer.gui.main_window import MainWindow, ShortcutsDialog
 
 

@@ -20,9 +20,9 @@ import numpy as np
 from PySide6.QtCore import QObject, QThreadPool, Signal
 from superqt.utils import GeneratorWorker, create_worker
 
-from wsiviewer.core.model.cards import ModelCard
 from wsiviewer.core.analysis.grid import PatchGrid
-from wsiviewer.core.slides.base import Mpp
+from wsiviewer.core.model.cards import ModelCard
+from wsiviewer.core.slides import Mpp
 from wsiviewer.errors import ModelError, WsiViewerError
 
 if TYPE_CHECKING:
@@ -76,9 +76,9 @@ def _run_analysis(job: AnalysisJob) -> Generator[AnalysisUpdate, None, AnalysisO
     t_start = time.perf_counter()
     # Imported here, on the worker, when first needed: torch costs seconds at startup.
     from wsiviewer.core.analysis.pipeline import analyze
-    from wsiviewer.core.model.predictor import Predictor
     from wsiviewer.core.analysis.regions import find_regions
-    from wsiviewer.core.slides.base import open_slide
+    from wsiviewer.core.model.predictor import Predictor
+    from wsiviewer.core.slides import open_slide
     from wsiviewer.core.store.database import Store
 
     predictor = Predictor(job.card, device=job.device, batch_size=job.batch_size)

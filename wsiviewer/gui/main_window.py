@@ -34,9 +34,9 @@ from PySide6.QtWidgets import (
 )
 
 from wsiviewer import RESEARCH_USE_NOTICE, WsiViewerError, __version__
-from wsiviewer.core.model.cards import ModelCard, available_models, model_dirs
 from wsiviewer.core.analysis.grid import PatchGrid
-from wsiviewer.core.slides.base import Mpp, Slide, open_slide
+from wsiviewer.core.model.cards import ModelCard, available_models, model_dirs
+from wsiviewer.core.slides import Mpp, Slide, open_slide
 from wsiviewer.errors import ModelError, ResolutionError
 from wsiviewer.gui.analysis import AnalysisJob, AnalysisOutcome, AnalysisRunner, AnalysisUpdate
 from wsiviewer.gui.overview import OverviewWidget

@@ -27,9 +27,9 @@ from PySide6.QtWidgets import (
 )
 
 from wsiviewer import RESEARCH_USE_NOTICE
-from wsiviewer.core.model.cards import ModelCard
 from wsiviewer.core.exports.colormaps import COLORMAP_NAMES, DEFAULT_COLORMAP, load_colormap
-from wsiviewer.core.slides.base import Slide
+from wsiviewer.core.model.cards import ModelCard
+from wsiviewer.core.slides import Slide
 from wsiviewer.errors import SlideReadError
 
 NOTICE_STYLE = "color: #a00000; font-weight: bold;"

@@ -38,7 +38,7 @@ from PySide6.QtWidgets import (
 )
 from shapely.geometry import Polygon
 
-from wsiviewer.core.review.session import STATUS_COLORS
+from wsiviewer.core.review.status import STATUS_COLORS
 
 
 @dataclass(frozen=True)

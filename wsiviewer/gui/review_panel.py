@@ -81,8 +81,9 @@ from wsiviewer.gui.region_items import (
 
 if TYPE_CHECKING:
     from wsiviewer.core.model.cards import ModelCard
-    from wsiviewer.core.review.session import RegionRef, ReviewItem, ReviewSession, ReviewState
-    from wsiviewer.core.slides.base import Slide
+    from wsiviewer.core.review.log import ReviewItem
+    from wsiviewer.core.review.session import RegionRef, ReviewSession, ReviewState
+    from wsiviewer.core.slides import Slide
     from wsiviewer.core.store.database import Store
     from wsiviewer.gui.slide_view import SlideView
 

@@ -46,14 +46,15 @@ def _synthetic_analysis(slide_path: Path, models_dir: Path) -> Path:
     """Record a synthetic analysis (smooth blobs over tissue) with a random tiny model."""
     import torch
 
-    from wsiviewer.core.analysis.pipeline import Analysis, SlideSummary
-    from wsiviewer.core.model.cards import ModelCard
     from wsiviewer.core.analysis.grid import PatchGrid
-    from wsiviewer.core.model.networks import CancerNet, untrained_card_fields, write_model
+    from wsiviewer.core.analysis.pipeline import Analysis, SlideSummary
     from wsiviewer.core.analysis.probability import ProbabilityMap
-    from wsiviewer.core.slides.base import open_slide
-    from wsiviewer.core.store.database import Store
     from wsiviewer.core.analysis.tissue import TissueSettings, detect_tissue, tissue_cells
+    from wsiviewer.core.model.cards import ModelCard
+    from wsiviewer.core.model.networks import CancerNet
+    from wsiviewer.core.model.weights import untrained_card_fields, write_model
+    from wsiviewer.core.slides import open_slide
+    from wsiviewer.core.store.database import Store
 
     torch.manual_seed(0)
     fields = untrained_card_fields("synthetic-demo")
@@ -95,9 +96,9 @@ def _synthetic_foci_analysis(slide_path: Path, foci: int = 4) -> None:
     foci (P 0.65-0.98, one or two cells each, far apart) over low-probability tissue."""
     from wsiviewer.core.analysis.pipeline import Analysis, SlideSummary
     from wsiviewer.core.analysis.probability import ProbabilityMap
-    from wsiviewer.core.slides.base import open_slide
-    from wsiviewer.core.store.database import Store
     from wsiviewer.core.analysis.tissue import TissueSettings
+    from wsiviewer.core.slides import open_slide
+    from wsiviewer.core.store.database import Store
 
     with open_slide(slide_path) as slide, Store.open() as store:
         record = store.latest_analysis(slide.identity)

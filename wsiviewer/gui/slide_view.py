@@ -35,9 +35,9 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from wsiviewer.core.exports.colormaps import DEFAULT_COLORMAP, apply_colormap
 from wsiviewer.core.analysis.grid import PatchGrid
-from wsiviewer.core.slides.base import Slide
+from wsiviewer.core.exports.colormaps import DEFAULT_COLORMAP, apply_colormap
+from wsiviewer.core.slides import Slide
 from wsiviewer.gui.tiles import (
     DEFAULT_CACHE_BYTES,
     REDUCTIONS,

@@ -32,7 +32,7 @@ from PIL import Image
 from PySide6.QtCore import QObject, Qt, Signal, Slot
 from PySide6.QtGui import QImage
 
-from wsiviewer.core.slides.base import OpenSlideSource, Slide
+from wsiviewer.core.slides import OpenSlideSource, Slide
 from wsiviewer.errors import SlideOpenError, SlideReadError, WsiViewerError
 
 log = logging.getLogger(__name__)

@@ -210,7 +210,7 @@ def evaluate_slide(predictor: Predictor, patient_dir: Path, threshold: float) ->
     """Rebuild a complete patient as a slide, analyse it, and compare with its labels."""
     from wsiviewer.core.analysis.pipeline import analyze
     from wsiviewer.core.progress import run_to_end
-    from wsiviewer.core.slides.base import ArraySource, Mpp
+    from wsiviewer.core.slides import ArraySource, Mpp
     from wsiviewer.training.idc import pad_patch, read_patch
 
     rebuilt = rebuild_patient(patient_dir)

@@ -20,8 +20,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from wsiviewer.core.model.networks import build_model, write_model
+from wsiviewer.core.model.networks import build_model
 from wsiviewer.core.model.predictor import device_label
+from wsiviewer.core.model.weights import write_model
 from wsiviewer.training.dataset import PatchSet, PatientSplit, iter_batches
 from wsiviewer.training.idc import DATASET_MPP, PATCH_SIZE
 from wsiviewer.training.metrics import (

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import numpy as np
 
 from wsiviewer.core.analysis.grid import MPP_TOLERANCE, PatchGrid
-from wsiviewer.core.slides.base import Slide
+from wsiviewer.core.slides import Slide
 
 #: Largest side, in level px, of one region read: blocks of 2048² (12 MiB of RGB) keep reading
 #: and inference overlapped without holding much memory.

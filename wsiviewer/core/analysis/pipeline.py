@@ -17,13 +17,13 @@ from datetime import UTC, datetime
 
 import numpy as np
 
-from wsiviewer.core.model.cards import ModelSummary
 from wsiviewer.core.analysis.grid import PatchGrid
-from wsiviewer.core.model.predictor import Predictor
 from wsiviewer.core.analysis.prefetch import Prefetcher
 from wsiviewer.core.analysis.probability import ProbabilityMap
-from wsiviewer.core.slides.base import Mpp, Slide
 from wsiviewer.core.analysis.tissue import TissueSettings, detect_tissue, tissue_cells
+from wsiviewer.core.model.cards import ModelSummary
+from wsiviewer.core.model.predictor import Predictor
+from wsiviewer.core.slides import Mpp, Slide
 
 
 class AnalysisWarning(UserWarning):

@@ -42,7 +42,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from wsiviewer.core.analysis.grid import PatchGrid
-from wsiviewer.core.slides.base import Slide
+from wsiviewer.core.slides import Slide
 
 
 @dataclass(frozen=True)

@@ -12,8 +12,6 @@ The torch module stays the single source of truth: every engine is built from it
 
 from __future__ import annotations
 
-import hashlib
-import io
 import os
 import warnings
 from pathlib import Path
@@ -24,14 +22,14 @@ import torch
 
 from wsiviewer.core.atomic import atomic_write_bytes
 from wsiviewer.core.model.cards import ModelCard
-from wsiviewer.core.model.networks import PatchClassifier, load_model
+from wsiviewer.core.model.networks import PatchClassifier
+from wsiviewer.core.model.onnx_export import export_onnx, onnx_cache_path
+from wsiviewer.core.model.weights import load_model
 
 #: Largest difference in P(IDC) allowed between an engine and eager float32 torch on the CPU.
 ONNX_TOLERANCE = 1e-5
 #: Largest difference in P(IDC) allowed for float16 autocast on CUDA.
 CUDA_HALF_TOLERANCE = 1e-3
-#: Bump when the export changes, so cached files from older versions are not reused.
-_EXPORT_VERSION = "1"
 
 
 class Engine(Protocol):
@@ -117,38 +115,6 @@ class OnnxEngine:
     def __call__(self, patches: np.ndarray) -> np.ndarray:
         (probabilities,) = self._session.run(None, {self._input: np.ascontiguousarray(patches)})
         return np.asarray(probabilities, dtype=np.float32)
-
-
-def export_onnx(classifier: PatchClassifier, card: ModelCard) -> bytes:
-    """The classifier as an ONNX model with a dynamic batch dimension."""
-    size = card.input_size
-    example = torch.zeros(2, size, size, 3, dtype=torch.uint8)
-    buffer = io.BytesIO()
-    with warnings.catch_warnings():
-        # The TorchScript exporter is deprecated in favour of torch.export, which needs the
-        # onnxscript package and takes ~15× longer for this network; torch is pinned.
-        warnings.simplefilter("ignore", DeprecationWarning)
-        torch.onnx.export(
-            classifier.cpu().eval(),
-            (example,),
-            buffer,  # type: ignore[arg-type]  # file-like objects are accepted at run time
-            input_names=["patches"],
-            output_names=["p_idc"],
-            dynamic_axes={"patches": {0: "batch"}, "p_idc": {0: "batch"}},
-            opset_version=17,
-            dynamo=False,
-        )
-    return buffer.getvalue()
-
-
-def onnx_cache_path(card: ModelCard, cache_dir: Path) -> Path:
-    """Where the exported model of ``card`` is cached: keyed by weights, card and torch."""
-    key = hashlib.sha256(
-        "|".join(
-            (card.weights_sha256, card.card_sha256, torch.__version__, _EXPORT_VERSION)
-        ).encode()
-    ).hexdigest()
-    return cache_dir / f"{card.name}-{key[:24]}.onnx"
 
 
 def build_engine(

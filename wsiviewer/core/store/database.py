@@ -46,25 +46,35 @@ import zipfile
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING
 
 import numpy as np
 import shapely
 from shapely.geometry import Polygon
 
 from wsiviewer import __version__
-from wsiviewer.core.atomic import atomic_path
-from wsiviewer.core.model.cards import ModelSummary
-from wsiviewer.core.analysis.grid import PatchGrid
-from wsiviewer.core.paths import data_dir as default_data_dir
 from wsiviewer.core.analysis.probability import ProbabilityMap
 from wsiviewer.core.analysis.regions import Region, RegionSet
-from wsiviewer.core.slides.base import Mpp, MppSource
-from wsiviewer.errors import ResolutionError, StoreError
+from wsiviewer.core.atomic import atomic_path
+from wsiviewer.core.paths import data_dir as default_data_dir
+from wsiviewer.core.store.records import (
+    ANALYSIS_SELECT,
+    DECISION_SELECT,
+    REGION_SET_SELECT,
+    AnalysisRecord,
+    ManualRegionRecord,
+    RegionRecord,
+    RegionSetRecord,
+    ReviewDecisionRecord,
+    analysis_record,
+    decision_record,
+    region_set_record,
+)
+from wsiviewer.core.store.schema import MIGRATIONS, SCHEMA_VERSION_TABLE
+from wsiviewer.errors import StoreError
 
 if TYPE_CHECKING:
     from wsiviewer.core.analysis.pipeline import Analysis
@@ -77,366 +87,6 @@ MAPS_DIR = "maps"
 DEFAULT_BUSY_TIMEOUT_S = 10.0
 
 _SQLITE_HEADER = b"SQLite format 3\x00"
-
-
-@dataclass(frozen=True)
-class Migration:
-    """One forward step of the schema: the statements that take version - 1 to version."""
-
-    version: int
-    description: str
-    #: Run one by one inside one transaction (never ``executescript``: it commits first).
-    statements: tuple[str, ...]
-
-
-_SCHEMA_V1 = (
-    # A slide by content identity and geometry; never a path or file name (privacy).
-    # mpp/mpp_source: the resolution its latest analysis used.
-    """
-    CREATE TABLE slides (
-        id INTEGER PRIMARY KEY,
-        identity TEXT NOT NULL UNIQUE,
-        vendor TEXT,
-        l0_width INTEGER NOT NULL CHECK (l0_width >= 0),
-        l0_height INTEGER NOT NULL CHECK (l0_height >= 0),
-        mpp REAL NOT NULL CHECK (mpp > 0),
-        mpp_source TEXT NOT NULL,
-        first_seen_at TEXT NOT NULL,
-        last_seen_at TEXT NOT NULL
-    )
-    """,
-    # A model is its weights and its card; card_json is the ModelSummary recorded with it.
-    """
-    CREATE TABLE models (
-        id INTEGER PRIMARY KEY,
-        name TEXT NOT NULL,
-        version TEXT NOT NULL,
-        architecture TEXT NOT NULL,
-        weights_sha256 TEXT NOT NULL,
-        card_sha256 TEXT NOT NULL,
-        input_mpp REAL NOT NULL,
-        threshold REAL NOT NULL,
-        card_json TEXT NOT NULL,
-        UNIQUE (weights_sha256, card_sha256)
-    )
-    """,
-    # One row per finished run. map_path is relative to the database's folder.
-    """
-    CREATE TABLE analyses (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        analysis_key TEXT NOT NULL,
-        slide_id INTEGER NOT NULL REFERENCES slides (id),
-        model_id INTEGER NOT NULL REFERENCES models (id),
-        mpp REAL NOT NULL CHECK (mpp > 0),
-        mpp_source TEXT NOT NULL,
-        tissue_settings_json TEXT NOT NULL,
-        grid_json TEXT NOT NULL,
-        device TEXT NOT NULL,
-        batch_size INTEGER NOT NULL,
-        started_at TEXT NOT NULL,
-        finished_at TEXT NOT NULL,
-        timings_json TEXT NOT NULL,
-        warnings_json TEXT NOT NULL,
-        cell_count INTEGER NOT NULL,
-        tissue_count INTEGER NOT NULL,
-        scored_count INTEGER NOT NULL,
-        software_version TEXT NOT NULL,
-        map_path TEXT NOT NULL UNIQUE
-    )
-    """,
-    "CREATE INDEX analyses_by_key ON analyses (analysis_key)",
-    "CREATE INDEX analyses_by_slide_model ON analyses (slide_id, model_id)",
-    "CREATE INDEX analyses_by_model ON analyses (model_id)",
-    # Regions of one analysis at one threshold and minimum area; frozen_at is set when review
-    # starts. content_sha256 (of the regions) lets an identical recomputation reuse the set.
-    """
-    CREATE TABLE region_sets (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        analysis_id INTEGER NOT NULL REFERENCES analyses (id),
-        threshold REAL NOT NULL CHECK (threshold BETWEEN 0 AND 1),
-        min_area_mm2 REAL NOT NULL CHECK (min_area_mm2 >= 0),
-        region_count INTEGER NOT NULL,
-        content_sha256 TEXT NOT NULL,
-        created_at TEXT NOT NULL,
-        frozen_at TEXT
-    )
-    """,
-    "CREATE INDEX region_sets_by_analysis ON region_sets (analysis_id, threshold, min_area_mm2)",
-    # polygon_wkb: level-0 px outline (WKB, little-endian). grid_cells: zlib-compressed
-    # little-endian int32 (row, col) pairs.
-    """
-    CREATE TABLE regions (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        region_set_id INTEGER NOT NULL REFERENCES region_sets (id),
-        number INTEGER NOT NULL CHECK (number >= 1),
-        area_mm2 REAL NOT NULL,
-        max_prob REAL NOT NULL,
-        mean_prob REAL NOT NULL,
-        cell_count INTEGER NOT NULL,
-        polygon_wkb BLOB NOT NULL,
-        grid_cells BLOB NOT NULL,
-        UNIQUE (region_set_id, number)
-    )
-    """,
-    # Region sets and regions are immutable; review decisions will reference regions.id.
-    """
-    CREATE TRIGGER region_sets_immutable
-    BEFORE UPDATE OF id, analysis_id, threshold, min_area_mm2, region_count, content_sha256,
-        created_at ON region_sets
-    BEGIN
-        SELECT RAISE(ABORT, 'region sets are immutable: compute a new one');
-    END
-    """,
-    """
-    CREATE TRIGGER region_sets_stay_frozen
-    BEFORE UPDATE OF frozen_at ON region_sets
-    WHEN OLD.frozen_at IS NOT NULL
-    BEGIN
-        SELECT RAISE(ABORT, 'region set is frozen');
-    END
-    """,
-    """
-    CREATE TRIGGER region_sets_frozen_kept
-    BEFORE DELETE ON region_sets
-    WHEN OLD.frozen_at IS NOT NULL
-    BEGIN
-        SELECT RAISE(ABORT, 'a frozen region set cannot be deleted');
-    END
-    """,
-    """
-    CREATE TRIGGER regions_immutable
-    BEFORE UPDATE ON regions
-    BEGIN
-        SELECT RAISE(ABORT, 'regions are immutable: compute a new region set');
-    END
-    """,
-    """
-    CREATE TRIGGER regions_frozen_kept
-    BEFORE DELETE ON regions
-    WHEN (SELECT frozen_at FROM region_sets WHERE id = OLD.region_set_id) IS NOT NULL
-    BEGIN
-        SELECT RAISE(ABORT, 'regions of a frozen region set cannot be deleted');
-    END
-    """,
-    """
-    CREATE TRIGGER regions_frozen_closed
-    BEFORE INSERT ON regions
-    WHEN (SELECT frozen_at FROM region_sets WHERE id = NEW.region_set_id) IS NOT NULL
-    BEGIN
-        SELECT RAISE(ABORT, 'region set is frozen');
-    END
-    """,
-)
-
-#: Actions of the review log (``review_decisions.action``).
-REVIEW_ACTIONS = ("accept", "reject", "reset", "note", "add", "delete", "undo")
-
-_SCHEMA_V2 = (
-    # Regions a reviewer drew or imported: level-0 px outline (WKB, little-endian), area at the
-    # analysis's µm/px. Whether one exists is derived from the log (its 'add' not undone).
-    """
-    CREATE TABLE manual_regions (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        region_set_id INTEGER NOT NULL REFERENCES region_sets (id),
-        polygon_wkb BLOB NOT NULL,
-        area_mm2 REAL NOT NULL CHECK (area_mm2 > 0),
-        created_at TEXT NOT NULL,
-        reviewer TEXT NOT NULL CHECK (length(reviewer) > 0)
-    )
-    """,
-    "CREATE INDEX manual_regions_by_set ON manual_regions (region_set_id)",
-    # The append-only review log of a region set; the review state is derived from it. Every
-    # row names its reviewer, and the model and threshold the set was drawn with.
-    """
-    CREATE TABLE review_decisions (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        region_set_id INTEGER NOT NULL REFERENCES region_sets (id),
-        region_id INTEGER REFERENCES regions (id),
-        manual_region_id INTEGER REFERENCES manual_regions (id),
-        action TEXT NOT NULL CHECK (action IN
-            ('accept', 'reject', 'reset', 'note', 'add', 'delete', 'undo')),
-        note TEXT,
-        undoes_id INTEGER REFERENCES review_decisions (id),
-        reviewer TEXT NOT NULL CHECK (length(reviewer) > 0),
-        model_name TEXT NOT NULL,
-        threshold REAL NOT NULL,
-        created_at TEXT NOT NULL,
-        CHECK ((region_id IS NULL) <> (manual_region_id IS NULL)),
-        CHECK ((action = 'undo') = (undoes_id IS NOT NULL)),
-        CHECK (action <> 'add' OR manual_region_id IS NOT NULL)
-    )
-    """,
-    "CREATE INDEX review_decisions_by_set ON review_decisions (region_set_id, id)",
-    # An action is undone at most once.
-    """
-    CREATE UNIQUE INDEX review_decisions_undone_once ON review_decisions (undoes_id)
-    WHERE undoes_id IS NOT NULL
-    """,
-    """
-    CREATE TRIGGER review_decisions_append_only_update
-    BEFORE UPDATE ON review_decisions
-    BEGIN
-        SELECT RAISE(ABORT, 'review decisions are append-only');
-    END
-    """,
-    """
-    CREATE TRIGGER review_decisions_append_only_delete
-    BEFORE DELETE ON review_decisions
-    BEGIN
-        SELECT RAISE(ABORT, 'review decisions are append-only');
-    END
-    """,
-    # A decision is about a region of its own set, and an undo undoes a non-undo of its set.
-    """
-    CREATE TRIGGER review_decisions_same_set
-    BEFORE INSERT ON review_decisions
-    WHEN (NEW.region_id IS NOT NULL AND NEW.region_set_id IS NOT
-            (SELECT region_set_id FROM regions WHERE id = NEW.region_id))
-        OR (NEW.manual_region_id IS NOT NULL AND NEW.region_set_id IS NOT
-            (SELECT region_set_id FROM manual_regions WHERE id = NEW.manual_region_id))
-        OR (NEW.undoes_id IS NOT NULL AND NOT EXISTS
-            (SELECT 1 FROM review_decisions WHERE id = NEW.undoes_id
-                AND region_set_id = NEW.region_set_id AND action <> 'undo'))
-    BEGIN
-        SELECT RAISE(ABORT, 'review decision does not belong to its region set');
-    END
-    """,
-    # The first decision of any kind freezes the set, in the decision's own transaction.
-    """
-    CREATE TRIGGER review_decisions_freeze_set
-    AFTER INSERT ON review_decisions
-    BEGIN
-        UPDATE region_sets SET frozen_at = NEW.created_at
-        WHERE id = NEW.region_set_id AND frozen_at IS NULL;
-    END
-    """,
-    """
-    CREATE TRIGGER manual_regions_immutable
-    BEFORE UPDATE ON manual_regions
-    BEGIN
-        SELECT RAISE(ABORT, 'manual regions are immutable: delete and add another');
-    END
-    """,
-    """
-    CREATE TRIGGER manual_regions_kept
-    BEFORE DELETE ON manual_regions
-    BEGIN
-        SELECT RAISE(ABORT, 'manual regions are kept: delete them by a review decision');
-    END
-    """,
-)
-
-#: Forward migrations, in order: ``MIGRATIONS[i]`` takes the schema from version i to i + 1.
-#: Append new steps; never edit a released one.
-MIGRATIONS: tuple[Migration, ...] = (
-    Migration(1, "slides, models, analyses, region sets, regions", _SCHEMA_V1),
-    Migration(2, "review: manual regions and the review decision log", _SCHEMA_V2),
-)
-
-_SCHEMA_VERSION_TABLE = """
-    CREATE TABLE IF NOT EXISTS schema_version (
-        version INTEGER PRIMARY KEY,
-        description TEXT NOT NULL,
-        applied_at TEXT NOT NULL,
-        software_version TEXT NOT NULL
-    )
-"""
-
-
-@dataclass(frozen=True)
-class AnalysisRecord:
-    """A recorded analysis, columns parsed; :meth:`Store.load_probability_map` reads its map."""
-
-    id: int
-    #: sha256 of what determines the map (slide, weights, card, mpp, tissue settings).
-    key: str
-    slide_identity: str
-    slide_vendor: str | None
-    #: Level-0 ``(width, height)`` of the slide in px.
-    l0_dimensions: tuple[int, int]
-    #: The µm/px the analysis used, and where it came from.
-    mpp: Mpp
-    #: The model as it was recorded, and its row id.
-    model: ModelSummary
-    model_id: int
-    tissue_settings: dict[str, Any] = field(hash=False)
-    grid: PatchGrid
-    device: str
-    batch_size: int
-    #: ISO-8601 UTC.
-    started_at: str
-    #: ISO-8601 UTC: when the finished analysis was recorded.
-    finished_at: str
-    timings_s: dict[str, float] = field(hash=False)
-    warnings: tuple[str, ...]
-    cell_count: int
-    tissue_count: int
-    scored_count: int
-    software_version: str
-    #: Path of the probability map file, relative to the database's folder (POSIX separators).
-    map_path: str
-
-
-@dataclass(frozen=True)
-class RegionSetRecord:
-    """A row of ``region_sets``."""
-
-    id: int
-    analysis_id: int
-    threshold: float
-    min_area_mm2: float
-    region_count: int
-    #: ISO-8601 UTC.
-    created_at: str
-    #: ISO-8601 UTC when review started; ``None`` while the set is not frozen.
-    frozen_at: str | None
-
-    @property
-    def frozen(self) -> bool:
-        return self.frozen_at is not None
-
-
-@dataclass(frozen=True)
-class RegionRecord:
-    """A stored region: its stable row id (what review decisions reference) and the region."""
-
-    id: int
-    region_set_id: int
-    region: Region = field(compare=False, hash=False)
-
-
-@dataclass(frozen=True)
-class ManualRegionRecord:
-    """A row of ``manual_regions``: a region a reviewer drew or imported (level-0 px)."""
-
-    id: int
-    region_set_id: int
-    polygon: Polygon = field(compare=False, hash=False)
-    area_mm2: float
-    #: ISO-8601 UTC.
-    created_at: str
-    reviewer: str
-
-
-@dataclass(frozen=True)
-class ReviewDecisionRecord:
-    """A row of the append-only review log ``review_decisions``."""
-
-    id: int
-    region_set_id: int
-    #: Exactly one of ``region_id`` (a model region) and ``manual_region_id`` is set.
-    region_id: int | None
-    manual_region_id: int | None
-    #: One of :data:`REVIEW_ACTIONS`.
-    action: str
-    note: str | None
-    #: The decision an ``undo`` undoes; ``None`` for every other action.
-    undoes_id: int | None
-    reviewer: str
-    model_name: str
-    threshold: float
-    #: ISO-8601 UTC.
-    created_at: str
 
 
 class Store:
@@ -634,17 +284,17 @@ class Store:
     def analysis(self, analysis_id: int) -> AnalysisRecord:
         """The analysis with ``analysis_id``; :class:`StoreError` if there is none."""
         with self._reading("read an analysis") as connection:
-            row = connection.execute(f"{_ANALYSIS_SELECT} WHERE a.id = ?", (analysis_id,))
+            row = connection.execute(f"{ANALYSIS_SELECT} WHERE a.id = ?", (analysis_id,))
             found = row.fetchone()
         if found is None:
             raise StoreError(f"No analysis {analysis_id} in {self.path}")
-        return _analysis_record(found)
+        return analysis_record(found)
 
     def latest_analysis(
         self, slide_identity: str, weights_sha256: str | None = None
     ) -> AnalysisRecord | None:
         """The most recently recorded analysis of a slide (by a model with these weights)."""
-        query = f"{_ANALYSIS_SELECT} WHERE s.identity = ?"
+        query = f"{ANALYSIS_SELECT} WHERE s.identity = ?"
         parameters: tuple[object, ...] = (slide_identity,)
         if weights_sha256 is not None:
             query += " AND m.weights_sha256 = ?"
@@ -652,15 +302,15 @@ class Store:
         query += " ORDER BY a.id DESC LIMIT 1"
         with self._reading("find the latest analysis") as connection:
             found = connection.execute(query, parameters).fetchone()
-        return None if found is None else _analysis_record(found)
+        return None if found is None else analysis_record(found)
 
     def find_analyses(self, key: str) -> list[AnalysisRecord]:
         """Every recorded analysis with this analysis key, newest first."""
         with self._reading("find analyses") as connection:
             rows = connection.execute(
-                f"{_ANALYSIS_SELECT} WHERE a.analysis_key = ? ORDER BY a.id DESC", (key,)
+                f"{ANALYSIS_SELECT} WHERE a.analysis_key = ? ORDER BY a.id DESC", (key,)
             ).fetchall()
-        return [_analysis_record(row) for row in rows]
+        return [analysis_record(row) for row in rows]
 
     def load_probability_map(self, record: AnalysisRecord) -> ProbabilityMap:
         """The probability map of a recorded analysis.
@@ -766,11 +416,11 @@ class Store:
         """The region set with this id; :class:`StoreError` if there is none."""
         with self._reading("read a region set") as connection:
             found = connection.execute(
-                f"{_REGION_SET_SELECT} WHERE id = ?", (region_set_id,)
+                f"{REGION_SET_SELECT} WHERE id = ?", (region_set_id,)
             ).fetchone()
         if found is None:
             raise StoreError(f"No region set {region_set_id} in {self.path}")
-        return _region_set_record(found)
+        return region_set_record(found)
 
     def region_sets(self, analysis_id: int) -> list[RegionSetRecord]:
         """The region sets of an analysis, oldest first; :class:`StoreError` if there is no
@@ -778,9 +428,9 @@ class Store:
         with self._reading("list region sets") as connection:
             self._require(connection, "analyses", analysis_id, "analysis")
             rows = connection.execute(
-                f"{_REGION_SET_SELECT} WHERE analysis_id = ? ORDER BY id", (analysis_id,)
+                f"{REGION_SET_SELECT} WHERE analysis_id = ? ORDER BY id", (analysis_id,)
             ).fetchall()
-        return [_region_set_record(row) for row in rows]
+        return [region_set_record(row) for row in rows]
 
     def regions(self, region_set_id: int) -> list[RegionRecord]:
         """The regions of a region set in order of their number; :class:`StoreError` if there
@@ -811,18 +461,18 @@ class Store:
                 (_utc_now(), region_set_id),
             )
             found = connection.execute(
-                f"{_REGION_SET_SELECT} WHERE id = ?", (region_set_id,)
+                f"{REGION_SET_SELECT} WHERE id = ?", (region_set_id,)
             ).fetchone()
             if found is None:
                 raise StoreError(f"No region set {region_set_id} in {self.path}")
-        return _region_set_record(found)
+        return region_set_record(found)
 
     def find_region_set(
         self, analysis_id: int, threshold: float, min_area_mm2: float | None = None
     ) -> RegionSetRecord | None:
         """The region set of an analysis at this threshold (and minimum area, if given):
         the latest frozen one (its review has started), else the latest; ``None`` if none."""
-        query = f"{_REGION_SET_SELECT} WHERE analysis_id = ? AND abs(threshold - ?) < 1e-9"
+        query = f"{REGION_SET_SELECT} WHERE analysis_id = ? AND abs(threshold - ?) < 1e-9"
         parameters: tuple[object, ...] = (analysis_id, float(threshold))
         if min_area_mm2 is not None:
             query += " AND abs(min_area_mm2 - ?) < 1e-12"
@@ -831,7 +481,7 @@ class Store:
         with self._reading("find a region set") as connection:
             self._require(connection, "analyses", analysis_id, "analysis")
             found = connection.execute(query, parameters).fetchone()
-        return None if found is None else _region_set_record(found)
+        return None if found is None else region_set_record(found)
 
     def latest_reviewed_region_set(self, analysis_id: int) -> RegionSetRecord | None:
         """The region set of an analysis with the most recent review decision, if any."""
@@ -839,14 +489,14 @@ class Store:
             self._require(connection, "analyses", analysis_id, "analysis")
             found = connection.execute(
                 f"""
-                {_REGION_SET_SELECT} WHERE id = (
+                {REGION_SET_SELECT} WHERE id = (
                     SELECT d.region_set_id FROM review_decisions AS d
                     JOIN region_sets AS rs ON rs.id = d.region_set_id
                     WHERE rs.analysis_id = ? ORDER BY d.id DESC LIMIT 1)
                 """,
                 (analysis_id,),
             ).fetchone()
-        return None if found is None else _region_set_record(found)
+        return None if found is None else region_set_record(found)
 
     # -- review ---------------------------------------------------------------------------
 
@@ -923,7 +573,7 @@ class Store:
             self._require(connection, "region_sets", region_set_id, "region set")
             found = connection.execute(
                 f"""
-                {_DECISION_SELECT}
+                {DECISION_SELECT}
                 WHERE d.region_set_id = ? AND d.reviewer = ? AND d.action <> 'undo'
                     AND NOT EXISTS (SELECT 1 FROM review_decisions AS u WHERE u.undoes_id = d.id)
                 ORDER BY d.id DESC LIMIT 1
@@ -932,7 +582,7 @@ class Store:
             ).fetchone()
             if found is None:
                 return None
-            undone = _decision_record(found)
+            undone = decision_record(found)
             self._insert_decision(
                 connection,
                 region_set_id,
@@ -949,9 +599,9 @@ class Store:
         with self._reading("read review decisions") as connection:
             self._require(connection, "region_sets", region_set_id, "region set")
             rows = connection.execute(
-                f"{_DECISION_SELECT} WHERE d.region_set_id = ? ORDER BY d.id", (region_set_id,)
+                f"{DECISION_SELECT} WHERE d.region_set_id = ? ORDER BY d.id", (region_set_id,)
             ).fetchall()
-        return [_decision_record(row) for row in rows]
+        return [decision_record(row) for row in rows]
 
     def manual_regions(self, region_set_id: int) -> list[ManualRegionRecord]:
         """Every manual region ever added to a set (undone adds included), oldest first."""
@@ -1092,7 +742,7 @@ class Store:
             connection.execute("PRAGMA synchronous = NORMAL")
         while current < latest:
             with self._transaction("migrate the schema") as connection:
-                connection.execute(_SCHEMA_VERSION_TABLE)
+                connection.execute(SCHEMA_VERSION_TABLE)
                 # Again under the write lock: another process may have migrated meanwhile.
                 current = self._read_schema_version(connection)
                 self._refuse_newer(current, latest)
@@ -1202,111 +852,6 @@ class Store:
                 if isinstance(exc, sqlite3.Error):
                     raise StoreError(f"Cannot {action} in {self.path}: {exc}") from exc
                 raise
-
-
-_ANALYSIS_SELECT = """
-    SELECT a.id, a.analysis_key, s.identity AS slide_identity, s.vendor AS slide_vendor,
-           s.l0_width, s.l0_height, a.mpp, a.mpp_source,
-           m.id AS model_id, m.name AS model_name, m.version AS model_version,
-           m.architecture, m.weights_sha256, m.card_sha256, m.input_mpp, m.threshold,
-           a.tissue_settings_json, a.grid_json, a.device, a.batch_size,
-           a.started_at, a.finished_at, a.timings_json, a.warnings_json, a.cell_count,
-           a.tissue_count, a.scored_count, a.software_version, a.map_path
-    FROM analyses AS a
-    JOIN slides AS s ON s.id = a.slide_id
-    JOIN models AS m ON m.id = a.model_id
-"""
-
-_REGION_SET_SELECT = """
-    SELECT id, analysis_id, threshold, min_area_mm2, region_count, created_at, frozen_at
-    FROM region_sets
-"""
-
-
-_DECISION_SELECT = """
-    SELECT d.id, d.region_set_id, d.region_id, d.manual_region_id, d.action, d.note,
-           d.undoes_id, d.reviewer, d.model_name, d.threshold, d.created_at
-    FROM review_decisions AS d
-"""
-
-
-def _decision_record(row: sqlite3.Row) -> ReviewDecisionRecord:
-    return ReviewDecisionRecord(
-        id=int(row["id"]),
-        region_set_id=int(row["region_set_id"]),
-        region_id=None if row["region_id"] is None else int(row["region_id"]),
-        manual_region_id=(
-            None if row["manual_region_id"] is None else int(row["manual_region_id"])
-        ),
-        action=str(row["action"]),
-        note=row["note"],
-        undoes_id=None if row["undoes_id"] is None else int(row["undoes_id"]),
-        reviewer=str(row["reviewer"]),
-        model_name=str(row["model_name"]),
-        threshold=float(row["threshold"]),
-        created_at=str(row["created_at"]),
-    )
-
-
-def _analysis_record(row: sqlite3.Row) -> AnalysisRecord:
-    try:
-        model = ModelSummary(
-            name=row["model_name"],
-            version=row["model_version"],
-            architecture=row["architecture"],
-            weights_sha256=row["weights_sha256"],
-            card_sha256=row["card_sha256"],
-            input_mpp=float(row["input_mpp"]),
-            threshold=float(row["threshold"]),
-        )
-        return AnalysisRecord(
-            id=int(row["id"]),
-            key=row["analysis_key"],
-            slide_identity=row["slide_identity"],
-            slide_vendor=row["slide_vendor"],
-            l0_dimensions=(int(row["l0_width"]), int(row["l0_height"])),
-            mpp=Mpp(float(row["mpp"]), cast(MppSource, row["mpp_source"])),
-            model=model,
-            model_id=int(row["model_id"]),
-            tissue_settings=json.loads(row["tissue_settings_json"]),
-            grid=PatchGrid.from_dict(json.loads(row["grid_json"])),
-            device=row["device"],
-            batch_size=int(row["batch_size"]),
-            started_at=row["started_at"],
-            finished_at=row["finished_at"],
-            timings_s={
-                str(name): float(seconds)
-                for name, seconds in json.loads(row["timings_json"]).items()
-            },
-            warnings=tuple(str(note) for note in json.loads(row["warnings_json"])),
-            cell_count=int(row["cell_count"]),
-            tissue_count=int(row["tissue_count"]),
-            scored_count=int(row["scored_count"]),
-            software_version=row["software_version"],
-            map_path=row["map_path"],
-        )
-    except (
-        ValueError,
-        KeyError,
-        TypeError,
-        AttributeError,
-        AssertionError,
-        ResolutionError,
-    ) as exc:
-        # json.JSONDecodeError is a ValueError; ResolutionError is an implausible stored mpp.
-        raise StoreError(f"Analysis {row['id']} is corrupt: {exc}") from exc
-
-
-def _region_set_record(row: sqlite3.Row) -> RegionSetRecord:
-    return RegionSetRecord(
-        id=int(row["id"]),
-        analysis_id=int(row["analysis_id"]),
-        threshold=float(row["threshold"]),
-        min_area_mm2=float(row["min_area_mm2"]),
-        region_count=int(row["region_count"]),
-        created_at=row["created_at"],
-        frozen_at=row["frozen_at"],
-    )
 
 
 def _write_map(map_file: Path, probabilities: np.ndarray, tissue: np.ndarray) -> None:

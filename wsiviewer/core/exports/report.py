@@ -1,0 +1,303 @@
+"""The review report: one self-contained HTML page with the slide, heatmap and outlines embedded."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import math
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+from wsiviewer import RESEARCH_USE_NOTICE, __version__
+from wsiviewer.core.exports.heatmaps import heatmap_cell_px, heatmap_rgba, overlay_rgb
+from wsiviewer.core.review.session import ReviewState
+from wsiviewer.core.review.status import STATUS_COLORS
+
+if TYPE_CHECKING:
+    from wsiviewer.core.exports.review_outputs import ReviewExport
+    from wsiviewer.core.slides import Slide
+
+
+#: Longest side of the report's images in px.
+REPORT_IMAGE_PX = 800
+
+
+def _png_data_uri(pixels: np.ndarray) -> str:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG", optimize=False, compress_level=6)
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def _white_canvas(l0_dimensions: tuple[int, int], longest: int) -> np.ndarray:
+    width, height = l0_dimensions
+    scale = longest / max(width, height, 1)
+    size = (max(1, round(height * scale)), max(1, round(width * scale)), 3)
+    return np.full(size, 255, dtype=np.uint8)
+
+
+def report_images(
+    export: ReviewExport, slide: Slide | None = None, longest: int = REPORT_IMAGE_PX
+) -> dict[str, np.ndarray]:
+    """The report's pictures, RGB: ``thumbnail`` (with a slide only), ``overlay`` (the
+    heatmap over the slide, or over white) and ``outlines`` (regions by status)."""
+    images: dict[str, np.ndarray] = {}
+    l0_w, l0_h = export.analysis.l0_dimensions
+    pmap = export.probability_map
+    grid = pmap.grid
+    base = slide.thumbnail(longest) if slide is not None else _white_canvas((l0_w, l0_h), longest)
+    if slide is not None:
+        images["thumbnail"] = base
+    if grid.cell_count:
+        cell_px = heatmap_cell_px(grid, longest)
+        if slide is not None:
+            images["overlay"] = overlay_rgb(slide, pmap, cell_px=cell_px)
+        else:
+            rgba = heatmap_rgba(pmap, cell_px=cell_px).astype(np.float32)
+            weight = rgba[..., 3:4] / 255.0
+            images["overlay"] = np.rint(255 * (1 - weight) + rgba[..., :3] * weight).astype(
+                np.uint8
+            )
+    images["outlines"] = _outlines(base, export.state, (l0_w, l0_h))
+    return images
+
+
+def _outlines(base: np.ndarray, state: ReviewState, l0_dimensions: tuple[int, int]) -> np.ndarray:
+    image = Image.fromarray(base).convert("RGB")
+    # Lighten the slide so the outlines stand out.
+    image = Image.blend(image, Image.new("RGB", image.size, (255, 255, 255)), 0.35)
+    draw = ImageDraw.Draw(image)
+    scale = image.size[0] / max(l0_dimensions[0], 1)
+    # Sized for the report, which shows three images side by side (~1/3 of their px).
+    line = max(2, round(max(image.size) / 160))
+    font = ImageFont.load_default(size=max(12, round(max(image.size) / 22)))
+    # Pending first, then rejected, accepted on top.
+    order = {"pending": 0, "rejected": 1, "accepted": 2}
+    for item in sorted(state.items, key=lambda item: order[item.status]):
+        color = STATUS_COLORS[item.status]
+        rings = [item.polygon.exterior, *item.polygon.interiors]
+        for ring in rings:
+            points = [(x * scale, y * scale) for x, y in ring.coords]
+            if len(points) >= 2:
+                draw.line(points, fill=color, width=line, joint="curve")
+        point = item.polygon.representative_point()
+        label = str(item.number)
+        x, y = point.x * scale, point.y * scale
+        box = draw.textbbox((x, y), label, anchor="mm", font=font)
+        pad = line
+        draw.rectangle(
+            (box[0] - pad, box[1] - pad, box[2] + pad, box[3] + pad),
+            fill=(255, 255, 255),
+            outline=color,
+            width=max(1, line // 2),
+        )
+        draw.text((x, y), label, fill=color, anchor="mm", font=font)
+    return np.asarray(image)
+
+
+_CSS = """
+body { font-family: -apple-system, "Segoe UI", Roboto, Helvetica, Arial, sans-serif;
+       margin: 0 auto; max-width: 1200px; padding: 16px 24px; color: #222; }
+.ruo { background: #b00020; color: #fff; font-weight: 700; font-size: 1.2em;
+       padding: 12px 16px; border-radius: 4px; margin-bottom: 16px; }
+.ruo-detail { font-weight: 400; font-size: 0.75em; margin-top: 4px; }
+h1 { margin: 0.2em 0; } h2 { border-bottom: 1px solid #ccc; padding-bottom: 4px; }
+.progress { font-size: 1.4em; font-weight: 700; }
+.meta td:first-child { color: #555; padding-right: 16px; white-space: nowrap; }
+table.data { border-collapse: collapse; width: 100%; font-size: 0.9em; }
+table.data th, table.data td { border: 1px solid #ddd; padding: 4px 6px; text-align: left;
+       vertical-align: top; }
+table.data th { background: #f3f3f3; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; }
+.figures { display: flex; flex-wrap: wrap; gap: 12px; }
+figure { margin: 0; flex: 1 1 360px; } figure img { width: 100%; border: 1px solid #ccc; }
+figcaption { font-size: 0.9em; color: #444; }
+.swatch { display: inline-block; width: 0.9em; height: 0.9em; border-radius: 2px;
+          vertical-align: -0.1em; margin-right: 4px; }
+.status-accepted { color: #a34700; font-weight: 600; }
+.status-rejected { color: #2a7fb0; } .status-pending { color: #5a5a5a; }
+tr.undone td { color: #999; text-decoration: line-through; }
+footer { margin-top: 24px; font-size: 0.85em; color: #555; }
+"""
+
+
+def _e(value: object) -> str:
+    return html.escape("" if value is None else str(value))
+
+
+def _num(value: float | None, digits: int) -> str:
+    if value is None or not math.isfinite(value):
+        return "–"
+    return f"{value:.{digits}f}"
+
+
+def _swatch(status: str) -> str:
+    red, green, blue = STATUS_COLORS[status]
+    return f'<span class="swatch" style="background: rgb({red}, {green}, {blue})"></span>'
+
+
+def _meta_table(rows: Sequence[tuple[str, object]]) -> str:
+    body = "".join(f"<tr><td>{_e(key)}</td><td>{_e(value)}</td></tr>" for key, value in rows)
+    return f'<table class="meta">{body}</table>'
+
+
+def _flat(value: Any, prefix: str = "") -> list[tuple[str, object]]:
+    """A nested mapping as ``("a.b", value)`` rows; numbers to 4 significant digits."""
+    if isinstance(value, Mapping):
+        rows: list[tuple[str, object]] = []
+        for key, item in value.items():
+            rows.extend(_flat(item, f"{prefix}{key}."))
+        return rows
+    if isinstance(value, float):
+        value = f"{value:.4g}"
+    elif isinstance(value, list):
+        value = ", ".join(str(item) for item in value)
+    return [(prefix.rstrip("."), value)]
+
+
+def review_report_html(
+    export: ReviewExport,
+    summary: Mapping[str, Any],
+    *,
+    slide: Slide | None = None,
+    slide_name: str | None = None,
+) -> str:
+    """The review report: one self-contained HTML page (see the module docstring)."""
+    state = export.state
+    counts = summary["counts"]
+    model = summary["model"]
+    slide_info = summary["slide"]
+    images = report_images(export, slide)
+    captions = {
+        "thumbnail": "Slide",
+        "overlay": "P(IDC) heatmap over the slide (viridis: dark = low, yellow = high)",
+        "outlines": "Regions by status: "
+        + " ".join(f"{_swatch(status)}{status}" for status in ("accepted", "pending", "rejected")),
+    }
+    figures = "".join(
+        f'<figure><img alt="{_e(name)}" src="{_png_data_uri(pixels)}">'
+        f"<figcaption>{captions[name]}</figcaption></figure>"
+        for name, pixels in images.items()
+    )
+    region_set = summary["region_set"]
+    frozen = region_set["frozen_at"] or "no (review not started)"
+    slide_rows: list[tuple[str, object]] = []
+    if slide_name is not None:
+        slide_rows.append(("File name", slide_name))
+    width, height = slide_info["l0_dimensions"]
+    slide_rows += [
+        ("Slide identity", slide_info["identity"]),
+        ("Scanner", slide_info["vendor"] or "unknown"),
+        ("Level-0 size", f"{width} × {height} px"),
+        ("Resolution", f"{slide_info['mpp']:.4g} µm/px ({slide_info['mpp_source']})"),
+        (
+            "Analysis",
+            f"#{summary['analysis']['id']}, finished {summary['analysis']['finished_at']}",
+        ),
+        ("Region set", f"#{region_set['id']}, frozen {frozen}"),
+    ]
+    model_rows: list[tuple[str, object]] = [
+        ("Model", f"{model['name']} v{model['version']} ({model['architecture']})"),
+        ("Input resolution", f"{model['input_mpp']:.4g} µm/px, 50 × 50 px patches"),
+        ("Threshold", f"{model['threshold']:.4g} (card default {model['card_threshold']:.4g})"),
+        ("Minimum region area", f"{model['min_area_mm2']:.4g} mm²"),
+        ("Intended use", model["intended_use"]),
+    ]
+    if model["metrics"]:
+        model_rows += [(f"Metric: {key}", value) for key, value in _flat(model["metrics"])]
+    elif model["metrics"] is None:
+        model_rows.append(("Metrics", "not available (the model's card is not installed)"))
+    else:
+        model_rows.append(("Metrics", "none on the model card"))
+    if model["training_data"]:
+        model_rows += [
+            (f"Training data: {k}" if k else "Training data", v)
+            for k, v in _flat(model["training_data"])
+        ]
+
+    region_rows_html = (
+        "".join(
+            "<tr>"
+            f"<td class=num>{item.number}</td>"
+            f"<td>{_e(item.ref.kind)}</td>"
+            f'<td class="status-{item.status}">{_swatch(item.status)}{item.status}</td>'
+            f"<td class=num>{_num(item.area_mm2, 4)}</td>"
+            f"<td class=num>{_num(item.max_prob, 3)}</td>"
+            f"<td class=num>{_num(item.mean_prob, 3)}</td>"
+            f"<td>{_e(item.note)}</td>"
+            f"<td>{_e(item.reviewer or '')}</td>"
+            f"<td>{_e(_short_time(item.decided_at))}</td>"
+            "</tr>"
+            for item in state.items
+        )
+        or '<tr><td colspan="9">No regions at this threshold and minimum area.</td></tr>'
+    )
+    decision_rows_html = (
+        "".join(
+            f'<tr class="{"undone" if row["undone"] else ""}">'
+            f"<td>{_e(_short_time(row['created_at']))}</td>"
+            f"<td>{_e(row['reviewer'])}</td>"
+            f"<td>{_e(row['action'])}"
+            f"{'' if row['undoes_id'] is None else ' #' + str(row['undoes_id'])}</td>"
+            f"<td class=num>{row['id']}</td>"
+            f"<td>{_e(row['number'])} ({_e(row['kind'])})</td>"
+            f"<td>{_e(row['note'])}</td>"
+            "</tr>"
+            for row in export.history
+        )
+        or '<tr><td colspan="6">No decisions yet: review has not started.</td></tr>'
+    )
+
+    return f"""<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>IDC review report – research use only</title>
+<style>{_CSS}</style>
+</head>
+<body>
+<div class="ruo">RESEARCH USE ONLY – NOT FOR DIAGNOSIS
+<div class="ruo-detail">{_e(RESEARCH_USE_NOTICE)}</div></div>
+<h1>IDC review report</h1>
+<p class="progress">{_e(state.progress_text)}</p>
+<p>{_swatch("accepted")}{counts["accepted"]} accepted ·
+{_swatch("rejected")}{counts["rejected"]} rejected ·
+{_swatch("pending")}{counts["pending"]} pending ·
+accepted area {_num(summary["accepted_area_mm2"], 4)} mm²</p>
+<div class="figures">{figures}</div>
+<h2>Slide and analysis</h2>
+{_meta_table(slide_rows)}
+<h2>Model</h2>
+{_meta_table(model_rows)}
+<h2>Regions</h2>
+<table class="data">
+<tr><th>ID</th><th>Source</th><th>Status</th><th>Area (mm²)</th><th>Max P</th><th>Mean P</th>
+<th>Note</th><th>Reviewer</th><th>Decided (UTC)</th></tr>
+{region_rows_html}
+</table>
+<h2>Decision log</h2>
+<p>Every action, oldest first; undone actions are struck through.</p>
+<table class="data">
+<tr><th>Time (UTC)</th><th>Reviewer</th><th>Action</th><th>#</th><th>Region</th><th>Note</th></tr>
+{decision_rows_html}
+</table>
+<footer>
+<p><strong>Research use only, not for diagnosis.</strong> IDC probabilities are the output of
+a model trained on 50 × 50 px patches at {model["input_mpp"]:.4g} µm/px; every region must be
+reviewed by a pathologist. Coordinates are level-0 px (origin top-left).</p>
+<p>Written {_e(summary["written_at"])} by wsiviewer {_e(__version__)}.</p>
+</footer>
+</body>
+</html>
+"""
+
+
+def _short_time(value: str | None) -> str:
+    """``2024-05-01T12:00:00.123+00:00`` as ``2024-05-01 12:00:00``."""
+    if not value:
+        return ""
+    return value.replace("T", " ")[:19]

@@ -1,0 +1,243 @@
+"""A slide file read by OpenSlide: every format OpenSlide 4 supports, DICOM included.
+
+Reading is OpenSlide's, with two shortcuts that give the same px faster: a plain tiled TIFF
+(Aperio, generic TIFF) has its tiles decoded directly (:mod:`.tiff_tiles`) once one of them
+matched OpenSlide's read of it, and a small level that analysis reads again and again (tissue
+overview, model patches, overlay) is decoded once and kept.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from pathlib import Path
+
+import numpy as np
+
+from wsiviewer.core.slides.base import Slide, crop_padded, plausible_mpp
+from wsiviewer.core.slides.tiff_tiles import TiffTiles
+from wsiviewer.errors import SlideOpenError, SlideReadError
+
+#: Most px of whole levels a slide file keeps decoded (48-64 MiB): analysis reads its model
+#: level up to three times (tissue overview, patches, overlay), and a 40x slide of up to
+#: ~4 Gpx has a 4 µm/px level this small, so it is decoded once (:meth:`OpenSlideSource._held`).
+HELD_LEVEL_PIXELS = 16_000_000
+
+
+#: OpenSlide vendors whose levels are plain tiled TIFF pages (no overlapping or missing
+#: tiles), which can be decoded directly (:class:`TiffTiles`).
+_TILED_TIFF_VENDORS = frozenset({"aperio", "generic-tiff"})
+
+
+def _premultiplied_rgba_to_rgb(rgba: np.ndarray) -> np.ndarray:
+    """Composite OpenSlide's premultiplied RGBA over white."""
+    return np.ascontiguousarray(_over_white(rgba)[..., :3])
+
+
+def _over_white(rgba: np.ndarray) -> np.ndarray:
+    """OpenSlide's premultiplied RGBA composited over white, in the first three channels.
+
+    ``rgba`` itself when it is opaque, the usual case: nothing is composited or copied. Else
+    only the px that are not opaque (past the level's edge, missing tiles) are composited;
+    their alpha is left as it was.
+    """
+    alpha = rgba[..., 3]
+    if alpha.min() == 255:
+        return rgba
+    rows, cols = np.nonzero(alpha != 255)
+    out = rgba.copy()
+    composited = out[rows, cols, :3].astype(np.uint16) + (255 - alpha[rows, cols, None])
+    out[rows, cols, :3] = np.minimum(composited, 255)
+    return out
+
+
+class OpenSlideSource(Slide):
+    """A slide file read by OpenSlide: every format OpenSlide 4 supports, DICOM included."""
+
+    def __init__(self, path: str | Path) -> None:
+        import openslide
+
+        self.path = Path(path)
+        if not self.path.exists():
+            raise SlideOpenError(f"Slide not found: {self.path}")
+        if self.path.is_dir():
+            raise SlideOpenError(f"Slide path is a folder, not a slide file: {self.path}")
+        try:
+            self._osr = openslide.OpenSlide(self.path)
+        except openslide.OpenSlideUnsupportedFormatError as exc:
+            raise SlideOpenError(
+                f"Unsupported slide format: {self.path.name} is not a format OpenSlide reads"
+            ) from exc
+        except (openslide.OpenSlideError, OSError) as exc:
+            raise SlideOpenError(f"Cannot open slide {self.path.name}: {exc}") from exc
+        props = self._osr.properties
+        self._properties = dict(props)
+        self.vendor = props.get(openslide.PROPERTY_NAME_VENDOR)
+        self.level_dimensions = tuple(tuple(d) for d in self._osr.level_dimensions)  # type: ignore[misc]
+        self.level_downsamples = tuple(float(d) for d in self._osr.level_downsamples)
+        self.identity = props.get(openslide.PROPERTY_NAME_QUICKHASH1) or _file_hash(self.path)
+        self.objective_power = _float_or_none(props.get(openslide.PROPERTY_NAME_OBJECTIVE_POWER))
+        mpp_x = _float_or_none(props.get(openslide.PROPERTY_NAME_MPP_X))
+        mpp_y = _float_or_none(props.get(openslide.PROPERTY_NAME_MPP_Y))
+        values = [v for v in (mpp_x, mpp_y) if v is not None]
+        self._metadata_mpp = plausible_mpp(sum(values) / len(values)) if values else None
+        self._held_levels: dict[int, np.ndarray] = {}
+        self._held_pixels = 0
+        self._hold_lock = threading.Lock()
+        self._tiles: TiffTiles | None = None
+        self._tiles_opened = False
+        self._tiles_agree: dict[int, bool] = {}
+        self._tiles_lock = threading.Lock()
+
+    @property
+    def associated_image_names(self) -> tuple[str, ...]:
+        return tuple(self._osr.associated_images.keys())
+
+    def associated_image(self, name: str, include_identifying: bool = False) -> np.ndarray:
+        self._check_associated(name, include_identifying)
+        import openslide
+
+        try:
+            image = self._osr.associated_images[name]
+        except openslide.OpenSlideError as exc:
+            raise SlideReadError(f"Cannot read associated image {name!r}: {exc}") from exc
+        return _premultiplied_rgba_to_rgb(np.asarray(image.convert("RGBA")))
+
+    def read_region(
+        self, l0_xy: tuple[int, int], level: int, lv_size: tuple[int, int]
+    ) -> np.ndarray:
+        return np.ascontiguousarray(self._read(l0_xy, level, lv_size)[..., :3])
+
+    def _read_pixels(
+        self, l0_xy: tuple[int, int], level: int, lv_size: tuple[int, int]
+    ) -> np.ndarray:
+        """The region's px, RGB first: a crop of a held level (see :meth:`_held`) or a read."""
+        self._check_level(level)
+        held = self._held(level, lv_size)
+        lv_xy = self._exact_lv_xy(l0_xy, level)
+        if held is not None and lv_xy is not None:
+            return crop_padded(held, lv_xy, lv_size)
+        return self._read(l0_xy, level, lv_size)
+
+    def _held(self, level: int, lv_size: tuple[int, int]) -> np.ndarray | None:
+        """The whole level, decoded once and kept, or ``None`` if it is not held.
+
+        A level is held from the first read of at least a quarter of it, if its downsample
+        is an integer (its px then sit exactly where OpenSlide's reads put them, so a crop
+        is bit-identical to a read) and it fits within :data:`HELD_LEVEL_PIXELS`.
+        """
+        width, height = self.level_dimensions[level]
+        with self._hold_lock:
+            if level in self._held_levels:
+                return self._held_levels[level]
+            wanted = 4 * lv_size[0] * lv_size[1] >= width * height
+            fits = self._held_pixels + width * height <= HELD_LEVEL_PIXELS
+            if not (wanted and fits and self.level_downsamples[level].is_integer()):
+                return None
+            pixels = self._read((0, 0), level, (width, height))
+            pixels.flags.writeable = False
+            self._held_levels[level] = pixels
+            self._held_pixels += width * height
+            return pixels
+
+    def _read(self, l0_xy: tuple[int, int], level: int, lv_size: tuple[int, int]) -> np.ndarray:
+        """The region's px, RGB first: decoded from the file's own tiles where they agree
+        with OpenSlide (see :meth:`_tiles_for`), else read by OpenSlide."""
+        self._check_level(level)
+        if lv_size[0] <= 0 or lv_size[1] <= 0:
+            raise SlideReadError(f"Invalid region size {lv_size}; width and height must be > 0")
+        lv_xy = self._exact_lv_xy(l0_xy, level)
+        if lv_xy is not None and (tiles := self._tiles_for(level)) is not None:
+            try:
+                return tiles.read(level, lv_xy, lv_size)
+            except (RuntimeError, ValueError, OSError):
+                pass  # a tile that does not decode here: OpenSlide reads it or says why
+        return self._read_openslide(l0_xy, level, lv_size)
+
+    def _exact_lv_xy(self, l0_xy: tuple[int, int], level: int) -> tuple[int, int] | None:
+        """The level px at ``l0_xy``, if it is a whole px of an integer downsample.
+
+        Only there does OpenSlide read the level's own px: elsewhere it shifts them by a
+        fraction of a px, resampling.
+        """
+        downsample = self.level_downsamples[level]
+        l0_x, l0_y = int(l0_xy[0]), int(l0_xy[1])
+        step = int(downsample)
+        if step != downsample or l0_x % step or l0_y % step:
+            return None
+        return l0_x // step, l0_y // step
+
+    def _tiles_for(self, level: int) -> TiffTiles | None:
+        """The file's tiles, if ``level`` is read from them.
+
+        A level of an Aperio or generic tiled TIFF is, once its most detailed tile has
+        decoded to exactly OpenSlide's px (checked once per level, on first use).
+        """
+        with self._tiles_lock:
+            if level not in self._tiles_agree:
+                self._tiles_agree[level] = self._check_tiles(level)
+            return self._tiles if self._tiles_agree[level] else None
+
+    def _check_tiles(self, level: int) -> bool:
+        """Whether the level's most detailed tile decodes to OpenSlide's px, bit for bit."""
+        if not self._tiles_opened and self.vendor in _TILED_TIFF_VENDORS:
+            self._tiles = TiffTiles.open(self.path, self.level_dimensions)
+        self._tiles_opened = True
+        tiles = self._tiles
+        if tiles is None or not tiles.has_level(level):
+            return False
+        lv_box = tiles.most_detailed_tile(level)
+        downsample = int(self.level_downsamples[level])
+        l0_xy = (lv_box[0] * downsample, lv_box[1] * downsample)
+        try:
+            decoded = tiles.read(level, lv_box[:2], lv_box[2:])
+        except (RuntimeError, ValueError, OSError):
+            return False
+        reference = self._read_openslide(l0_xy, level, lv_box[2:])
+        return bool(np.array_equal(decoded, reference[..., :3]))
+
+    def _read_openslide(
+        self, l0_xy: tuple[int, int], level: int, lv_size: tuple[int, int]
+    ) -> np.ndarray:
+        """The region as RGBA with its RGB composited over white (no copy when opaque)."""
+        import openslide
+
+        try:
+            image = self._osr.read_region((int(l0_xy[0]), int(l0_xy[1])), level, lv_size)
+        except openslide.OpenSlideError as exc:
+            raise SlideReadError(
+                f"Cannot read pixels at l0 {tuple(l0_xy)} level {level}: {exc}"
+            ) from exc
+        return _over_white(np.asarray(image))
+
+    def close(self) -> None:
+        self._osr.close()
+        if self._tiles is not None:
+            self._tiles.close()
+
+
+def open_slide(path: str | Path) -> Slide:
+    """Open a slide file with OpenSlide.
+
+    Raises
+    ------
+    SlideOpenError
+        If the file is missing, a folder, or not a format OpenSlide can open.
+    """
+    return OpenSlideSource(path)
+
+
+def _float_or_none(text: str | None) -> float | None:
+    if text is None:
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
+def _file_hash(path: Path, limit: int = 16 * 1024 * 1024) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        digest.update(handle.read(limit))
+    return digest.hexdigest()
