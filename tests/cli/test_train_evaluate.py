@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from tests.cli.test_cli import run_cli
-from tests.core.test_training import write_dataset
+from tests.training.test_train import write_dataset
 
 
 def test_train_then_evaluate_from_the_command_line(tmp_path: Path) -> None:

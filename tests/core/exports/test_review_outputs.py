@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 from shapely.geometry import box, shape
 
-from tests.core.test_exports import (
+from tests.core.exports.test_analysis_outputs import (
     L0_SIZE,
     SECRET_NAME,
     SLIDE_MPP,

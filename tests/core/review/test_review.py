@@ -13,13 +13,13 @@ from pathlib import Path
 import pytest
 from shapely.geometry import Polygon, box
 
-from tests.core.test_store import make_analysis
+from tests.core.store.test_store import make_analysis
 from wsiviewer.core.review.log import review_state
 from wsiviewer.core.review.session import RegionRef, ReviewError, ReviewSession, open_review
 from wsiviewer.core.store.database import Store
 from wsiviewer.errors import StoreError
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 @pytest.fixture

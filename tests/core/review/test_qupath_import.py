@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from shapely.geometry import box, mapping
 
-from tests.core.test_exports import THRESHOLD, _analysis, _probability_map
+from tests.core.exports.test_analysis_outputs import THRESHOLD, _analysis, _probability_map
 from wsiviewer.core.exports.geojson import IDC_COLOR, write_review_geojson
 from wsiviewer.core.review.qupath_import import (
     ImportedAnnotation,

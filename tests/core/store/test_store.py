@@ -31,7 +31,7 @@ from wsiviewer.core.store.schema import Migration
 from wsiviewer.errors import StoreError
 
 TESTS_DIR = Path(__file__).resolve().parent
-REPO_ROOT = TESTS_DIR.parents[1]
+REPO_ROOT = TESTS_DIR.parents[2]
 WEIGHTS_A = "a" * 64
 WEIGHTS_B = "b" * 64
 

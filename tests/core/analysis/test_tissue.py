@@ -5,16 +5,16 @@ from __future__ import annotations
 import csv
 import json
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 
+from tests.conftest import SHARED_DATA
 from wsiviewer.core.analysis.grid import PatchGrid
 from wsiviewer.core.analysis.tissue import TissueMask, TissueSettings, detect_tissue, tissue_cells
 from wsiviewer.core.slides import ArraySource
 
-DATA_DIR = Path(__file__).resolve().parents[3] / "shared" / "data"
+DATA_DIR = SHARED_DATA
 
 GLASS = (243, 241, 242)
 STROMA = (228, 150, 190)

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from tests.training.test_train import write_dataset
 from wsiviewer.core.model.cards import ModelCard
 from wsiviewer.core.model.networks import PatchClassifier
 from wsiviewer.core.model.predictor import Predictor
@@ -33,8 +34,6 @@ from wsiviewer.training.metrics import (
     roc_auc,
 )
 from wsiviewer.training.train import TrainingSettings, finish, train
-
-from .test_training import write_dataset
 
 
 def test_platt_scaling_recovers_a_known_temperature_and_bias() -> None:
