@@ -1,6 +1,6 @@
 """Where wsiviewer keeps its own files: the user data directory and what lives in it.
 
-The data directory holds the results database and its map files (:mod:`wsiviewer.core.store.database`)
+The data directory holds the results database and its map files (:mod:`wsiviewer.core.store`)
 and a ``models`` folder for models the user adds. It is platformdirs' user data directory for
 ``wsiviewer`` unless the ``WSIVIEWER_DATA_DIR`` environment variable names another (tests always
 set it). Nothing here ever writes next to a slide.

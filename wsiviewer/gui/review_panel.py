@@ -1,10 +1,10 @@
 """Review of flagged regions: the region list, decisions, notes, manual regions, exports.
 
-:class:`ReviewPanel` drives a :class:`~wsiviewer.core.review.session.ReviewSession`: every decision is
-one committed Store transaction, so nothing is lost when the window closes or crashes, and
-reopening the slide shows the review exactly as it was left. The panel shows the session's
-:class:`~wsiviewer.core.review.session.ReviewState` in a sortable table and as outlines on the slide
-(:mod:`wsiviewer.gui.region_items`); it never keeps decisions of its own.
+:class:`ReviewPanel` drives a :class:`~wsiviewer.core.review.session.ReviewSession`: every
+decision is one committed Store transaction, so nothing is lost when the window closes or
+crashes, and reopening the slide shows the review exactly as it was left. The panel shows the
+session's :class:`~wsiviewer.core.review.log.ReviewState` in a sortable table and as outlines on
+the slide (:mod:`wsiviewer.gui.region_items`); it never keeps decisions of its own.
 
 Everything can be done from the keyboard: N / P step through the list, A accepts, R rejects,
 U undoes, Ctrl+N (or Enter in the list) writes a note, D draws a region, Delete deletes one.

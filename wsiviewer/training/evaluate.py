@@ -4,8 +4,8 @@
 :class:`EvaluationProgress` and returns an :class:`Evaluation`. Patches are scored by the
 same :class:`~wsiviewer.core.model.predictor.Predictor` that analysis uses, so the figures are the
 ones the viewer's heatmap has. The complete patients of the part are rebuilt as slides and run
-through :func:`~wsiviewer.core.analysis.pipeline.analyze`: the IDC mask is compared with the label mask
-(Dice, IoU), and every labelled cell's probability is compared with its patch file's.
+through :func:`~wsiviewer.core.analysis.pipeline.analyze`: the IDC mask is compared with the
+label mask (Dice, IoU), and every labelled cell's probability is compared with its patch file's.
 
 :func:`write_report` writes ``metrics.json``, ``patients.csv``, the plots and ``report.md``.
 """

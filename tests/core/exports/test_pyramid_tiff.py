@@ -15,10 +15,10 @@ from wsiviewer.core.exports.pyramid_tiff import (
     FunctionSource,
     PyramidSource,
     UpsampledSource,
-    area_reduce,
     default_downsamples,
     write_pyramid_tiff,
 )
+from wsiviewer.core.slides.resample import block_mean
 from wsiviewer.errors import ExportError
 
 
@@ -55,8 +55,8 @@ def test_generic_array_round_trips_every_level(tmp_path: Path) -> None:
         assert float(slide.properties[openslide.PROPERTY_NAME_MPP_X]) == pytest.approx(0.499)
         assert float(slide.properties[openslide.PROPERTY_NAME_MPP_Y]) == pytest.approx(0.499)
         assert (_read(slide, 0, (0, 0), (1000, 700)) == image).all()
-        assert (_read(slide, 1, (0, 0), (250, 175)) == area_reduce(image, 4)).all()
-        assert (_read(slide, 2, (0, 0), (63, 44)) == area_reduce(image, 16)).all()
+        assert (_read(slide, 1, (0, 0), (250, 175)) == block_mean(image, 4, edge="partial")).all()
+        assert (_read(slide, 2, (0, 0), (63, 44)) == block_mean(image, 16, edge="partial")).all()
 
 
 def test_generic_levels_are_top_level_ifds_marked_reduced(tmp_path: Path) -> None:
@@ -158,7 +158,7 @@ def test_upsampled_source_levels_come_from_the_small_array(tmp_path: Path) -> No
             _read(slide, 1, (0, 0), (160, 120)) == np.repeat(np.repeat(small, 4, 0), 4, 1)
         ).all()
         assert (_read(slide, 2, (0, 0), (40, 30)) == small).all()
-        assert (_read(slide, 3, (0, 0), (10, 8)) == area_reduce(small, 4)).all()
+        assert (_read(slide, 3, (0, 0), (10, 8)) == block_mean(small, 4, edge="partial")).all()
 
 
 def test_upsampled_source_fractional_factor_samples_pixel_centres() -> None:
@@ -229,7 +229,7 @@ def test_function_source_matches_array_source(tmp_path: Path) -> None:
         tmp_path / "lazy.tif", source, mpp=0.5, downsamples=(1, 4), tile=128, compression="deflate"
     )
     with openslide.OpenSlide(path) as slide:
-        assert (_read(slide, 1, (0, 0), (125, 75)) == area_reduce(image, 4)).all()
+        assert (_read(slide, 1, (0, 0), (125, 75)) == block_mean(image, 4, edge="partial")).all()
 
 
 def test_bigtiff_is_opened(tmp_path: Path) -> None:
@@ -242,20 +242,16 @@ def test_bigtiff_is_opened(tmp_path: Path) -> None:
         assert slide.level_count == 2
 
 
-def test_area_reduce_averages_partial_edge_blocks() -> None:
+def test_pyramid_levels_average_partial_edge_blocks_over_their_own_px() -> None:
     pixels = np.array([[0, 4, 8], [4, 8, 12]], dtype=np.uint8)
-    assert area_reduce(pixels, 2).tolist() == [[4, 10]]
-    assert area_reduce(pixels, 1) is pixels
-
-
-def test_area_reduce_in_bands_matches_one_pass(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert block_mean(pixels, 2, edge="partial").tolist() == [[4, 10]]
+    assert block_mean(pixels, 1, edge="partial") is pixels
     image = _noise((203, 117, 3), seed=3)
-    whole = area_reduce(image, 4)
-    monkeypatch.setattr(pyramid, "_AREA_REDUCE_BAND_BYTES", 1)  # one output row per band
-    assert (area_reduce(image, 4) == whole).all()
-    assert whole.shape == (51, 30, 3)
-    assert whole[0, 0].tolist() == np.rint(image[:4, :4].reshape(-1, 3).mean(axis=0)).tolist()
-    assert whole[-1, -1].tolist() == np.rint(image[200:, 116:].reshape(-1, 3).mean(axis=0)).tolist()
+    reduced = block_mean(image, 4, edge="partial")
+    assert reduced.shape == (51, 30, 3)
+    for block, got in ((image[:4, :4], reduced[0, 0]), (image[200:, 116:], reduced[-1, -1])):
+        mean = block.reshape(-1, 3).mean(axis=0)
+        assert got.tolist() == np.floor(mean + 0.5).tolist()  # rounded half up
 
 
 class _FailingSource(PyramidSource):

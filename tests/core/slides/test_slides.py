@@ -91,7 +91,7 @@ def test_dicom_from_either_file(wsi_dir: Path) -> None:
 def test_resolution_sources(wsi_dir: Path) -> None:
     with open_slide(wsi_dir / "tcga-cr-7395-01a-01-ts1.svs") as slide:
         assert slide.mpp is None
-        with pytest.raises(ResolutionError, match="pass the scan resolution with --mpp"):
+        with pytest.raises(ResolutionError, match="give the scan resolution in µm/px"):
             slide.resolve_mpp()
         assert slide.resolve_mpp(0.5) == Mpp(0.5, "user")
     with open_slide(wsi_dir / "fixtures" / "boxes.tiff") as slide:
@@ -162,6 +162,27 @@ def test_block_mean_rounds_half_up_with_white_padding(factor: int) -> None:
     padded[:37, :53] = pixels
     means = padded.reshape(height // factor, factor, width // factor, factor, 3).mean((1, 3))
     np.testing.assert_array_equal(block_mean(pixels, factor), np.floor(means + 0.5))
+
+
+@pytest.mark.parametrize("factor", [2, 3, 4, 17])
+def test_block_mean_partial_and_replicate_edges(factor: int) -> None:
+    rng = np.random.default_rng(factor)
+    pixels = rng.integers(0, 256, (37, 53), dtype=np.uint8)
+    partial = block_mean(pixels, factor, edge="partial")
+    planes = rng.random((37, 53)).astype(np.float32)
+    replicate = block_mean(planes, factor, edge="replicate")
+    padded = np.pad(planes, ((0, -37 % factor), (0, -53 % factor)), mode="edge")
+    for row in range(partial.shape[0]):
+        for col in range(partial.shape[1]):
+            box = (slice(row * factor, (row + 1) * factor), slice(col * factor, (col + 1) * factor))
+            assert partial[row, col] == np.floor(pixels[box].mean() + 0.5)
+            assert replicate[row, col] == pytest.approx(padded[box].mean(), rel=1e-5)
+    assert replicate.dtype == np.float32
+
+
+def test_block_mean_refuses_a_factor_below_one() -> None:
+    with pytest.raises(ValueError, match="factor 0"):
+        block_mean(np.zeros((4, 4), np.uint8), 0)
 
 
 def test_a_small_level_is_decoded_once_and_read_exactly(

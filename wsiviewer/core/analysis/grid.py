@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from wsiviewer.core.units import MPP_TOLERANCE, finest_level_within, mm2_from_px2
 from wsiviewer.errors import ResolutionError
 
 
@@ -77,14 +78,71 @@ class PatchGrid:
     @property
     def cell_area_mm2(self) -> float:
         """Area of one whole cell in mm²."""
-        side_mm = self.l0_patch_size * self.slide_mpp / 1000.0
-        return side_mm * side_mm
+        return self.mm2_from_l0_px2(self.l0_patch_size**2)
+
+    @property
+    def l0_extent(self) -> tuple[float, float]:
+        """Level-0 ``(width, height)`` the cells cover (a little past the slide's edge)."""
+        return (self.cols * self.l0_patch_size, self.rows * self.l0_patch_size)
+
+    @property
+    def l0_per_input_px(self) -> float:
+        """Level-0 px per model input px (16 at 0.25 µm/px for a 4 µm/px model)."""
+        return self.l0_patch_size / self.input_size
+
+    def mm2_from_l0_px2(self, area_l0_px2: float) -> float:
+        """An area in square level-0 px, in mm² at the slide's µm/px."""
+        return mm2_from_px2(area_l0_px2, self.slide_mpp)
+
+    def model_level(self, level_downsamples: tuple[float, ...] | list[float]) -> int:
+        """The pyramid level to read model patches from: the coarsest level at least as fine
+        as the model's input, within :data:`~wsiviewer.core.units.MPP_TOLERANCE`."""
+        return finest_level_within(level_downsamples, self.l0_per_input_px, MPP_TOLERANCE)
 
     def l0_box(self, grid_rc: tuple[int, int]) -> tuple[float, float, float, float]:
         """Level-0 ``(x, y, width, height)`` of cell ``(row, col)``."""
         row, col = grid_rc
         size = self.l0_patch_size
         return (col * size, row * size, size, size)
+
+    def l0_block_box(
+        self, grid_rc: tuple[int, int], shape: tuple[int, int]
+    ) -> tuple[float, float, float, float]:
+        """Level-0 ``(x, y, width, height)`` of the ``(rows, cols)`` block of cells whose
+        top-left cell is ``grid_rc``."""
+        (row, col), (rows, cols) = grid_rc, shape
+        size = self.l0_patch_size
+        return (col * size, row * size, cols * size, rows * size)
+
+    def l0_centres(self, grid_rows: np.ndarray, grid_cols: np.ndarray) -> np.ndarray:
+        """Level-0 ``(x, y)`` centres of many cells, as an ``(N, 2)`` float array."""
+        size = self.l0_patch_size
+        centres = np.empty((np.size(grid_rows), 2), dtype=np.float64)
+        centres[:, 0] = (np.asarray(grid_cols).ravel() + 0.5) * size
+        centres[:, 1] = (np.asarray(grid_rows).ravel() + 0.5) * size
+        return centres
+
+    def l0_cell_edges(self) -> tuple[np.ndarray, np.ndarray]:
+        """Level-0 x edges (``cols + 1``) and y edges (``rows + 1``) of the cells, clipped to
+        the slide: the last cells' edges are the slide's edges."""
+        width, height = self.l0_dimensions
+        size = self.l0_patch_size
+        x_edges = np.minimum(np.arange(self.cols + 1) * size, float(width))
+        y_edges = np.minimum(np.arange(self.rows + 1) * size, float(height))
+        return x_edges, y_edges
+
+    def cells_overlapping(
+        self, l0_bounds: tuple[float, float, float, float]
+    ) -> tuple[slice, slice]:
+        """``(rows, cols)`` slices of the cells that overlap the level-0 bounds
+        ``(minx, miny, maxx, maxy)``; empty slices when none does."""
+        size = self.l0_patch_size
+        minx, miny, maxx, maxy = l0_bounds
+        row_0 = min(max(0, math.floor(miny / size)), self.rows)
+        col_0 = min(max(0, math.floor(minx / size)), self.cols)
+        row_1 = max(row_0, min(self.rows, math.ceil(maxy / size)))
+        col_1 = max(col_0, min(self.cols, math.ceil(maxx / size)))
+        return slice(row_0, row_1), slice(col_0, col_1)
 
     def l0_boxes(self, grid_rows: np.ndarray, grid_cols: np.ndarray) -> np.ndarray:
         """Level-0 ``(x, y, width, height)`` of many cells, as an ``(N, 4)`` float array."""
@@ -127,9 +185,3 @@ class PatchGrid:
             int(data["input_size"]),  # type: ignore[call-overload]
             (int(dims[0]), int(dims[1])),
         )
-
-
-#: Relative slack when comparing resolutions: metadata µm/px is rarely exact to better than 1%
-#: (an Aperio "40x" level 2 is 4.03 µm/px against the model's 4.0), and reading a 4x finer
-#: level to close a sub-1% gap would quadruple the pixels read for no visible change in scale.
-MPP_TOLERANCE = 0.01

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from wsiviewer.core.analysis.grid import MPP_TOLERANCE, PatchGrid
+from wsiviewer.core.analysis.grid import PatchGrid
 from wsiviewer.core.slides import Slide
 
 #: Largest side, in level px, of one region read: blocks of 2048² (12 MiB of RGB) keep reading
@@ -19,19 +19,14 @@ class PatchReader:
     """Cuts model patches for grid cells out of a slide.
 
     Pixels come from the coarsest pyramid level at least as fine as the model's input
-    (within :data:`MPP_TOLERANCE`), read as blocks of many cells at once and area-averaged to
+    (:meth:`PatchGrid.model_level`), read as blocks of many cells at once and area-averaged to
     ``input_size`` px per cell. Cells past the slide's edge are padded with white.
     """
 
     def __init__(self, slide: Slide, grid: PatchGrid) -> None:
         self.slide = slide
         self.grid = grid
-        #: Level-0 px per model input px.
-        l0_per_input_px = grid.l0_patch_size / grid.input_size
-        self.level = 0
-        for level, downsample in enumerate(slide.level_downsamples):
-            if downsample <= l0_per_input_px * (1 + MPP_TOLERANCE):
-                self.level = level
+        self.level = grid.model_level(slide.level_downsamples)
         self.level_downsample = slide.level_downsamples[self.level]
         lv_cell = grid.l0_patch_size / self.level_downsample
         #: Cells per block side so one read stays within MAX_READ_SIDE level px.
@@ -42,10 +37,9 @@ class PatchReader:
 
         Returns ``(rows * input_size, cols * input_size, 3) uint8``.
         """
-        size = self.grid.l0_patch_size
         n = self.grid.input_size
         return self.slide.read_l0_box(
-            (grid_c0 * size, grid_r0 * size, cols * size, rows * size),
+            self.grid.l0_block_box((grid_r0, grid_c0), (rows, cols)),
             (cols * n, rows * n),
             level=self.level,
         )

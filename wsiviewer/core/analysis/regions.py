@@ -8,7 +8,6 @@ import numpy as np
 import shapely
 from shapely.geometry import Polygon, box
 from shapely.geometry.polygon import orient
-from skimage.measure import label
 
 from wsiviewer.core.analysis.probability import ProbabilityMap
 
@@ -60,6 +59,9 @@ def find_regions(
     only at a corner are two regions), so every outline is a valid simple GeoJSON Polygon.
     Areas are measured on the outline clipped to the slide, in mm² at the grid's µm/px.
     """
+    # scikit-image is imported here, not with the module: the Store reads regions without it.
+    from skimage.measure import label
+
     if not 0.0 <= threshold <= 1.0:
         raise ValueError(f"Threshold {threshold} must be within [0, 1]")
     grid = probability_map.grid
@@ -69,17 +71,16 @@ def find_regions(
     labels = label(above, connectivity=1)
     width, height = grid.l0_dimensions
     slide_box = box(0, 0, width, height)
-    size = grid.l0_patch_size
-    mm2_per_px = (grid.slide_mpp / 1000.0) ** 2
     found: list[tuple[Polygon, float, float, float, np.ndarray]] = []
     for component in range(1, int(labels.max()) + 1):
         rows, cols = np.nonzero(labels == component)
-        cells = shapely.box(cols * size, rows * size, (cols + 1) * size, (rows + 1) * size)
+        l0_x, l0_y, l0_w, l0_h = grid.l0_boxes(rows, cols).T
+        cells = shapely.box(l0_x, l0_y, l0_x + l0_w, l0_y + l0_h)
         outline = shapely.union_all(cells).intersection(slide_box)
         outline = shapely.simplify(outline, 0.0)
         if not isinstance(outline, Polygon) or outline.is_empty:
             continue  # cannot happen for 4-connected cells inside the slide; never export junk
-        area_mm2 = outline.area * mm2_per_px
+        area_mm2 = grid.mm2_from_l0_px2(outline.area)
         if area_mm2 < min_area_mm2:
             continue
         values = probability_map.probabilities[rows, cols]

@@ -43,6 +43,8 @@ import numpy as np
 
 from wsiviewer.core.analysis.grid import PatchGrid
 from wsiviewer.core.slides import Slide
+from wsiviewer.core.slides.resample import block_mean
+from wsiviewer.core.units import px2_from_mm2
 
 
 @dataclass(frozen=True)
@@ -147,10 +149,7 @@ class TissueMask:
         rows, cols = grid.shape
         if rows == 0 or cols == 0:
             return np.zeros(grid.shape, dtype=np.float32)
-        l0_width, l0_height = grid.l0_dimensions
-        size = grid.l0_patch_size
-        l0_x_edges = np.minimum(np.arange(cols + 1) * size, float(l0_width))
-        l0_y_edges = np.minimum(np.arange(rows + 1) * size, float(l0_height))
+        l0_x_edges, l0_y_edges = grid.l0_cell_edges()
         height, width = self.mask.shape
         mask_x_edges = np.clip(l0_x_edges / self.l0_downsample, 0.0, float(width))
         mask_y_edges = np.clip(l0_y_edges / self.l0_downsample, 0.0, float(height))
@@ -295,7 +294,7 @@ def tissue_from_rgb(rgb: np.ndarray, mpp: float, settings: TissueSettings) -> np
         tissue = _disk_erosion(_disk_dilation(tissue, closing_px), closing_px)
     # Pen on glass is dropped; ink or dye enclosed by tissue comes back as a filled hole.
     tissue &= usable
-    tissue = _fill_holes(tissue, max_area_px=settings.max_hole_mm2 * 1e6 / px_area_um2)
+    tissue = _fill_holes(tissue, max_area_px=px2_from_mm2(settings.max_hole_mm2, mpp))
     tissue = _remove_small_objects(tissue, min_area_px=settings.min_object_um2 / px_area_um2)
     dilation_px = settings.dilation_um / mpp
     if dilation_px >= 0.5 and tissue.any():
@@ -367,8 +366,10 @@ def _flat_field(
         # The glass colour varies slowly: blur a block-averaged copy, then upsample.
         factor = max(1, int(sigma / 4))
         weight = glass.astype(np.float32)
-        coarse = [_block_mean(plane * weight, factor) for plane in planes]
-        coarse_weight = gaussian_filter(_block_mean(weight, factor), sigma / factor, mode="nearest")
+        coarse = [block_mean(plane * weight, factor, edge="replicate") for plane in planes]
+        coarse_weight = gaussian_filter(
+            block_mean(weight, factor, edge="replicate"), sigma / factor, mode="nearest"
+        )
         coarse_colour = np.stack(
             [
                 (gaussian_filter(plane, sigma / factor, mode="nearest") + prior * colour)
@@ -383,23 +384,8 @@ def _flat_field(
     return np.clip(corrected, 0.0, 1.0, out=corrected)
 
 
-def _block_mean(values: np.ndarray, factor: int) -> np.ndarray:
-    """Mean of ``factor`` x ``factor`` blocks of an ``(H, W)`` plane (edges padded by edge).
-
-    Rows first, then columns: each sum runs over contiguous memory.
-    """
-    if factor == 1:
-        return values
-    height, width = values.shape
-    values = np.pad(values, ((0, -height % factor), (0, -width % factor)), mode="edge")
-    padded_h, padded_w = values.shape
-    sums = values.reshape(padded_h, padded_w // factor, factor).sum(axis=2)
-    sums = sums.reshape(padded_h // factor, factor, padded_w // factor).sum(axis=1)
-    return sums / np.float32(factor * factor)
-
-
 def _upsample(values: np.ndarray, factor: int, shape: tuple[int, ...]) -> np.ndarray:
-    """Bilinear upsampling of block means back to ``shape`` (the inverse of :func:`_block_mean`)."""
+    """Bilinear upsampling of block means back to ``shape`` (the inverse of a block mean)."""
     if factor == 1:
         return values[: shape[0], : shape[1]]
     for axis in (0, 1):

@@ -96,7 +96,7 @@ def overlay_rgb(
         return slide.thumbnail(min(HEATMAP_TARGET_PX, max(slide.dimensions)))
     cell_px = cell_px or heatmap_cell_px(grid)
     rows, cols = grid.shape
-    l0_box = (0.0, 0.0, cols * grid.l0_patch_size, rows * grid.l0_patch_size)
+    l0_box = (0.0, 0.0, *grid.l0_extent)
     level = slide.display_level(grid.l0_patch_size / cell_px)
     background = slide.read_l0_box(l0_box, (cols * cell_px, rows * cell_px), level=level)
     blended = background.astype(np.float32)

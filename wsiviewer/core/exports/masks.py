@@ -1,8 +1,7 @@
-"""IDC masks: grid masks of regions, written as a pyramidal TIFF in the slide's frame and as a PNG."""
+"""IDC masks: regions as a pyramidal TIFF in the slide's frame and as a PNG."""
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -36,23 +35,17 @@ def review_grid_mask(
     out = np.zeros(grid.shape, dtype=bool)
     if grid.cell_count == 0:
         return out
-    size = grid.l0_patch_size
     for item in items:
         if item.ref.kind == "model":
             cells = np.asarray(region_cells[item.ref.id]).reshape(-1, 2)
             out[cells[:, 0], cells[:, 1]] = True
             continue
-        minx, miny, maxx, maxy = item.polygon.bounds
-        col_0 = max(0, math.floor(minx / size - 0.5))
-        col_1 = min(grid.cols, math.ceil(maxx / size + 0.5))
-        row_0 = max(0, math.floor(miny / size - 0.5))
-        row_1 = min(grid.rows, math.ceil(maxy / size + 0.5))
-        if col_0 >= col_1 or row_0 >= row_1:
+        rows, cols = grid.cells_overlapping(item.polygon.bounds)
+        grid_rows, grid_cols = (axis.ravel() for axis in np.mgrid[rows, cols])
+        if not len(grid_rows):
             continue
-        grid_rows, grid_cols = np.mgrid[row_0:row_1, col_0:col_1]
-        inside = shapely.contains_xy(
-            item.polygon, (grid_cols + 0.5) * size, (grid_rows + 0.5) * size
-        )
+        l0_x, l0_y = grid.l0_centres(grid_rows, grid_cols).T
+        inside = shapely.contains_xy(item.polygon, l0_x, l0_y)
         out[grid_rows[inside], grid_cols[inside]] = True
     return out
 

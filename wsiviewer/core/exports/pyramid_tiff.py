@@ -45,6 +45,8 @@ import numpy as np
 import tifffile
 
 from wsiviewer.core.atomic import atomic_path
+from wsiviewer.core.slides.resample import block_mean
+from wsiviewer.core.units import magnification_from_mpp
 from wsiviewer.errors import ExportError
 
 Compression = Literal["jpeg", "deflate", "none"]
@@ -122,7 +124,7 @@ class ArrayPyramidSource(PyramidSource):
         """The whole level at ``downsample``."""
         with self._lock:  # writer threads ask for the same level at once: reduce it once
             if downsample not in self._levels:
-                self._levels[downsample] = area_reduce(self._level0, downsample)
+                self._levels[downsample] = block_mean(self._level0, downsample, edge="partial")
             return self._levels[downsample]
 
     def read_level(self, downsample: int, lv_box: LvBox) -> np.ndarray:
@@ -204,7 +206,7 @@ class UpsampledSource(PyramidSource):
     def _area_box(self, per_px: int, lv_box: LvBox) -> np.ndarray:
         with self._lock:
             if per_px not in self._area_levels:
-                self._area_levels[per_px] = area_reduce(self._small, per_px)
+                self._area_levels[per_px] = block_mean(self._small, per_px, edge="partial")
             reduced = self._area_levels[per_px]
         x, y, width, height = lv_box
         if y + height <= reduced.shape[0] and x + width <= reduced.shape[1]:
@@ -271,44 +273,7 @@ class FunctionSource(PyramidSource):
             raise ValueError(
                 f"read_l0 returned {pixels.shape[:2]} px for a {l0_h}x{l0_w} level-0 box"
             )
-        return area_reduce(pixels.astype(self.dtype, copy=False), downsample)
-
-
-def area_reduce(pixels: np.ndarray, factor: int) -> np.ndarray:
-    """Shrink by an integer ``factor`` with the mean of each block.
-
-    The result has ``ceil(height / factor) x ceil(width / factor)`` px; a partial block at the
-    right or bottom edge is the mean of the pixels it has. Integer input is rounded. Works in
-    bands of rows, so the float copy it sums never exceeds about 128 MiB.
-    """
-    if factor == 1:
-        return pixels
-    height, width = pixels.shape[:2]
-    out_h, out_w = math.ceil(height / factor), math.ceil(width / factor)
-    out = np.empty((out_h, out_w, *pixels.shape[2:]), dtype=pixels.dtype)
-    row_bytes = factor * out_w * factor * math.prod(pixels.shape[2:]) * 8
-    band = max(1, _AREA_REDUCE_BAND_BYTES // row_bytes)
-    col_counts = np.minimum(factor, width - np.arange(out_w) * factor)
-    for out_y0 in range(0, out_h, band):
-        out_y1 = min(out_y0 + band, out_h)
-        block_rows = pixels[out_y0 * factor : out_y1 * factor].astype(np.float64)
-        pad = ((0, (out_y1 - out_y0) * factor - block_rows.shape[0]), (0, out_w * factor - width))
-        padded = np.pad(block_rows, pad + ((0, 0),) * (pixels.ndim - 2))
-        sums = padded.reshape(out_y1 - out_y0, factor, out_w, factor, *pixels.shape[2:]).sum(
-            axis=(1, 3)
-        )
-        row_counts = np.minimum(factor, height - np.arange(out_y0, out_y1) * factor)
-        counts = np.outer(row_counts, col_counts).astype(np.float64)
-        means = sums / counts.reshape(*counts.shape, *(1,) * (pixels.ndim - 2))
-        if np.issubdtype(pixels.dtype, np.integer):
-            info = np.iinfo(pixels.dtype)
-            means = np.clip(np.rint(means), info.min, info.max)
-        out[out_y0:out_y1] = means
-    return out
-
-
-#: Bytes of float64 copy :func:`area_reduce` sums at once.
-_AREA_REDUCE_BAND_BYTES = 128 * 2**20
+        return block_mean(pixels.astype(self.dtype, copy=False), downsample, edge="partial")
 
 
 def default_downsamples(l0_size: tuple[int, int], tile: int) -> tuple[int, ...]:
@@ -610,7 +575,7 @@ def _check_downsamples(downsamples: Sequence[int]) -> tuple[int, ...]:
 
 def _aperio_fields(mpp: float, objective_power: float | None, extra: str | None) -> str:
     if objective_power is None:
-        guess = 10.0 / mpp
+        guess = magnification_from_mpp(mpp)
         if abs(guess - round(guess)) < 1e-6:
             objective_power = round(guess)
     fields = []

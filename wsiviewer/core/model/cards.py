@@ -16,6 +16,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from wsiviewer.core.units import plausible_mpp
 from wsiviewer.errors import ModelError
 
 _REQUIRED_KEYS = (
@@ -162,7 +163,7 @@ class ModelCard:
         temperature = float(data["temperature"])
         if input_size <= 0:
             raise ValueError(f"input_size {input_size} must be positive")
-        if not (math.isfinite(input_mpp) and 0.05 <= input_mpp <= 50):
+        if plausible_mpp(input_mpp) is None:
             raise ValueError(f"input_mpp {input_mpp} is not a plausible µm/px")
         if not 0.0 <= threshold <= 1.0:
             raise ValueError(f"threshold {threshold} must be within [0, 1]")
@@ -240,8 +241,8 @@ def resolve_model(spec: str | Path | None = None) -> ModelCard:
         searched = ", ".join(str(d) for d in [shipped_models_dir(), *model_dirs()] if d) or "none"
         raise ModelError(
             "No model is installed: the models shipped with wsiviewer are missing "
-            f"(searched: {searched}). Reinstall, pass --model PATH/TO/CARD.json, or put a model "
-            "(<name>.json + <name>.safetensors) in the user models folder"
+            f"(searched: {searched}). Reinstall wsiviewer, name a model card JSON, or put a "
+            "model (<name>.json + <name>.safetensors) in the user models folder"
         )
     if spec is None:
         defaults = [card for card in cards if card.default]

@@ -22,9 +22,9 @@ def resolve_device(choice: str = "auto") -> torch.device:
         return torch.device("cpu")
     if choice.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise DeviceError("CUDA was requested but no CUDA GPU is available; use --device cpu")
+            raise DeviceError("CUDA was requested but no CUDA GPU is available; use the CPU")
         return torch.device(choice)
-    raise DeviceError(f"Unknown device {choice!r}; use auto, cpu or cuda")
+    raise DeviceError(f"Unknown device {choice!r}; choose auto, cpu or cuda")
 
 
 def device_label(device: torch.device) -> str:

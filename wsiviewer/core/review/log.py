@@ -1,7 +1,8 @@
-"""The review log: a region set's review state and history, derived from its append-only decisions.
+"""The review log: a region set's review state and history, derived from its decisions.
 
-The log itself is the Store's ``review_decisions`` table (:mod:`wsiviewer.core.store`); the state shown
-to a reviewer (:class:`ReviewState`) is derived from it:
+The log itself is the Store's append-only ``review_decisions`` table
+(:mod:`wsiviewer.core.store`); the state shown to a reviewer (:class:`ReviewState`) is
+derived from it:
 
 - a region's status is its latest non-undone ``accept`` / ``reject`` / ``reset`` (reset and no
   decision: ``pending``); ``reviewer`` and ``decided_at`` are those of that decision;

@@ -36,6 +36,7 @@ from wsiviewer.core.review.log import RegionRef, ReviewState, derive_state, revi
 from wsiviewer.core.store.database import (
     Store,
 )
+from wsiviewer.core.units import mm2_from_px2
 from wsiviewer.errors import ReviewError
 
 
@@ -112,7 +113,7 @@ class ReviewSession:
         polygon = self.check_polygon(polygon)
         if not isinstance(note, str):
             raise ReviewError(f"Invalid note {note!r}: it must be text")
-        area_mm2 = polygon.area * (self.slide_mpp / 1000.0) ** 2
+        area_mm2 = mm2_from_px2(polygon.area, self.slide_mpp)
         manual_region_id, _ = self.store.add_manual_region(
             self.region_set_id, polygon, area_mm2, self.reviewer, note
         )

@@ -8,7 +8,8 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from wsiviewer.core.slides.base import Slide, crop_padded, plausible_mpp
+from wsiviewer.core.slides.base import Slide, crop_padded
+from wsiviewer.core.units import plausible_mpp
 from wsiviewer.errors import SlideOpenError, SlideReadError
 
 

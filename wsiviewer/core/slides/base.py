@@ -23,12 +23,15 @@ from typing import Literal
 
 import numpy as np
 
+from wsiviewer.core.units import (
+    PLAUSIBLE_MPP_RANGE,
+    finest_level_within,
+    mpp_from_magnification,
+    plausible_mpp,
+)
 from wsiviewer.errors import ResolutionError, SlideReadError
 
 MppSource = Literal["metadata", "objective-power", "user"]
-
-#: µm/px outside this range (e.g. a 72-dpi default TIFF resolution) is implausible: missing.
-PLAUSIBLE_MPP_RANGE = (0.05, 50.0)
 
 #: Property keys (matched case-insensitively on the part after the vendor prefix) that can
 #: identify a patient, an operator or a case. ``openslide.comment`` and the TIFF
@@ -55,14 +58,6 @@ _IDENTIFYING_IMAGES = frozenset({"label", "macro"})
 def is_identifying_property(key: str) -> bool:
     """Whether a slide property may identify a patient or operator (DESIGN.md, Privacy)."""
     return _IDENTIFYING_KEY.search(key.rsplit(".", 1)[-1]) is not None
-
-
-def plausible_mpp(value: float | None) -> float | None:
-    """``value`` if it is a plausible µm/px, else ``None``."""
-    if value is None or not math.isfinite(value):
-        return None
-    low, high = PLAUSIBLE_MPP_RANGE
-    return value if low <= value <= high else None
 
 
 @dataclass(frozen=True)
@@ -110,11 +105,11 @@ class Slide(ABC):
 
     @property
     def mpp(self) -> Mpp | None:
-        """Best available µm/px: metadata first, then 10 / objective power."""
+        """Best available µm/px: metadata first, then from the objective power (10 / power)."""
         if self.metadata_mpp is not None:
             return Mpp(self.metadata_mpp, "metadata")
         if self.objective_power:
-            guess = plausible_mpp(10.0 / self.objective_power)
+            guess = plausible_mpp(mpp_from_magnification(self.objective_power))
             if guess is not None:
                 return Mpp(guess, "objective-power")
         return None
@@ -131,8 +126,8 @@ class Slide(ABC):
             return Mpp(float(user_mpp), "user")
         if self.mpp is None:
             raise ResolutionError(
-                "Slide has no usable µm/px in its metadata and no objective power; "
-                "pass the scan resolution with --mpp (e.g. 0.25 for 40x, 0.5 for 20x)"
+                "Slide has no usable µm/px in its metadata and no objective power; give the "
+                "scan resolution in µm/px (e.g. 0.25 for 40x, 0.5 for 20x)"
             )
         return self.mpp
 
@@ -191,11 +186,7 @@ class Slide(ABC):
 
     def best_level_for_downsample(self, downsample: float) -> int:
         """The coarsest level whose downsample is at most ``downsample`` (tolerance 1e-6)."""
-        best = 0
-        for level, level_downsample in enumerate(self.level_downsamples):
-            if level_downsample <= downsample * (1 + 1e-6):
-                best = level
-        return best
+        return finest_level_within(self.level_downsamples, downsample)
 
     def display_level(self, downsample: float) -> int:
         """The level to draw a picture at ``downsample`` from (thumbnails, overlays).

@@ -14,8 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from wsiviewer.core.slides.base import Slide, crop_padded, plausible_mpp
+from wsiviewer.core.slides.base import Slide, crop_padded
 from wsiviewer.core.slides.tiff_tiles import TiffTiles
+from wsiviewer.core.units import plausible_mpp
 from wsiviewer.errors import SlideOpenError, SlideReadError
 
 #: Most px of whole levels a slide file keeps decoded (48-64 MiB): analysis reads its model

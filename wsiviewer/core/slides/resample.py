@@ -1,6 +1,8 @@
-"""Exact area-averaging resampling of ``(H, W, C)`` pixel arrays."""
+"""Exact area-averaging resampling of pixel arrays, and the one block mean."""
 
 from __future__ import annotations
+
+from typing import Literal
 
 import numpy as np
 from scipy import sparse
@@ -82,17 +84,41 @@ def area_resample(
     return np.clip(np.floor(out, out=out), 0, 255, out=out).astype(np.uint8)
 
 
-def block_mean(pixels: np.ndarray, factor: int) -> np.ndarray:
-    """Downsample by an integer ``factor`` with the mean of each block (edges padded white)."""
+#: How :func:`block_mean` treats a block that runs past the array's edge.
+EdgeMode = Literal["white", "partial", "replicate"]
+
+
+def block_mean(pixels: np.ndarray, factor: int, *, edge: EdgeMode = "white") -> np.ndarray:
+    """Downsample ``(H, W)`` or ``(H, W, C)`` by an integer ``factor``: each output px is the
+    mean of a ``factor`` x ``factor`` block. The one block mean of wsiviewer.
+
+    The result is ``ceil(H / factor) x ceil(W / factor)``. A block that runs past the edge is
+    padded with white (``"white"``: past a slide's edge is glass, as :meth:`Slide.read_l0_box`
+    reads it), averaged over the px it has (``"partial"``: pyramid levels), or padded with the
+    edge px (``"replicate"``: smooth float planes). Integer input is rounded half up, in
+    integers; float input gives the float mean in its own dtype.
+    """
     if factor == 1:
         return pixels
+    if factor < 1:
+        raise ValueError(f"Block mean factor {factor} must be a positive integer")
     height, width = pixels.shape[:2]
     pad_h, pad_w = -height % factor, -width % factor
     if pad_h or pad_w:
-        pixels = np.pad(pixels, ((0, pad_h), (0, pad_w), (0, 0)), constant_values=255)
+        pad = ((0, pad_h), (0, pad_w)) + ((0, 0),) * (pixels.ndim - 2)
+        if edge == "replicate":
+            pixels = np.pad(pixels, pad, mode="edge")
+        else:
+            pixels = np.pad(pixels, pad, constant_values=255 if edge == "white" else 0)
     n = factor * factor
-    # uint16 holds the sums of blocks up to 16 x 16 px: half the memory traffic of uint32.
-    dtype = np.uint16 if n * 255 + n // 2 <= np.iinfo(np.uint16).max else np.uint32
+    integer = np.issubdtype(pixels.dtype, np.integer)
+    if integer:
+        # uint16 holds the sums of 8-bit blocks up to 16 x 16 px: half the memory traffic
+        # of uint32.
+        fits = pixels.dtype.itemsize == 1 and n * 255 + n // 2 <= np.iinfo(np.uint16).max
+        dtype: type[np.integer] | type[np.floating] = np.uint16 if fits else np.int64
+    else:
+        dtype = pixels.dtype.type
     # Rows first: those adds read whole rows, so the image is read once (k² strided adds
     # read every cache line k² times); the column adds then work on a k times smaller array.
     sums = pixels[0::factor].astype(dtype)
@@ -101,5 +127,14 @@ def block_mean(pixels: np.ndarray, factor: int) -> np.ndarray:
     block_sums = sums[:, 0::factor].copy()
     for dx in range(1, factor):
         np.add(block_sums, sums[:, dx::factor], out=block_sums)
-    # Round half up, in integers: (sum + n/2) // n.
-    return ((block_sums + n // 2) // n).astype(np.uint8)
+    counts: int | np.ndarray = n
+    if edge == "partial" and (pad_h or pad_w):
+        row_counts = np.minimum(factor, height - factor * np.arange(block_sums.shape[0]))
+        col_counts = np.minimum(factor, width - factor * np.arange(block_sums.shape[1]))
+        counts = np.outer(row_counts, col_counts).reshape(
+            block_sums.shape[:2] + (1,) * (pixels.ndim - 2)
+        )
+    if integer:
+        # Round half up, in integers: (sum + n/2) // n.
+        return ((block_sums + counts // 2) // counts).astype(pixels.dtype)
+    return (block_sums / counts).astype(pixels.dtype, copy=False)

@@ -19,9 +19,10 @@ Privacy: the database records a slide by its content identity (OpenSlide quickha
 geometry, never by its path or file name.
 
 Every finished run is recorded, even a repeat: ``analyses.analysis_key`` (what determines the
-map, see :attr:`wsiviewer.core.analysis.pipeline.Analysis.key`) is indexed, not unique. Region sets are
-immutable and, once review starts, frozen: review decisions will reference ``regions.id``, which
-never changes, and the database refuses (by trigger) to alter or delete a frozen set's regions.
+map, see :attr:`wsiviewer.core.analysis.pipeline.Analysis.key`) is indexed, not unique.
+Region sets are immutable and, once review starts, frozen: review decisions will reference
+``regions.id``, which never changes, and the database refuses (by trigger) to alter or delete
+a frozen set's regions.
 
 Review (schema v2): ``manual_regions`` holds regions a reviewer drew or imported, and
 ``review_decisions`` is the append-only review log of a region set (accept, reject, reset, note,
