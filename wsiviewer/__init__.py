@@ -8,12 +8,14 @@ from __future__ import annotations
 from importlib.metadata import PackageNotFoundError, version
 
 from wsiviewer.errors import (
+    DatasetError,
     DeviceError,
     ExportError,
     ModelError,
     QuPathImportError,
     ResolutionError,
     ReviewError,
+    SelectionError,
     SlideOpenError,
     SlideReadError,
     StoreError,
@@ -32,12 +34,14 @@ RESEARCH_USE_NOTICE = (
 
 __all__ = [
     "RESEARCH_USE_NOTICE",
+    "DatasetError",
     "DeviceError",
     "ExportError",
     "ModelError",
     "QuPathImportError",
     "ResolutionError",
     "ReviewError",
+    "SelectionError",
     "SlideOpenError",
     "SlideReadError",
     "StoreError",

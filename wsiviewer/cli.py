@@ -8,9 +8,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -18,6 +17,9 @@ from wsiviewer import RESEARCH_USE_NOTICE, WsiViewerError, __version__
 
 if TYPE_CHECKING:
     from wsiviewer.core.model.predictor import Predictor
+    from wsiviewer.core.slides import Mpp, Slide
+    from wsiviewer.core.store.database import Store
+    from wsiviewer.core.workflow import AnalysisParameters
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -25,6 +27,9 @@ EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 
 COMMANDS = ("info", "analyze", "models", "gui", "train", "evaluate", "export")
+
+if TYPE_CHECKING:
+    _Commands = argparse._SubParsersAction[argparse.ArgumentParser]
 
 
 def _probability(text: str) -> float:
@@ -77,7 +82,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"wsiviewer {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for add in (
+        _add_info,
+        _add_analyze,
+        _add_models,
+        _add_train,
+        _add_evaluate,
+        _add_export,
+        _add_gui,
+    ):
+        add(commands)
+    return parser
 
+
+def _add_info(commands: _Commands) -> None:
     info = commands.add_parser("info", help="print a slide's properties as JSON")
     info.add_argument("slide", type=Path, help="slide file (any format OpenSlide reads)")
     info.add_argument(
@@ -86,41 +104,59 @@ def build_parser() -> argparse.ArgumentParser:
         help="include label/macro image names and properties that may identify a patient",
     )
 
+
+def _add_analyze(commands: _Commands) -> None:
     analyze = commands.add_parser(
         "analyze",
         help="find tissue, score it with the model, write heatmap, regions and masks",
         description=(
             "Analyse slides at the model's resolution and write a QuPath GeoJSON of IDC "
             "regions, the IDC mask (pyramidal TIFF and PNG), a patch CSV, a heatmap, the raw "
-            f"map and a run record into --out. {RESEARCH_USE_NOTICE}"
+            "map and a run record into --out (with several slides, into a folder per slide "
+            "named by its label: slide-<hash>, or the file name with --include-filename). "
+            f"{RESEARCH_USE_NOTICE}"
         ),
     )
     analyze.add_argument("slides", type=Path, nargs="+", metavar="SLIDE")
     analyze.add_argument("--out", type=Path, required=True, help="output folder")
+    add_analysis_options(analyze)
     analyze.add_argument(
+        "--include-filename",
+        action="store_true",
+        help="name each slide's output folder after its file (default: slide-<hash>, privacy)",
+    )
+    analyze.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def add_analysis_options(command: argparse.ArgumentParser) -> None:
+    """The options of an analysis: the same for every command that analyses slides."""
+    command.add_argument(
         "--model", help="model card name or path to a card JSON (default: the default model)"
     )
-    analyze.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
-    analyze.add_argument(
+    command.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
+    command.add_argument(
         "--threshold", type=_probability, help="IDC probability threshold (default: the card's)"
     )
-    analyze.add_argument(
+    command.add_argument(
         "--min-area",
         type=_non_negative_float,
         default=0.0,
         metavar="MM2",
         help="drop regions smaller than this many mm² (default 0)",
     )
-    analyze.add_argument(
+    command.add_argument(
         "--mpp",
         type=_positive_float,
         help="slide level-0 µm/px, for slides whose metadata lacks it (overrides metadata)",
     )
-    analyze.add_argument("--batch-size", type=_positive_int, help="patches per forward pass")
-    analyze.add_argument("--quiet", action="store_true", help="no progress bar")
+    command.add_argument("--batch-size", type=_positive_int, help="patches per forward pass")
 
+
+def _add_models(commands: _Commands) -> None:
     commands.add_parser("models", help="list the installed models")
 
+
+def _add_train(commands: _Commands) -> None:
     train = commands.add_parser(
         "train",
         help="train a model on IDC patches (split by patient) and write weights and card",
@@ -168,6 +204,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument("--default", action="store_true", help="mark the card as the default")
 
+
+def _add_evaluate(commands: _Commands) -> None:
     evaluate = commands.add_parser(
         "evaluate",
         help="evaluate a model on the patients of its split: metrics, plots, report",
@@ -198,15 +236,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     evaluate.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
 
+
+def _add_export(commands: _Commands) -> None:
     export = commands.add_parser(
         "export",
         help="export a slide's reviewed regions, IDC mask, patch table or review report",
         description=(
-            "Export the latest analysis of a slide (by the default model; any model if none is "
-            "installed or it has no analysis of the slide) and its reviewed region set: QuPath "
-            "GeoJSON, IDC mask (pyramidal TIFF and PNG), patch CSV, and a review report (HTML, "
-            "CSV, JSON). No output names the slide file unless --include-filename. "
-            f"{RESEARCH_USE_NOTICE}"
+            "Export a slide's regions as the viewer shows them: the region set reviewed most "
+            "recently, else the latest analysis by the default model (else by any model), "
+            "unless --analysis or --model says otherwise. Writes QuPath GeoJSON, the IDC mask "
+            "(pyramidal TIFF and PNG), the patch CSV and a review report (HTML, CSV, JSON). No "
+            f"output names the slide file unless --include-filename. {RESEARCH_USE_NOTICE}"
         ),
     )
     export.add_argument("slide", type=Path, metavar="SLIDE")
@@ -225,7 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument(
         "--threshold",
         type=_probability,
-        help="region set at this threshold (default: the reviewed set, else the card's)",
+        help="region set at this threshold (default: the reviewed set, else the analysis's)",
     )
     export.add_argument(
         "--include-filename",
@@ -233,13 +273,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="write the slide's file name into the report (left out by default: privacy)",
     )
 
+
+def _add_gui(commands: _Commands) -> None:
     gui = commands.add_parser(
         "gui",
         help="open the viewer (the default: `wsiviewer` or `wsiviewer SLIDE`)",
         description=f"Open the desktop viewer, optionally on a slide. {RESEARCH_USE_NOTICE}",
     )
     gui.add_argument("slide", type=Path, nargs="?", help="slide to open")
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -253,29 +294,27 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error(f"unexpected arguments after the slide: {' '.join(args_list[1:])}")
         return _cmd_gui(Path(args_list[0]))
     args = parser.parse_args(args_list)
+    handlers: dict[str, Callable[[argparse.Namespace], int]] = {
+        "info": _cmd_info,
+        "analyze": _cmd_analyze,
+        "models": _cmd_models,
+        "gui": lambda args: _cmd_gui(args.slide),
+        "export": _cmd_export,
+        "train": _cmd_train,
+        "evaluate": _cmd_evaluate,
+    }
+    handler = handlers.get(args.command)
+    if handler is None:
+        parser.print_help()
+        return EXIT_USAGE
     try:
-        if args.command == "info":
-            return _cmd_info(args)
-        if args.command == "analyze":
-            return _cmd_analyze(args)
-        if args.command == "models":
-            return _cmd_models()
-        if args.command == "gui":
-            return _cmd_gui(args.slide)
-        if args.command == "export":
-            return _cmd_export(args)
-        if args.command == "train":
-            return _cmd_train(args)
-        if args.command == "evaluate":
-            return _cmd_evaluate(args)
+        return handler(args)
     except KeyboardInterrupt:
         print("wsiviewer: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except (WsiViewerError, OSError) as exc:
         _error(str(exc))
         return EXIT_FAILED
-    parser.print_help()
-    return EXIT_USAGE
 
 
 def _error(message: str) -> None:
@@ -299,7 +338,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _cmd_models() -> int:
+def _cmd_models(args: argparse.Namespace) -> int:
     from wsiviewer.core.model.cards import available_models, model_dirs
 
     cards = available_models()
@@ -323,75 +362,68 @@ def _cmd_models() -> int:
     return EXIT_OK
 
 
-def _output_folders(slides: Sequence[Path], out: Path) -> list[Path]:
-    """One folder per slide: ``out`` itself for one slide, ``out/<stem>`` for several."""
-    if len(slides) == 1:
-        return [out]
-    folders: list[Path] = []
-    used: set[str] = set()
-    for slide in slides:
-        name = slide.stem or "slide"
-        candidate, n = name, 2
-        while candidate in used:
-            candidate, n = f"{name}-{n}", n + 1
-        used.add(candidate)
-        folders.append(out / candidate)
-    return folders
-
-
 def _cmd_analyze(args: argparse.Namespace) -> int:
     # Import everything analysis needs now, not at the first slide: a Ctrl-C that lands inside
     # an import can leave CPython to end the process by SIGINT instead of exiting with 130.
-    import wsiviewer.core.analysis.pipeline
-    import wsiviewer.core.exports.analysis_outputs
-    import wsiviewer.core.store.database  # noqa: F401
+    import wsiviewer.core.workflow  # noqa: F401
     from wsiviewer.core.model.cards import resolve_model
     from wsiviewer.core.model.predictor import Predictor
+    from wsiviewer.core.store.database import Store
+    from wsiviewer.core.workflow import AnalysisParameters
 
     card = resolve_model(args.model)
-    predictor = Predictor(card, device=args.device, batch_size=args.batch_size)
-    print(
-        f"Model {card.name} v{card.version} on {predictor.device_name} "
-        f"({predictor.engine.name}). {RESEARCH_USE_NOTICE}",
-        file=sys.stderr,
-    )
-    failures: list[tuple[Path, str]] = []
-    folders = _output_folders(args.slides, args.out)
-    for slide_path, out_dir in zip(args.slides, folders, strict=True):
-        existed = out_dir.exists()
-        try:
-            _analyze_one(slide_path, out_dir, predictor, args)
-        except (WsiViewerError, OSError) as exc:
-            _error(f"{slide_path}: {exc}")
-            failures.append((slide_path, str(exc)))
-            if not existed and out_dir.is_dir() and not any(out_dir.iterdir()):
-                out_dir.rmdir()  # a failed slide leaves no empty folder behind
-    if failures:
-        if len(args.slides) > 1:
-            print(
-                f"wsiviewer: {len(failures)} of {len(args.slides)} slides failed: "
-                + ", ".join(str(path) for path, _ in failures),
-                file=sys.stderr,
-            )
-        return EXIT_FAILED
-    return EXIT_OK
+    parameters = AnalysisParameters(threshold=args.threshold, min_area_mm2=args.min_area)
+    # The database first: one that cannot be opened fails before any slide is analysed.
+    with Store.open() as store:
+        predictor = Predictor(card, device=args.device, batch_size=args.batch_size)
+        print(
+            f"Model {card.name} v{card.version} on {predictor.device_name} "
+            f"({predictor.engine.name}). {RESEARCH_USE_NOTICE}",
+            file=sys.stderr,
+        )
+        failures: list[Path] = []
+        labels: set[str] = set()
+        for slide_path in args.slides:
+            try:
+                _analyze_one(slide_path, predictor, parameters, store, labels, args)
+            except (WsiViewerError, OSError) as exc:
+                _error(f"{slide_path}: {exc}")
+                failures.append(slide_path)
+    if failures and len(args.slides) > 1:
+        print(
+            f"wsiviewer: {len(failures)} of {len(args.slides)} slides failed: "
+            + ", ".join(map(str, failures)),
+            file=sys.stderr,
+        )
+    return EXIT_FAILED if failures else EXIT_OK
 
 
 def _analyze_one(
-    slide_path: Path, out_dir: Path, predictor: Predictor, args: argparse.Namespace
+    slide_path: Path,
+    predictor: Predictor,
+    parameters: AnalysisParameters,
+    store: Store,
+    labels: set[str],
+    args: argparse.Namespace,
 ) -> None:
+    """Analyse one slide into ``--out`` (several slides: ``--out/<slide label>``)."""
     from tqdm import tqdm
 
-    from wsiviewer.core.analysis.pipeline import AnalysisProgress, AnalysisWarning, analyze
-    from wsiviewer.core.analysis.regions import find_regions
-    from wsiviewer.core.exports.analysis_outputs import write_outputs
+    from wsiviewer.core.analysis.pipeline import AnalysisProgress, AnalysisWarning
     from wsiviewer.core.progress import run_to_end
     from wsiviewer.core.slides import open_slide
-    from wsiviewer.core.store.database import Store
+    from wsiviewer.core.slides.label import slide_label, unique_labels
+    from wsiviewer.core.workflow import run_analysis
 
-    t_start = time.perf_counter()
     with open_slide(slide_path) as slide:
-        mpp = slide.resolve_mpp(args.mpp)
+        mpp = _resolve_mpp(slide, args.mpp)
+        out_dir: Path = args.out
+        if len(args.slides) > 1:
+            label = slide_label(slide.identity, slide_path, include_filename=args.include_filename)
+            label = unique_labels([*sorted(labels), label])[-1]
+            labels.add(label.lower())
+            out_dir = args.out / label
+        existed = out_dir.exists()
         bar = tqdm(
             desc=slide_path.name,
             unit="patch",
@@ -409,24 +441,34 @@ def _analyze_one(
             with warnings.catch_warnings():
                 # Reported below from analysis.warnings, once, without a source line.
                 warnings.simplefilter("ignore", AnalysisWarning)
-                analysis = run_to_end(analyze(slide, predictor, mpp=mpp), show)
+                run = run_analysis(slide, predictor, mpp, parameters, store=store, out_dir=out_dir)
+                result = run_to_end(run, show)
+        except BaseException:
+            if not existed and out_dir.is_dir() and not any(out_dir.iterdir()):
+                out_dir.rmdir()  # a failed slide leaves no empty folder behind
+            raise
         finally:
             bar.close()
-        threshold = predictor.card.threshold if args.threshold is None else args.threshold
-        region_set = find_regions(analysis.probability_map, threshold, args.min_area)
-        analysis.timings_s["total"] = time.perf_counter() - t_start
-        write_outputs(out_dir, analysis, region_set, slide)
-        with Store.open() as store:
-            analysis_id = store.save_analysis(analysis)
-            store.save_region_set(analysis_id, region_set)
-    for note in analysis.warnings:
+    for note in result.analysis.warnings:
         print(f"wsiviewer: warning: {slide_path}: {note}", file=sys.stderr)
-    pmap = analysis.probability_map
     print(
-        f"{slide_path.name}: {pmap.scored_count} patches scored, {len(region_set)} IDC regions "
-        f"at threshold {threshold:g} -> {out_dir}",
+        f"{slide_path.name}: {result.analysis.probability_map.scored_count} patches scored, "
+        f"{len(result.region_set)} regions flagged at P ≥ {result.region_set.threshold:.2f} "
+        f"(analysis {result.analysis_id}) -> {out_dir}",
         file=sys.stderr,
     )
+
+
+def _resolve_mpp(slide: Slide, user_mpp: float | None) -> Mpp:
+    """The slide's µm/px, with the CLI's way to give a missing one in the error."""
+    from wsiviewer.errors import ResolutionError
+
+    try:
+        return slide.resolve_mpp(user_mpp)
+    except ResolutionError as exc:
+        if user_mpp is None and slide.mpp is None:
+            raise ResolutionError(f"{exc}; pass it with --mpp") from exc
+        raise
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -582,74 +624,50 @@ def _cmd_export(args: argparse.Namespace) -> int:
         EXPORT_KINDS,
         export_review,
         load_review_export,
-        select_region_set,
     )
     from wsiviewer.core.model.cards import ModelCard, available_models, resolve_model
+    from wsiviewer.core.review.selection import ensure_region_set, select
     from wsiviewer.core.slides import open_slide
     from wsiviewer.core.store.database import Store
-    from wsiviewer.errors import ModelError
+    from wsiviewer.errors import ModelError, SelectionError
 
     with open_slide(args.slide) as slide, Store.open() as store:
-        card: ModelCard | None = None
-        if args.analysis is not None:
-            record = store.analysis(args.analysis)
-            if record.slide_identity != slide.identity:
-                raise WsiViewerError(
-                    f"Analysis {args.analysis} is of another slide, not {args.slide.name}"
-                )
-        elif args.model is not None:
-            card = resolve_model(args.model)
-            found = store.latest_analysis(slide.identity, card.weights_sha256)
-            if found is None:
-                raise WsiViewerError(
-                    f"No analysis of {args.slide.name} by model {card.name!r}; run "
-                    f"`wsiviewer analyze {args.slide} --model {args.model}` first"
-                )
-            record = found
-        else:
-            try:
-                card = resolve_model(None)
-            except ModelError:
-                card = None
-            found = None
-            if card is not None:
-                found = store.latest_analysis(slide.identity, card.weights_sha256)
-            if found is None:
-                found = store.latest_analysis(slide.identity)
-                if found is not None and card is not None:
-                    print(
-                        f"wsiviewer: note: no analysis by the default model {card.name!r}; "
-                        f"exporting analysis {found.id} by {found.model.name!r}",
-                        file=sys.stderr,
-                    )
-            if found is None:
-                raise WsiViewerError(
-                    f"No analysis of {args.slide.name} in the results database; run "
-                    f"`wsiviewer analyze {args.slide} --out DIR` or analyse it in the viewer "
-                    "first"
-                )
-            record = found
-        if card is None or card.card_sha256 != record.model.card_sha256:
-            # The installed card of this analysis, if any: metrics and intended use.
-            card = next(
-                (c for c in available_models() if c.card_sha256 == record.model.card_sha256),
-                None,
+        model = resolve_model(args.model) if args.model is not None else None
+        default: ModelCard | None
+        try:
+            default = resolve_model(None)
+        except ModelError:
+            default = None
+        selection = select(
+            store,
+            slide.identity,
+            default_card=default,
+            cards=available_models(),
+            analysis_id=args.analysis,
+            model=model,
+        )
+        if selection is None:
+            raise SelectionError(
+                f"No analysis of {args.slide.name} in the results database; run "
+                f"`wsiviewer analyze {args.slide} --out DIR` or analyse it in the viewer first"
             )
-        region_set_id = select_region_set(store, record.id, args.threshold)
-        export = load_review_export(store, region_set_id)
+        region_set = ensure_region_set(store, selection, args.threshold)
+        export = load_review_export(store, region_set.id)
         written = export_review(
             args.out,
             export,
             args.what or EXPORT_KINDS,
             slide=slide,
             accepted_only=args.accepted_only,
-            card=card,
+            card=selection.card,
             slide_name=args.slide.name if args.include_filename else None,
         )
+    analysis = selection.analysis
     print(
-        f"Exported analysis {record.id} (model {record.model.name}), region set {region_set_id} "
-        f"at threshold {export.state.threshold:g}: {export.state.progress_text}; "
-        f"{len(written)} files -> {args.out}. {RESEARCH_USE_NOTICE}",
+        f"Exported analysis {analysis.id} (model {analysis.model.name}; {selection.reason}), "
+        f"region set {region_set.id} at P ≥ {region_set.threshold:.2f}: "
+        f"{export.state.progress_text}; {len(written)} files -> {args.out}. "
+        f"{RESEARCH_USE_NOTICE}",
         file=sys.stderr,
     )
     return EXIT_OK

@@ -41,3 +41,11 @@ class ReviewError(WsiViewerError):
 
 class QuPathImportError(WsiViewerError):
     """A GeoJSON file of QuPath annotations could not be read."""
+
+
+class SelectionError(WsiViewerError):
+    """No analysis or region set of a slide matches what was asked for."""
+
+
+class DatasetError(WsiViewerError):
+    """The IDC patch dataset or a patient split could not be read."""

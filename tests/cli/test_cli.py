@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -13,6 +14,7 @@ import pytest
 from tests.conftest import REPO, he_like_slide
 from wsiviewer import cli
 from wsiviewer.core.exports.pyramid_tiff import write_pyramid_tiff
+from wsiviewer.core.slides import open_slide
 
 EXPECTED_OUTPUTS = {
     "regions.geojson",
@@ -150,15 +152,44 @@ def test_several_slides_go_on_past_failures(
     ]
     code, _, err = run_cli("analyze", *slides, "--out", out, "--model", tiny_model_card, "--quiet")
     assert code == 1
-    assert {p.name for p in (out / "generated-slide").iterdir()} == EXPECTED_OUTPUTS
-    assert not (out / "unopenable").exists()
-    assert not (out / "multiframe_camelyon_challenge_image").exists()
+    # One folder per slide, named by its non-identifying label; none for the failed slides.
+    with open_slide(generated_slide) as slide:
+        label = f"slide-{slide.identity[:12]}"
+    assert [p.name for p in out.iterdir()] == [label]
+    assert {p.name for p in (out / label).iterdir()} == EXPECTED_OUTPUTS
     lines = [line for line in err.splitlines() if line.startswith("wsiviewer: error")]
     assert len(lines) == 2
     assert "Unsupported TIFF compression" in lines[0]
     assert "coarser than the model's input" in lines[1]
     assert "2 of 3 slides failed" in err
     assert "Traceback" not in err
+
+
+def test_several_slides_named_after_their_files_only_when_asked(
+    generated_slide: Path, tiny_model_card: Path, tmp_path: Path
+) -> None:
+    hostile = tmp_path / "..é x;$(rm).tif"
+    shutil.copy(generated_slide, hostile)
+    out = tmp_path / "out"
+    slides = [generated_slide, hostile, generated_slide]
+    code, _, err = run_cli(
+        "analyze",
+        *slides,
+        "--out",
+        out,
+        "--model",
+        tiny_model_card,
+        "--quiet",
+        "--include-filename",
+    )
+    assert code == 0, err
+    # Cleaned to one safe path component inside --out; repeats numbered.
+    assert sorted(p.name for p in out.iterdir()) == [
+        "e_x_rm",
+        "generated-slide",
+        "generated-slide-2",
+    ]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([hostile.name, "out"])
 
 
 def test_slide_without_mpp_needs_one(wsi_dir: Path, tiny_model_card: Path, tmp_path: Path) -> None:

@@ -106,13 +106,14 @@ def test_export_after_analyze(
     assert "Exported analysis" in stderr
     assert "0 of " in stderr
 
-    # Without --threshold and with no review: the card's threshold (0.5).
+    # Without --threshold and with no review: the selection rule takes the set that analyze
+    # recorded (0.3), the one the viewer shows, not the card's threshold (0.5).
     assert export(generated_slide, "--out", tmp_path / "card", "--what", "report") == 0
     assert {path.name for path in (tmp_path / "card").iterdir()} == set(
         REVIEW_EXPORT_NAMES["report"]
     )
     card_summary = json.loads((tmp_path / "card" / "review.json").read_text())
-    assert card_summary["region_set"]["threshold"] == 0.5
+    assert card_summary["region_set"]["threshold"] == 0.3
     assert "Testing only: random weights" not in (tmp_path / "card" / "report.html").read_text()
 
 

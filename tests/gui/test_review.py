@@ -398,8 +398,15 @@ def test_a_new_threshold_opens_a_new_set_and_keeps_the_old_decisions(
     assert [i.status for i in back.items] == ["accepted", "pending", "pending"]
     assert panel.threshold_box.value() == pytest.approx(0.5)
 
-    # The last set chosen is the one that opens with the slide.
+    # The set reviewed most recently is the one that opens with the slide (the selection
+    # rule that `wsiviewer export` follows too): choosing a set alone does not change it.
     panel.open_set(0.85, 0.0)
+    window.close_slide()
+    panel = _open(qtbot, window, reviewed_slide)
+    assert panel.state.threshold == pytest.approx(0.5)  # type: ignore[union-attr]
+    panel.open_set(0.85, 0.0)
+    panel.select_next()
+    panel.reject_selected()
     window.close_slide()
     panel = _open(qtbot, window, reviewed_slide)
     assert panel.state.threshold == pytest.approx(0.85)  # type: ignore[union-attr]

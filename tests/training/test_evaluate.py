@@ -15,6 +15,7 @@ from wsiviewer.core.model.networks import PatchClassifier
 from wsiviewer.core.model.predictor import Predictor
 from wsiviewer.core.model.weights import load_model
 from wsiviewer.core.progress import run_to_end
+from wsiviewer.errors import DatasetError
 from wsiviewer.training.dataset import load_patch_set, split_patients
 from wsiviewer.training.evaluate import (
     dice_iou,
@@ -24,7 +25,6 @@ from wsiviewer.training.evaluate import (
     roc_points,
     write_report,
 )
-from wsiviewer.training.idc import DatasetError
 from wsiviewer.training.metrics import (
     bootstrap_intervals,
     calibrated_probability,

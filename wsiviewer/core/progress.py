@@ -1,4 +1,11 @@
-"""Driving the progress generators of core (``analyze``) from plain code: CLI, scripts, tests."""
+"""Driving the progress generators of core (``analyze``, the workflow, training, evaluation).
+
+Long work in core is a generator that yields progress and returns its result. Plain code (the
+CLI, scripts, tests) drives one to its end with :func:`run_to_end`; the GUI hands one to a
+worker thread, through :func:`relay` when its steps must be turned into something else first
+(a copy of the partial map). Both close the generator on the way out, which is how work is
+cancelled: between two steps.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +13,7 @@ from collections.abc import Callable, Generator
 from typing import TypeVar
 
 P = TypeVar("P")
+Q = TypeVar("Q")
 R = TypeVar("R")
 
 
@@ -26,5 +34,22 @@ def run_to_end(
                 return result
             if on_progress is not None:
                 on_progress(step)
+    finally:
+        generator.close()
+
+
+def relay(generator: Generator[P, None, R], transform: Callable[[P], Q]) -> Generator[Q, None, R]:
+    """``generator`` with every yielded step passed through ``transform``; returns its result.
+
+    Closing the relay (or an exception in ``transform``) closes ``generator``.
+    """
+    try:
+        while True:
+            try:
+                step = next(generator)
+            except StopIteration as finished:
+                result: R = finished.value
+                return result
+            yield transform(step)
     finally:
         generator.close()

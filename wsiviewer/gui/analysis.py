@@ -2,15 +2,15 @@
 
 The worker opens its own slide handle (OpenSlide errors latch per handle, so a corrupt tile
 there cannot break the viewer), imports torch only when it starts, yields a copy of the partial
-probability map after every batch, and records the finished analysis and its regions at the
-card's threshold in the Store exactly as ``wsiviewer analyze`` does. Nothing here touches a
-widget: :class:`AnalysisRunner` turns the worker's signals into its own.
+probability map after every batch, and runs the core workflow (:mod:`wsiviewer.core.workflow`)
+exactly as ``wsiviewer analyze`` does: regions at the job's threshold and minimum area, recorded
+in the Store. Nothing here touches a widget: :class:`AnalysisRunner` turns the worker's signals
+into its own.
 """
 
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Generator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,8 +26,9 @@ from wsiviewer.core.slides import Mpp
 from wsiviewer.errors import ModelError, WsiViewerError
 
 if TYPE_CHECKING:
-    # wsiviewer.core.analysis.pipeline imports torch: only the worker imports it, when it starts.
-    from wsiviewer.core.analysis.pipeline import Analysis
+    # The pipeline and the workflow import torch: only the worker imports them, when it starts.
+    from wsiviewer.core.analysis.pipeline import Analysis, AnalysisProgress
+    from wsiviewer.core.workflow import AnalysisParameters
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,7 @@ class AnalysisJob:
     mpp: Mpp
     device: str = "auto"
     batch_size: int | None = None
+    parameters: AnalysisParameters | None = None
 
 
 @dataclass(frozen=True)
@@ -59,11 +61,15 @@ class AnalysisUpdate:
 class AnalysisOutcome:
     analysis: Analysis
     analysis_id: int
+    region_set_id: int
     region_count: int
+    #: The threshold the regions were drawn at.
+    threshold: float
 
 
 def run_analysis(job: AnalysisJob) -> Generator[AnalysisUpdate, None, AnalysisOutcome]:
-    """The worker's generator; closing it between yields cancels cleanly."""
+    """The worker's generator: the core workflow, its steps as :class:`AnalysisUpdate`;
+    closing it between yields cancels cleanly."""
     try:
         return (yield from _run_analysis(job))
     except RuntimeError as exc:
@@ -73,48 +79,47 @@ def run_analysis(job: AnalysisJob) -> Generator[AnalysisUpdate, None, AnalysisOu
 
 def _run_analysis(job: AnalysisJob) -> Generator[AnalysisUpdate, None, AnalysisOutcome]:
     yield AnalysisUpdate("loading model", 0, 0)
-    t_start = time.perf_counter()
     # Imported here, on the worker, when first needed: torch costs seconds at startup.
-    from wsiviewer.core.analysis.pipeline import analyze
-    from wsiviewer.core.analysis.regions import find_regions
     from wsiviewer.core.model.predictor import Predictor
+    from wsiviewer.core.progress import relay
     from wsiviewer.core.slides import open_slide
     from wsiviewer.core.store.database import Store
+    from wsiviewer.core.workflow import run_analysis as run_workflow
 
-    predictor = Predictor(job.card, device=job.device, batch_size=job.batch_size)
-    device = predictor.device_name
-    with open_slide(job.slide_path) as slide:
-        run = analyze(slide, predictor, mpp=job.mpp)
-        try:
-            while True:
-                try:
-                    progress = next(run)
-                except StopIteration as finished:
-                    analysis: Analysis = finished.value
-                    break
-                pmap = progress.probability_map
-                yield AnalysisUpdate(
-                    progress.stage,
-                    progress.done,
-                    progress.total,
-                    device,
-                    None if pmap is None else pmap.grid,
-                    None if pmap is None else pmap.probabilities.copy(),
-                )
-        finally:
-            run.close()
-    yield AnalysisUpdate("saving", analysis.probability_map.scored_count, 0, device)
-    region_set = find_regions(analysis.probability_map, job.card.threshold)
-    analysis.timings_s["total"] = time.perf_counter() - t_start
+    # The database first: one that cannot be written fails before the model loads.
     with Store.open() as store:
-        analysis_id = store.save_analysis(analysis)
-        store.save_region_set(analysis_id, region_set)
-    return AnalysisOutcome(analysis, analysis_id, len(region_set))
+        predictor = Predictor(job.card, device=job.device, batch_size=job.batch_size)
+        device = predictor.device_name
+
+        def update(progress: AnalysisProgress) -> AnalysisUpdate:
+            pmap = progress.probability_map
+            return AnalysisUpdate(
+                progress.stage,
+                progress.done,
+                progress.total,
+                device,
+                None if pmap is None else pmap.grid,
+                None if pmap is None else pmap.probabilities.copy(),
+            )
+
+        with open_slide(job.slide_path) as slide:
+            run = run_workflow(slide, predictor, job.mpp, job.parameters, store=store)
+            result = yield from relay(run, update)
+    assert result.analysis_id is not None
+    assert result.region_set_id is not None
+    return AnalysisOutcome(
+        result.analysis,
+        result.analysis_id,
+        result.region_set_id,
+        len(result.region_set),
+        result.region_set.threshold,
+    )
 
 
 def _forward(
     gen: Generator[AnalysisUpdate, None, AnalysisOutcome],
 ) -> Generator[AnalysisUpdate, None, AnalysisOutcome]:
+    """superqt's ``create_worker`` wants a generator function: this one hands on ``gen``."""
     return (yield from gen)
 
 

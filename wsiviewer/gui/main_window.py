@@ -629,26 +629,29 @@ class MainWindow(QMainWindow):
         self._refresh_overview_heatmap()
 
     def _show_stored_analysis(self, for_slide: Slide | None = None) -> None:
-        """The latest stored analysis of this slide: by the chosen model, else by any."""
+        """This slide's stored analysis and region set, chosen by the selection rule that
+        ``export`` uses too (:mod:`wsiviewer.core.review.selection`), with the chosen model as
+        the default model."""
         slide = self._slide
         if slide is None or (for_slide is not None and for_slide is not slide):
             return
         self._shown_analysis_id = None
+        from wsiviewer.core.review.selection import select
         from wsiviewer.core.store.database import Store
 
         card = self.model_panel.card
         try:
             with Store.open() as store:
-                record = None
-                if card is not None:
-                    record = store.latest_analysis(slide.identity, card.weights_sha256)
-                if record is None:
-                    record = store.latest_analysis(slide.identity)
-                probability_map = None if record is None else store.load_probability_map(record)
+                selection = select(
+                    store, slide.identity, default_card=card, cards=available_models()
+                )
+                probability_map = (
+                    None if selection is None else store.load_probability_map(selection.analysis)
+                )
         except (WsiViewerError, OSError) as exc:
             self.statusBar().showMessage(f"Stored analyses cannot be read: {exc}", 10000)
             return
-        if record is None or probability_map is None:
+        if selection is None or probability_map is None:
             self.review_panel.close_review()
             self.view.clear_probability_map()
             self._refresh_overview_heatmap()
@@ -656,6 +659,7 @@ class MainWindow(QMainWindow):
                 "No analysis for this slide yet: Analysis › Analyze slide (Ctrl+R)."
             )
             return
+        record = selection.analysis
         if slide.mpp is None and record.mpp.source == "user":
             self._user_mpp = record.mpp.value
             self.view.set_mpp(record.mpp.value)
@@ -670,10 +674,11 @@ class MainWindow(QMainWindow):
             f"Stored analysis #{record.id}: {html.escape(record.model.name)} "
             f"v{html.escape(record.model.version)}{other}, {record.finished_at}, "
             f"{record.scored_count:,} patches scored on {record.device}, "
-            f"{record.mpp.value:.4g} µm/px ({record.mpp.source})."
+            f"{record.mpp.value:.4g} µm/px ({record.mpp.source}); shown: "
+            f"{html.escape(selection.reason)}."
         )
         self._shown_analysis_id = record.id
-        self.review_panel.show_analysis(record.id, record.model.threshold)
+        self.review_panel.show_analysis(record.id, selection.region_set, record.model.threshold)
         self.stored_analysis_shown.emit(record.id)
 
     @property
@@ -850,12 +855,12 @@ class MainWindow(QMainWindow):
         if self._job_is_current():
             self._show_probability_map(pmap.grid, pmap.probabilities)
             self._shown_analysis_id = outcome.analysis_id
-            self.review_panel.show_analysis(outcome.analysis_id, analysis.model.threshold)
+            self.review_panel.show_analysis(outcome.analysis_id, None, outcome.threshold)
             self.overlay_panel.analysis_label.setText(
                 f"Analysis #{outcome.analysis_id}: {html.escape(analysis.model.name)} "
                 f"v{html.escape(analysis.model.version)}, {pmap.scored_count:,} patches scored "
                 f"on {analysis.device} in {analysis.timings_s.get('total', 0):.1f} s, "
-                f"{outcome.region_count} regions at P ≥ {analysis.model.threshold:g}."
+                f"{outcome.region_count} regions flagged at P ≥ {outcome.threshold:.2f}."
             )
         notes = " ".join(analysis.warnings)
         self.statusBar().showMessage(

@@ -85,6 +85,7 @@ if TYPE_CHECKING:
     from wsiviewer.core.review.session import RegionRef, ReviewSession, ReviewState
     from wsiviewer.core.slides import Slide
     from wsiviewer.core.store.database import Store
+    from wsiviewer.core.store.records import RegionSetRecord
     from wsiviewer.gui.slide_view import SlideView
 
 log = logging.getLogger(__name__)
@@ -676,21 +677,18 @@ class ReviewPanel(QWidget):
 
     # -- opening and closing ----------------------------------------------------------------
 
-    def show_analysis(self, analysis_id: int, default_threshold: float) -> bool:
-        """Open the review of an analysis with the region set last reviewed (else the card's
-        threshold and no minimum area); ``False`` if it did not open."""
+    def show_analysis(
+        self, analysis_id: int, region_set: RegionSetRecord | None, default_threshold: float
+    ) -> bool:
+        """Open the review of an analysis at its region set chosen by the selection rule
+        (:mod:`wsiviewer.core.review.selection`), or at ``default_threshold`` and no minimum
+        area when it has none yet; ``False`` if it did not open."""
         self.close_review()
         self._analysis_id = analysis_id
         self._default_threshold = default_threshold
         threshold, min_area_mm2 = default_threshold, 0.0
-        remembered = self._settings.value(self._last_set_key(analysis_id))
-        if isinstance(remembered, list) and len(remembered) == 2:
-            try:
-                threshold, min_area_mm2 = float(remembered[0]), float(remembered[1])
-            except ValueError:
-                pass
-        elif (latest := self._latest_frozen_set(analysis_id)) is not None:
-            threshold, min_area_mm2 = latest
+        if region_set is not None:
+            threshold, min_area_mm2 = region_set.threshold, region_set.min_area_mm2
         self._pending_set = (threshold, min_area_mm2)
         # Never a modal prompt as a slide opens: the name is asked when review starts.
         return self.open_set(threshold, min_area_mm2, ask=False)
@@ -736,9 +734,6 @@ class ReviewPanel(QWidget):
             return False
         self._session = session
         self.start_button.setVisible(False)
-        self._settings.setValue(
-            self._last_set_key(self._analysis_id), [str(threshold), str(min_area_mm2)]
-        )
         self.reviewer_label.setText(f"Reviewer: {reviewer}")
         self._selected_ref = None
         self._show_state(state)
@@ -769,22 +764,6 @@ class ReviewPanel(QWidget):
         if self._store is None or self._store.closed:
             self._store = Store.open()
         return self._store
-
-    def _latest_frozen_set(self, analysis_id: int) -> tuple[float, float] | None:
-        try:
-            records = self._open_store().region_sets(analysis_id)
-        except (WsiViewerError, OSError) as exc:
-            log.warning("Cannot list the region sets of analysis %s: %s", analysis_id, exc)
-            return None
-        frozen = [r for r in records if r.frozen_at is not None]
-        if not frozen:
-            return None
-        latest = max(frozen, key=lambda r: (r.frozen_at or "", r.id))
-        return latest.threshold, latest.min_area_mm2
-
-    @staticmethod
-    def _last_set_key(analysis_id: int) -> str:
-        return f"review/last_set/analysis_{analysis_id}"
 
     def _on_set_settings_edited(self) -> None:
         state = self._state

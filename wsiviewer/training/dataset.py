@@ -13,14 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from wsiviewer.core.atomic import atomic_write_text
-from wsiviewer.training.idc import (
-    PATCH_SIZE,
-    DatasetError,
-    PatchFile,
-    iter_patch_files,
-    pad_patch,
-    read_patch,
-)
+from wsiviewer.errors import DatasetError
+from wsiviewer.training.idc import PATCH_SIZE, PatchFile, iter_patch_files, pad_patch, read_patch
 
 
 @dataclass

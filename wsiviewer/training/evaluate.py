@@ -27,8 +27,9 @@ from wsiviewer import RESEARCH_USE_NOTICE, __version__
 from wsiviewer.core.atomic import atomic_write_bytes, atomic_write_text
 from wsiviewer.core.model.cards import ModelCard
 from wsiviewer.core.model.predictor import Predictor
+from wsiviewer.errors import DatasetError
 from wsiviewer.training.dataset import PatchSet, PatientSplit, load_patch_set, sorted_patients
-from wsiviewer.training.idc import DATASET_MPP, DatasetError, rebuild_patient
+from wsiviewer.training.idc import DATASET_MPP, rebuild_patient
 from wsiviewer.training.metrics import (
     INTERVAL_METRICS,
     bootstrap_intervals,

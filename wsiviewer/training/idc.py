@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from wsiviewer.errors import WsiViewerError
+from wsiviewer.errors import DatasetError
 
 #: Patch side in px at the dataset's resolution.
 PATCH_SIZE = 50
@@ -29,10 +29,6 @@ _PATCH_NAME = re.compile(
     r"^(?P<patient>[^_/]+)_idx5_x(?P<x>\d+)_y(?P<y>\d+)_class(?P<label>[01])\.(?:png|webp)$",
     re.IGNORECASE,
 )
-
-
-class DatasetError(WsiViewerError):
-    """The IDC dataset folder is missing or laid out wrongly."""
 
 
 @dataclass(frozen=True)

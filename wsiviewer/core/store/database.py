@@ -292,14 +292,21 @@ class Store:
         return analysis_record(found)
 
     def latest_analysis(
-        self, slide_identity: str, weights_sha256: str | None = None
+        self,
+        slide_identity: str,
+        weights_sha256: str | None = None,
+        card_sha256: str | None = None,
     ) -> AnalysisRecord | None:
-        """The most recently recorded analysis of a slide (by a model with these weights)."""
+        """The most recently recorded analysis of a slide (by a model with these weights and
+        this card, when given)."""
         query = f"{ANALYSIS_SELECT} WHERE s.identity = ?"
         parameters: tuple[object, ...] = (slide_identity,)
         if weights_sha256 is not None:
             query += " AND m.weights_sha256 = ?"
             parameters += (weights_sha256,)
+        if card_sha256 is not None:
+            query += " AND m.card_sha256 = ?"
+            parameters += (card_sha256,)
         query += " ORDER BY a.id DESC LIMIT 1"
         with self._reading("find the latest analysis") as connection:
             found = connection.execute(query, parameters).fetchone()
@@ -495,6 +502,32 @@ class Store:
                     JOIN region_sets AS rs ON rs.id = d.region_set_id
                     WHERE rs.analysis_id = ? ORDER BY d.id DESC LIMIT 1)
                 """,
+                (analysis_id,),
+            ).fetchone()
+        return None if found is None else region_set_record(found)
+
+    def latest_reviewed_region_set_of_slide(self, slide_identity: str) -> RegionSetRecord | None:
+        """The region set of any analysis of a slide with the most recent review decision."""
+        with self._reading("find the reviewed region set") as connection:
+            found = connection.execute(
+                f"""
+                {REGION_SET_SELECT} WHERE id = (
+                    SELECT d.region_set_id FROM review_decisions AS d
+                    JOIN region_sets AS rs ON rs.id = d.region_set_id
+                    JOIN analyses AS a ON a.id = rs.analysis_id
+                    JOIN slides AS s ON s.id = a.slide_id
+                    WHERE s.identity = ? ORDER BY d.id DESC LIMIT 1)
+                """,
+                (slide_identity,),
+            ).fetchone()
+        return None if found is None else region_set_record(found)
+
+    def latest_region_set(self, analysis_id: int) -> RegionSetRecord | None:
+        """The region set of an analysis recorded last, if any."""
+        with self._reading("find the latest region set") as connection:
+            self._require(connection, "analyses", analysis_id, "analysis")
+            found = connection.execute(
+                f"{REGION_SET_SELECT} WHERE analysis_id = ? ORDER BY id DESC LIMIT 1",
                 (analysis_id,),
             ).fetchone()
         return None if found is None else region_set_record(found)
