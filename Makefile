@@ -25,9 +25,9 @@ test: $(BIN)/.installed
 	QT_QPA_PLATFORM=offscreen $(BIN)/python -m pytest -q $(ARGS)
 
 lint: $(BIN)/.installed
-	$(BIN)/ruff check wsiviewer tests benchmarks
+	$(BIN)/ruff check wsiviewer tests benchmarks tools
 	$(BIN)/lint-imports
-	$(BIN)/mypy wsiviewer/core wsiviewer/training wsiviewer/errors.py
+	$(BIN)/mypy wsiviewer
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -43,8 +43,8 @@ VIEWPORT = (1920, 1080)
 
 def generate_slide(folder: Path) -> Path:
     """A 58,080 x 43,200 px 40x Aperio-style pyramid from a small synthetic H&E-like image."""
-    from tests.conftest import he_like_slide
     from wsiviewer.core.exports.pyramid_tiff import UpsampledSource, write_pyramid_tiff
+    from wsiviewer.core.slides.synthetic import he_like_slide
 
     small = he_like_slide((2700, 3630), seed=1)
     source = UpsampledSource(small, 16)

@@ -5,8 +5,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import numpy as np
 import pytest
+
+from wsiviewer.core.slides.synthetic import he_like_slide
 
 REPO = Path(__file__).resolve().parents[1]
 #: ``../shared/data`` beside the checkout: real slides and IDC patches (never committed).
@@ -67,15 +68,4 @@ def tiny_model_card(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_model(model.eval(), tmp_path_factory.mktemp("models"), untrained_card_fields())
 
 
-def he_like_slide(shape: tuple[int, int] = (1200, 1600), seed: int = 0) -> np.ndarray:
-    """Glass with two pink/purple tissue blobs, at any resolution."""
-    rng = np.random.default_rng(seed)
-    height, width = shape
-    pixels = np.full((height, width, 3), 240, np.uint8)
-    yy, xx = np.mgrid[0:height, 0:width]
-    for cy, cx, r in ((0.35, 0.3, 0.22), (0.65, 0.72, 0.18)):
-        blob = (yy - cy * height) ** 2 + (xx - cx * width) ** 2 < (r * min(height, width)) ** 2
-        noise = rng.integers(-25, 25, (int(blob.sum()), 3))
-        pixels[blob] = np.clip(np.array([200, 120, 170]) + noise, 0, 255)
-    pixels += rng.integers(0, 4, pixels.shape, dtype=np.uint8)
-    return pixels
+__all__ = ["REPO", "SHARED_DATA", "he_like_slide"]

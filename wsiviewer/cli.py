@@ -567,7 +567,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     card = resolve_model(args.model)
     out_dir = args.out or Path(f"evaluation-{card.name}-{args.split}")
     complete = read_complete_patients(args.patients_csv or args.data.parent / "idc_patients.csv")
-    bars: dict[str, tqdm] = {}  # type: ignore[type-arg]
+    bars: dict[str, tqdm] = {}
 
     def show(progress: EvaluationProgress) -> None:
         bar = bars.get(progress.stage)

@@ -12,7 +12,8 @@ from PySide6.QtWidgets import QApplication
 from wsiviewer.core.analysis.grid import PatchGrid
 from wsiviewer.core.analysis.probability import ProbabilityMap
 from wsiviewer.core.model.cards import ModelCard
-from wsiviewer.core.review.session import RegionRef, ReviewSession
+from wsiviewer.core.review.log import RegionRef
+from wsiviewer.core.review.session import ReviewSession
 from wsiviewer.core.slides import open_slide
 from wsiviewer.core.store.database import Store
 from wsiviewer.gui.main_window import MainWindow

@@ -10,13 +10,13 @@ from PySide6.QtGui import QImage
 
 from wsiviewer.core.slides import ArraySource
 from wsiviewer.errors import SlideReadError
+from wsiviewer.gui.images import rgb_to_qimage
 from wsiviewer.gui.tiles import (
     TileCache,
     TileKey,
     TileLayout,
     TileLoader,
     reduction_for,
-    rgb_to_qimage,
 )
 
 

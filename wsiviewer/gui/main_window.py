@@ -39,11 +39,11 @@ from wsiviewer.core.model.cards import ModelCard, available_models, model_dirs
 from wsiviewer.core.slides import Mpp, Slide, open_slide
 from wsiviewer.errors import ModelError, ResolutionError
 from wsiviewer.gui.analysis import AnalysisJob, AnalysisOutcome, AnalysisRunner, AnalysisUpdate
+from wsiviewer.gui.images import rgb_to_qimage
 from wsiviewer.gui.overview import OverviewWidget
 from wsiviewer.gui.panels import ModelPanel, OverlayPanel, SlideInfoPanel, scroll_wrapped
 from wsiviewer.gui.review_panel import REVIEW_SHORTCUTS, ReviewPanel
 from wsiviewer.gui.slide_view import MAGNIFICATION_PRESETS, SlideView
-from wsiviewer.gui.tiles import rgb_to_qimage
 
 log = logging.getLogger(__name__)
 

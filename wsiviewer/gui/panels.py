@@ -31,6 +31,7 @@ from wsiviewer.core.exports.colormaps import COLORMAP_NAMES, DEFAULT_COLORMAP, l
 from wsiviewer.core.model.cards import ModelCard
 from wsiviewer.core.slides import Slide
 from wsiviewer.errors import SlideReadError
+from wsiviewer.gui.images import rgb_to_qimage
 
 NOTICE_STYLE = "color: #a00000; font-weight: bold;"
 
@@ -41,12 +42,6 @@ def notice_label(text: str = RESEARCH_USE_NOTICE) -> QLabel:
     label.setStyleSheet(NOTICE_STYLE)
     label.setObjectName("research_notice")
     return label
-
-
-def rgb_array_to_qimage(pixels: np.ndarray) -> QImage:
-    pixels = np.ascontiguousarray(pixels)
-    height, width = pixels.shape[:2]
-    return QImage(pixels.data, width, height, 3 * width, QImage.Format.Format_RGB888).copy()
 
 
 # -- slide information ------------------------------------------------------------------------
@@ -175,7 +170,7 @@ class SlideInfoPanel(QWidget):
             label = QLabel(str(exc))
         else:
             label = QLabel()
-            pixmap = QPixmap.fromImage(rgb_array_to_qimage(pixels))
+            pixmap = QPixmap.fromImage(rgb_to_qimage(pixels))
             label.setPixmap(
                 pixmap.scaled(
                     QSize(800, 600),

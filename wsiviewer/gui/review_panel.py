@@ -81,8 +81,8 @@ from wsiviewer.gui.region_items import (
 
 if TYPE_CHECKING:
     from wsiviewer.core.model.cards import ModelCard
-    from wsiviewer.core.review.log import ReviewItem
-    from wsiviewer.core.review.session import RegionRef, ReviewSession, ReviewState
+    from wsiviewer.core.review.log import RegionRef, ReviewItem, ReviewState
+    from wsiviewer.core.review.session import ReviewSession
     from wsiviewer.core.slides import Slide
     from wsiviewer.core.store.database import Store
     from wsiviewer.core.store.records import RegionSetRecord

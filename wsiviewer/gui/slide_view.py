@@ -82,16 +82,6 @@ def format_length_um(um: float) -> str:
     return f"{um:g} µm"
 
 
-def heatmap_rgba(probabilities: np.ndarray, colormap: str, threshold: float) -> np.ndarray:
-    """``(rows, cols, 4) uint8``: the colour of every cell at or above ``threshold``.
-
-    Cells below the threshold, outside tissue or not scored yet are fully transparent.
-    """
-    with np.errstate(invalid="ignore"):
-        shown = np.where(probabilities >= threshold, probabilities, np.nan)
-    return apply_colormap(shown, colormap)
-
-
 class HeatmapItem(QGraphicsItem):
     """One RGBA pixel per grid cell, drawn over cell ``(r, c)``'s level-0 box, unsmoothed."""
 
@@ -557,7 +547,7 @@ class SlideView(QGraphicsView):
             self.heatmap.set_image(None, QRectF())
             return
         rgba = np.ascontiguousarray(
-            heatmap_rgba(self._probabilities, self._colormap, self._threshold)
+            apply_colormap(self._probabilities, self._colormap, hide_below=self._threshold)
         )
         rows, cols = rgba.shape[:2]
         image = QImage(rgba.data, cols, rows, 4 * cols, QImage.Format.Format_RGBA8888).copy()

@@ -34,6 +34,7 @@ from PySide6.QtGui import QImage
 
 from wsiviewer.core.slides import OpenSlideSource, Slide
 from wsiviewer.errors import SlideOpenError, SlideReadError, WsiViewerError
+from wsiviewer.gui.images import rgb_to_qimage
 
 log = logging.getLogger(__name__)
 
@@ -308,14 +309,6 @@ def tile_reader_for(slide: Slide) -> TileReader:
         except SlideOpenError:
             log.warning("Second OpenSlide handle failed; reading tiles through the slide")
     return TileReader(slide)
-
-
-def rgb_to_qimage(pixels: np.ndarray) -> QImage:
-    """``(H, W, 3) uint8`` RGB as a 32-bit QImage that owns its pixels (fast to paint)."""
-    pixels = np.ascontiguousarray(pixels)
-    height, width = pixels.shape[:2]
-    view = QImage(pixels.data, width, height, 3 * width, QImage.Format.Format_RGB888)
-    return view.convertToFormat(QImage.Format.Format_RGB32)
 
 
 class TileLoader(QObject):

@@ -13,10 +13,10 @@ from wsiviewer.core.model.engines import (
     OnnxEngine,
     TorchEngine,
     build_engine,
-    onnx_cache_path,
     probe_patches,
 )
 from wsiviewer.core.model.networks import PatchClassifier
+from wsiviewer.core.model.onnx_export import onnx_cache_path
 from wsiviewer.core.model.predictor import Predictor
 from wsiviewer.core.model.weights import load_model
 from wsiviewer.errors import ModelError

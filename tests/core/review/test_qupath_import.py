@@ -14,13 +14,12 @@ from tests.core.exports.test_analysis_outputs import THRESHOLD, _analysis, _prob
 from wsiviewer.core.exports.geojson import IDC_COLOR, write_review_geojson
 from wsiviewer.core.review.qupath_import import (
     ImportedAnnotation,
-    QuPathImportError,
     import_annotations,
     read_qupath_geojson,
 )
-from wsiviewer.core.review.session import ReviewError, ReviewSession, open_review
+from wsiviewer.core.review.session import ReviewSession, open_review
 from wsiviewer.core.store.database import Store
-from wsiviewer.errors import WsiViewerError
+from wsiviewer.errors import QuPathImportError, ReviewError, WsiViewerError
 
 
 @pytest.fixture

@@ -14,10 +14,10 @@ import pytest
 from shapely.geometry import Polygon, box
 
 from tests.core.store.test_store import make_analysis
-from wsiviewer.core.review.log import review_state
-from wsiviewer.core.review.session import RegionRef, ReviewError, ReviewSession, open_review
+from wsiviewer.core.review.log import RegionRef, review_state
+from wsiviewer.core.review.session import ReviewSession, open_review
 from wsiviewer.core.store.database import Store
-from wsiviewer.errors import StoreError
+from wsiviewer.errors import ReviewError, StoreError
 
 REPO = Path(__file__).resolve().parents[3]
 

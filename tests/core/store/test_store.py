@@ -26,8 +26,9 @@ from wsiviewer.core.analysis.tissue import TissueSettings
 from wsiviewer.core.model.cards import ModelSummary
 from wsiviewer.core.slides import Mpp
 from wsiviewer.core.store import database as store
-from wsiviewer.core.store.database import MIGRATIONS, AnalysisRecord, Store
-from wsiviewer.core.store.schema import Migration
+from wsiviewer.core.store.database import Store
+from wsiviewer.core.store.records import AnalysisRecord
+from wsiviewer.core.store.schema import MIGRATIONS, Migration
 from wsiviewer.errors import StoreError
 
 TESTS_DIR = Path(__file__).resolve().parent

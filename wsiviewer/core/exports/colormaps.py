@@ -69,17 +69,24 @@ def load_colormap(name: str = DEFAULT_COLORMAP) -> np.ndarray:
 
 
 def apply_colormap(
-    values: np.ndarray, name: str = DEFAULT_COLORMAP, *, alpha: int = 255
+    values: np.ndarray,
+    name: str = DEFAULT_COLORMAP,
+    *,
+    alpha: int = 255,
+    hide_below: float | None = None,
 ) -> np.ndarray:
     """Colour ``values`` in [0, 1] as ``(..., 4) uint8`` RGBA; NaN is fully transparent.
 
-    Values outside [0, 1] are clipped. ``alpha`` is the opacity of every non-NaN value.
+    Values outside [0, 1] are clipped. ``alpha`` is the opacity of every non-NaN value;
+    values below ``hide_below`` are fully transparent too.
     """
     if not 0 <= alpha <= 255:
         raise ValueError(f"Alpha {alpha} must be within 0-255")
     lut = load_colormap(name)
     values = np.asarray(values, dtype=np.float64)
     missing = np.isnan(values)
+    if hide_below is not None:
+        missing |= np.nan_to_num(values, nan=-1.0) < hide_below
     indices = np.rint(np.clip(np.nan_to_num(values, nan=0.0), 0.0, 1.0) * (_LUT_SIZE - 1))
     rgba = np.empty((*values.shape, 4), dtype=np.uint8)
     rgba[..., :3] = lut[indices.astype(np.intp)]

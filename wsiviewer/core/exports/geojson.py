@@ -16,8 +16,7 @@ from wsiviewer.core.exports.files import finite_or_none, write_text
 from wsiviewer.core.review.status import STATUS_COLORS
 
 if TYPE_CHECKING:
-    from wsiviewer.core.review.log import ReviewItem
-    from wsiviewer.core.review.session import ReviewState
+    from wsiviewer.core.review.log import ReviewItem, ReviewState
 
 
 #: QuPath classification of exported regions.

@@ -14,7 +14,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from wsiviewer import RESEARCH_USE_NOTICE, __version__
 from wsiviewer.core.exports.heatmaps import heatmap_cell_px, heatmap_rgba, overlay_rgb
-from wsiviewer.core.review.session import ReviewState
+from wsiviewer.core.review.log import ReviewState
 from wsiviewer.core.review.status import STATUS_COLORS
 
 if TYPE_CHECKING:

@@ -35,21 +35,14 @@ import numpy as np
 from wsiviewer import RESEARCH_USE_NOTICE, __version__
 from wsiviewer.core.analysis.probability import ProbabilityMap
 from wsiviewer.core.analysis.regions import find_regions
-from wsiviewer.core.exports.analysis_outputs import (
-    finite_or_none,
-    without_paths,
-    write_mask_png,
-    write_mask_tiff,
-    write_patch_csv,
-    write_staged,
-    write_text,
-)
+from wsiviewer.core.exports.files import finite_or_none, without_paths, write_staged, write_text
 from wsiviewer.core.exports.geojson import write_review_geojson
-from wsiviewer.core.exports.masks import review_grid_mask
+from wsiviewer.core.exports.masks import review_grid_mask, write_mask_png, write_mask_tiff
 from wsiviewer.core.exports.report import review_report_html
-from wsiviewer.core.review.log import ReviewItem, review_state
-from wsiviewer.core.review.session import ReviewState, review_history
-from wsiviewer.core.store.database import AnalysisRecord, RegionSetRecord, Store
+from wsiviewer.core.exports.tables import write_patch_csv
+from wsiviewer.core.review.log import ReviewItem, ReviewState, review_history, review_state
+from wsiviewer.core.store.database import Store
+from wsiviewer.core.store.records import AnalysisRecord, RegionSetRecord
 from wsiviewer.errors import ExportError
 
 if TYPE_CHECKING:

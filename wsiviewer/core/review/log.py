@@ -23,12 +23,8 @@ from typing import Any, Literal
 from shapely.geometry import Polygon
 
 from wsiviewer.core.review.status import STATUS_OF_ACTION, ReviewStatus
-from wsiviewer.core.store.database import (
-    ManualRegionRecord,
-    RegionRecord,
-    ReviewDecisionRecord,
-    Store,
-)
+from wsiviewer.core.store.database import Store
+from wsiviewer.core.store.records import ManualRegionRecord, RegionRecord, ReviewDecisionRecord
 from wsiviewer.errors import ReviewError
 
 

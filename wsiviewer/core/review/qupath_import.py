@@ -29,7 +29,8 @@ from shapely.validation import explain_validity
 from wsiviewer.errors import QuPathImportError
 
 if TYPE_CHECKING:
-    from wsiviewer.core.review.session import RegionRef, ReviewSession
+    from wsiviewer.core.review.log import RegionRef
+    from wsiviewer.core.review.session import ReviewSession
 
 #: QuPath object types imported as regions (a feature with no objectType counts as one).
 _AREA_OBJECT_TYPES = {"annotation", "rootobject"}

@@ -1,7 +1,9 @@
 """Screenshots of the viewer's main states, for looking at it (run under Xvfb).
 
-    xvfb-run -s "-screen 0 1920x1200x24" python -m wsiviewer.gui.screenshots OUTDIR [SLIDE]
+    xvfb-run -s "-screen 0 1920x1200x24" .venv/bin/python tools/screenshots.py OUTDIR [SLIDE]
         [--synthetic]
+
+A development tool, not part of the installed package.
 
 Drives the real window and saves PNGs into OUTDIR: the slide open, zoomed in with the overview,
 the heatmap overlay at two zooms, the model card, the slide information, an analysis running,
@@ -26,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 DEFAULT_SLIDE = (
-    Path(__file__).resolve().parents[3] / "shared" / "data" / "wsi" / "cmu-1-small-region.svs"
+    Path(__file__).resolve().parents[2] / "shared" / "data" / "wsi" / "cmu-1-small-region.svs"
 )
 
 
