@@ -3,11 +3,22 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
-import pytest
+#: Set to run the suite as on an install without the GUI extra (no Qt at all): core, the
+#: training code and the CLI must work, and the GUI tests skip.
+WITHOUT_QT_ENV = "WSIVIEWER_TEST_WITHOUT_QT"
+#: The modules of the GUI extra.
+QT_MODULES = ("PySide6", "shiboken6", "pyqtgraph", "superqt")
 
-from wsiviewer.core.slides.synthetic import he_like_slide
+if os.environ.get(WITHOUT_QT_ENV):
+    for _name in QT_MODULES:
+        sys.modules[_name] = None  # type: ignore[assignment]  # import raises ImportError
+
+import pytest  # noqa: E402
+
+from wsiviewer.core.slides.synthetic import he_like_slide  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 #: ``../shared/data`` beside the checkout: real slides and IDC patches (never committed).
@@ -68,4 +79,4 @@ def tiny_model_card(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_model(model.eval(), tmp_path_factory.mktemp("models"), untrained_card_fields())
 
 
-__all__ = ["REPO", "SHARED_DATA", "he_like_slide"]
+__all__ = ["QT_MODULES", "REPO", "SHARED_DATA", "WITHOUT_QT_ENV", "he_like_slide"]

@@ -6,9 +6,11 @@
 A development tool, not part of the installed package.
 
 Drives the real window and saves PNGs into OUTDIR: the slide open, zoomed in with the overview,
-the heatmap overlay at two zooms, the model card, the slide information, an analysis running,
-the error dialog of an unopenable file, and the review of flagged regions (the list, outlines
-by status, a region framed, a polygon being drawn, a manual region).
+the heatmap overlay (with its probability histogram) at two zooms, the model card and the plots
+of its shipped evaluation (ROC space, calibration and ROC AUC per patient), the slide
+information, an analysis running, the error dialog of an unopenable file, and the review of
+flagged regions (the list, outlines by status, a region framed, a polygon being drawn, a manual
+region).
 
 The heatmap is the installed default model's real analysis of the slide, run by the window's
 Analyze. With ``--synthetic`` (or when no model is installed) it is a SYNTHETIC demonstration
@@ -174,6 +176,141 @@ def _review_screenshots(app: object, window: object, save: object, synthetic: bo
     save("04d-review-manual-region")  # type: ignore[operator]
 
 
+class Screenshots:
+    """The window under test, and where its pictures go."""
+
+    def __init__(self, app: object, window: object, out_dir: Path) -> None:
+        self.app = app
+        self.window = window
+        self.out_dir = out_dir
+
+    def wait(self, condition: object, timeout: float = 30.0) -> None:
+        _wait(self.app, condition, timeout)
+
+    def save(self, name: str, whole_screen: bool = False) -> None:
+        from PySide6.QtWidgets import QApplication
+
+        self.app.processEvents()  # type: ignore[attr-defined]
+        if whole_screen:
+            image = QApplication.primaryScreen().grabWindow(0)
+        else:
+            image = self.window.grab()  # type: ignore[attr-defined]
+        path = self.out_dir / f"{name}.png"
+        image.save(str(path))
+        print(f"saved {path}")
+
+
+def _slide_screenshots(shots: Screenshots) -> None:
+    """The slide fitted, then zoomed in with the overview."""
+    window = shots.window
+    shots.wait(lambda: window.view.settled)  # type: ignore[attr-defined]
+    shots.save("01-slide-open")
+    width, height = window.slide.dimensions  # type: ignore[attr-defined]
+    view = window.view  # type: ignore[attr-defined]
+    view.set_magnification(10 if view.mpp else 1)
+    view.center_on_l0(width * 0.45, height * 0.5)
+    shots.wait(lambda: view.settled)
+    shots.save("02-zoomed-with-overview")
+
+
+def _show_analysis(shots: Screenshots, slide_path: Path, data_dir: str, synthetic: bool) -> bool:
+    """The heatmap: the default model's real analysis, or a recorded synthetic one."""
+    window = shots.window
+    if synthetic:
+        window.close_slide()  # type: ignore[attr-defined]
+        _synthetic_analysis(slide_path, Path(data_dir) / "models")
+        window.reload_models(preferred="synthetic-demo")  # type: ignore[attr-defined]
+        window.open_slide(slide_path)  # type: ignore[attr-defined]
+    else:
+        window.view.fit()  # type: ignore[attr-defined]
+        if not window.analyze():  # type: ignore[attr-defined]
+            print("the analysis did not start", file=sys.stderr)
+            return False
+        shots.wait(lambda: not window.runner.running, timeout=600)  # type: ignore[attr-defined]
+    shots.wait(
+        lambda: window.shown_analysis_id is not None and window.view.settled  # type: ignore[attr-defined]
+    )
+    return True
+
+
+def _heatmap_screenshots(shots: Screenshots, label: str) -> None:
+    """The heatmap fitted (with its histogram beside it), then zoomed on its highest cell."""
+    window = shots.window
+    view = window.view  # type: ignore[attr-defined]
+    window.overlay_dock.raise_()  # type: ignore[attr-defined]
+    shots.save(f"03-heatmap-{label}-fit")
+    view.set_magnification(5 if view.mpp else 1)
+    grid, probabilities = view.grid, view.probabilities
+    if grid is not None and probabilities is not None and np.isfinite(probabilities).any():
+        row, col = np.unravel_index(np.nanargmax(probabilities), probabilities.shape)
+        x, y, size, _ = grid.l0_box((int(row), int(col)))
+        view.center_on_l0(x + size / 2, y + size / 2)
+        view_pos = view.map_l0_to_view((x + size / 2, y + size / 2))
+        window._on_cursor_moved(x + size / 2, y + size / 2)  # type: ignore[attr-defined]
+        print(f"cursor over cell {(row, col)} at view {view_pos.x():.0f},{view_pos.y():.0f}")
+    shots.wait(lambda: view.settled)
+    shots.save(f"04-heatmap-{label}-zoomed")
+
+
+def _panel_screenshots(shots: Screenshots) -> None:
+    """The model panel's card and evaluation plots, and the slide information."""
+    window = shots.window
+    panel = window.model_panel  # type: ignore[attr-defined]
+    window.model_dock.show()  # type: ignore[attr-defined]
+    window.model_dock.raise_()  # type: ignore[attr-defined]
+    panel.tabs.setCurrentWidget(panel.card_view)
+    shots.save("05-model-card")
+    for name, plot in (
+        ("05b-model-roc", panel.roc_plot),
+        ("05c-model-calibration", panel.calibration_plot),
+        ("05d-model-patients", panel.patients_plot),
+    ):
+        if panel.tabs.isTabEnabled(panel.tabs.indexOf(plot)):
+            panel.tabs.setCurrentWidget(plot)
+            shots.save(name)
+        else:
+            print(f"{name}: the chosen model ships no evaluation to plot")
+    panel.tabs.setCurrentWidget(panel.card_view)
+    window.info_dock.show()  # type: ignore[attr-defined]
+    window.info_dock.raise_()  # type: ignore[attr-defined]
+    shots.save("06-slide-info")
+
+
+def _analysis_running_screenshot(shots: Screenshots) -> None:
+    """An analysis in progress (three batches in), then cancelled."""
+    window = shots.window
+    runner = window.runner  # type: ignore[attr-defined]
+    window.batch_size = 8  # type: ignore[attr-defined]
+    window.overlay_dock.raise_()  # type: ignore[attr-defined]
+    updates: list[object] = []
+    runner.analysis_progressed.connect(updates.append)
+    if not window.analyze():  # type: ignore[attr-defined]
+        return
+    shots.wait(
+        lambda: (
+            sum(getattr(u, "stage", "") == "inference" for u in updates) >= 3 or not runner.running
+        ),
+        timeout=120,
+    )
+    shots.save("07-analysis-running")
+    runner.cancel()
+    shots.wait(lambda: not runner.running, timeout=120)
+
+
+def _error_screenshot(shots: Screenshots, slide_path: Path) -> None:
+    """The dialog an unopenable file raises (the whole screen: the dialog is a window)."""
+    window = shots.window
+    unopenable = slide_path.parent / "fixtures" / "unopenable.tiff"
+    if not unopenable.exists():
+        return
+    window.open_slide(unopenable)  # type: ignore[attr-defined]
+    shots.wait(
+        lambda: window.last_error_box is not None and window.last_error_box.isVisible()  # type: ignore[attr-defined]
+    )
+    shots.save("08-error-dialog", whole_screen=True)
+    window.last_error_box.accept()  # type: ignore[attr-defined]
+
+
 def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or args[0] in ("-h", "--help"):
@@ -194,7 +331,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"Synthetic demonstration data in {data_dir} (not real results)")
 
     from PySide6.QtCore import QSettings
-    from PySide6.QtWidgets import QApplication
 
     from wsiviewer.gui.app import application
     from wsiviewer.gui.main_window import MainWindow
@@ -207,92 +343,22 @@ def main(argv: list[str] | None = None) -> int:
     window.move(0, 0)
     window.show()
     _wait(app, window.isVisible)
-
-    def save(name: str, whole_screen: bool = False) -> None:
-        app.processEvents()
-        if whole_screen:
-            image = QApplication.primaryScreen().grabWindow(0)
-        else:
-            image = window.grab()
-        path = out_dir / f"{name}.png"
-        image.save(str(path))
-        print(f"saved {path}")
+    shots = Screenshots(app, window, out_dir)
 
     if not window.open_slide(slide_path):
         print(f"cannot open {slide_path}", file=sys.stderr)
         return 1
-    _wait(app, lambda: window.view.settled)
-    save("01-slide-open")
-
-    width, height = window.slide.dimensions  # type: ignore[union-attr]
-    window.view.set_magnification(10 if window.view.mpp else 1)
-    window.view.center_on_l0(width * 0.45, height * 0.5)
-    _wait(app, lambda: window.view.settled)
-    save("02-zoomed-with-overview")
-
-    card_path: Path | None = None
-    label = "synthetic" if synthetic else "model"
-    if synthetic:
-        window.close_slide()
-        card_path = _synthetic_analysis(slide_path, Path(data_dir) / "models")
-        window.reload_models(preferred="synthetic-demo")
-        window.open_slide(slide_path)
-    else:
-        window.view.fit()
-        if not window.analyze():
-            print("the analysis did not start", file=sys.stderr)
-            return 1
-        _wait(app, lambda: not window.runner.running, timeout=600)
-    _wait(app, lambda: window.shown_analysis_id is not None and window.view.settled)
-    window.overlay_dock.raise_()
-    save(f"03-heatmap-{label}-fit")
-    window.view.set_magnification(5 if window.view.mpp else 1)
-    grid = window.view.grid
-    probabilities = window.view.probabilities
-    if grid is not None and probabilities is not None and np.isfinite(probabilities).any():
-        row, col = np.unravel_index(np.nanargmax(probabilities), probabilities.shape)
-        x, y, size, _ = grid.l0_box((int(row), int(col)))
-        window.view.center_on_l0(x + size / 2, y + size / 2)
-        view_pos = window.view.map_l0_to_view((x + size / 2, y + size / 2))
-        window._on_cursor_moved(x + size / 2, y + size / 2)
-        print(f"cursor over cell {(row, col)} at view {view_pos.x():.0f},{view_pos.y():.0f}")
-    _wait(app, lambda: window.view.settled)
-    save(f"04-heatmap-{label}-zoomed")
-    _review_screenshots(app, window, save, synthetic)
-
-    window.model_dock.show()
-    window.model_dock.raise_()
-    save("05-model-card")
-    window.info_dock.show()
-    window.info_dock.raise_()
-    save("06-slide-info")
-
-    window.batch_size = 8
-    window.overlay_dock.raise_()
-    updates: list[object] = []
-    window.runner.analysis_progressed.connect(updates.append)
-    if window.analyze():
-        _wait(
-            app,
-            lambda: (
-                sum(getattr(u, "stage", "") == "inference" for u in updates) >= 3
-                or not window.runner.running
-            ),
-            timeout=120,
-        )
-        save("07-analysis-running")
-        window.runner.cancel()
-        _wait(app, lambda: not window.runner.running, timeout=120)
-
-    unopenable = slide_path.parent / "fixtures" / "unopenable.tiff"
-    if unopenable.exists():
-        window.open_slide(unopenable)
-        _wait(app, lambda: window.last_error_box is not None and window.last_error_box.isVisible())
-        save("08-error-dialog", whole_screen=True)
-        window.last_error_box.accept()  # type: ignore[union-attr]
+    _slide_screenshots(shots)
+    if not _show_analysis(shots, slide_path, data_dir, synthetic):
+        return 1
+    _heatmap_screenshots(shots, "synthetic" if synthetic else "model")
+    _review_screenshots(app, window, shots.save, synthetic)
+    _panel_screenshots(shots)
+    _analysis_running_screenshot(shots)
+    _error_screenshot(shots, slide_path)
     window.close()
-    if card_path is not None:
-        card_path.unlink(missing_ok=True)
+    for card in (Path(data_dir) / "models").glob("synthetic-demo.*"):
+        card.unlink(missing_ok=True)
     return 0
 
 

@@ -321,10 +321,22 @@ def _error(message: str) -> None:
     print(f"wsiviewer: error: {message}", file=sys.stderr)
 
 
+#: The modules of the GUI extra (``pip install 'wsiviewer[gui]'``).
+_GUI_MODULES = ("PySide6", "shiboken6", "pyqtgraph", "superqt")
+
+
 def _cmd_gui(slide: Path | None) -> int:
     # Imported here: Qt only when the viewer is wanted, never for the other commands.
-    from wsiviewer.gui.app import run
-
+    try:
+        from wsiviewer.gui.app import run
+    except ImportError as exc:
+        if (exc.name or "").split(".")[0] not in _GUI_MODULES:
+            raise
+        _error(
+            f"the viewer needs Qt ({exc.name} cannot be imported): install wsiviewer with its "
+            "GUI extra, pip install 'wsiviewer[gui]'; every other command works without it"
+        )
+        return EXIT_FAILED
     return run(slide)
 
 

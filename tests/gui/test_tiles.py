@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PySide6.QtGui import QImage
 
-from wsiviewer.core.slides import ArraySource
+from wsiviewer.core.slides import ArraySource, open_slide
 from wsiviewer.errors import SlideReadError
 from wsiviewer.gui.images import rgb_to_qimage
 from wsiviewer.gui.tiles import (
@@ -44,6 +45,23 @@ def test_layout_covers_a_box_with_the_right_tiles() -> None:
     }
 
 
+def test_layout_picks_the_grid_for_a_zoom() -> None:
+    """The coarsest level at least as fine as the screen, averaged down while it stays so."""
+    layout = TileLayout([(8000, 6000), (2000, 1500), (500, 375)], [1.0, 4.0, 16.0])
+    assert [layout.grid_for(x) for x in (0.5, 1.0, 2.0, 4.0, 8.0, 15.9, 16.0, 64.0)] == [
+        (0, 1),
+        (0, 1),
+        (0, 2),
+        (1, 1),
+        (1, 2),
+        (1, 2),
+        (2, 1),
+        (2, 4),
+    ]
+    assert layout.lv_box(TileKey(1, 3, 2)) == (1536, 1024, 464, 476)
+    assert layout.l0_from_lv(1, (464, 476)) == (1856.0, 1904.0)
+
+
 def test_cache_is_bounded_by_bytes_and_evicts_least_recent() -> None:
     one = _image().sizeInBytes()
     cache = TileCache(max_bytes=3 * one)
@@ -54,6 +72,10 @@ def test_cache_is_bounded_by_bytes_and_evicts_least_recent() -> None:
     assert TileKey(0, 1, 0) not in cache
     assert TileKey(0, 0, 0) in cache
     assert cache.bytes == 3 * one
+    assert cache.has_grid(0, 1)
+    assert not cache.has_grid(0, 2)
+    cache.clear()
+    assert not cache.has_grid(0, 1)
     with pytest.raises(ValueError, match="must be positive"):
         TileCache(0)
 
@@ -119,6 +141,26 @@ def test_a_tile_that_cannot_be_read_is_reported_once(qtbot) -> None:  # type: ig
         assert loader.missing([TileKey(0, 0, 0)]) == []  # failed: not asked again
     finally:
         loader.shutdown()
+
+
+def test_a_corrupt_tile_of_a_slide_file_is_reported_with_our_message(  # type: ignore[no-untyped-def]
+    qtbot, wsi_dir: Path
+) -> None:
+    """Full-size and reduced tiles alike reach OpenSlide's reason through SlideReadError."""
+    slide = open_slide(wsi_dir / "fixtures" / "unreadable.svs")
+    loader = TileLoader()
+    try:
+        loader.set_slide(slide)
+        for key in (TileKey(0, 0, 0), TileKey(0, 0, 0, reduction=2)):
+            with qtbot.waitSignal(
+                loader.tile_failed, timeout=5000, check_params_cb=lambda k, _, key=key: k == key
+            ) as blocker:
+                loader.request([key])
+            assert "Cannot read pixels at l0 (0, 0) level 0" in blocker.args[1]
+            assert "Bogus marker length" in blocker.args[1]
+    finally:
+        loader.shutdown()
+        slide.close()
 
 
 def test_reduction_is_the_largest_power_of_two_not_magnifying() -> None:

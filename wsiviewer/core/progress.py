@@ -25,17 +25,17 @@ def run_to_end(
     The generator is closed on the way out, so an exception (Ctrl-C included) raised by
     ``on_progress`` or by the generator cancels it cleanly between steps.
     """
-    try:
-        while True:
-            try:
-                step = next(generator)
-            except StopIteration as finished:
-                result: R = finished.value
-                return result
-            if on_progress is not None:
-                on_progress(step)
-    finally:
-        generator.close()
+    steps = relay(generator, on_progress or _ignore)
+    while True:
+        try:
+            next(steps)
+        except StopIteration as finished:
+            result: R = finished.value
+            return result
+
+
+def _ignore(step: object) -> None:
+    """No progress display."""
 
 
 def relay(generator: Generator[P, None, R], transform: Callable[[P], Q]) -> Generator[Q, None, R]:

@@ -49,6 +49,11 @@ def um_from_px(length_px: float, mpp: float) -> float:
     return length_px * mpp
 
 
+def px_from_um(length_um: float, mpp: float) -> float:
+    """A length of ``length_um`` µm in px at ``mpp`` µm/px."""
+    return length_um / mpp
+
+
 def mm_from_px(length_px: float, mpp: float) -> float:
     """A length of ``length_px`` px at ``mpp`` µm/px, in mm."""
     return length_px * mpp / UM_PER_MM

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 from PySide6.QtCore import QObject, QThreadPool, Signal
-from superqt.utils import GeneratorWorker, create_worker
+from superqt.utils import GeneratorWorker
 
 from wsiviewer.core.analysis.grid import PatchGrid
 from wsiviewer.core.model.cards import ModelCard
@@ -119,7 +119,7 @@ def _run_analysis(job: AnalysisJob) -> Generator[AnalysisUpdate, None, AnalysisO
 def _forward(
     gen: Generator[AnalysisUpdate, None, AnalysisOutcome],
 ) -> Generator[AnalysisUpdate, None, AnalysisOutcome]:
-    """superqt's ``create_worker`` wants a generator function: this one hands on ``gen``."""
+    """superqt's ``GeneratorWorker`` wants a generator function: this one hands on ``gen``."""
     return (yield from gen)
 
 
@@ -147,7 +147,7 @@ class AnalysisRunner(QObject):
 
     def __init__(self, parent: QObject | None = None) -> None:
         super().__init__(parent)
-        self._worker: GeneratorWorker | None = None
+        self._worker: GeneratorWorker[AnalysisUpdate, None, AnalysisOutcome] | None = None
         self._generator: Generator[AnalysisUpdate, None, AnalysisOutcome] | None = None
         self.job: AnalysisJob | None = None
 
@@ -160,12 +160,14 @@ class AnalysisRunner(QObject):
             raise RuntimeError("An analysis is already running")
         self.job = job
         self._generator = run_analysis(job)
-        worker = create_worker(_forward, self._generator, _start_thread=False)
-        assert isinstance(worker, GeneratorWorker)
-        worker.yielded.connect(self.analysis_progressed)
-        worker.returned.connect(self.analysis_finished)
+        # Not superqt's create_worker: it would also re-raise every error in the GUI thread,
+        # where _on_errored already reports it.
+        worker = GeneratorWorker(_forward, self._generator)
+        # The worker's signals reach this runner's slots (GUI thread), queued.
+        worker.yielded.connect(self._on_yielded)
+        worker.returned.connect(self._on_returned)
         worker.errored.connect(self._on_errored)
-        worker.aborted.connect(self.analysis_cancelled)
+        worker.aborted.connect(self._on_aborted)
         worker.warned.connect(self._on_warned)
         worker.finished.connect(self._on_finished)
         self._worker = worker
@@ -185,6 +187,15 @@ class AnalysisRunner(QObject):
             self._on_finished()
         return done
 
+    def _on_yielded(self, update: AnalysisUpdate) -> None:
+        self.analysis_progressed.emit(update)
+
+    def _on_returned(self, outcome: AnalysisOutcome) -> None:
+        self.analysis_finished.emit(outcome)
+
+    def _on_aborted(self, *_: object) -> None:
+        self.analysis_cancelled.emit()
+
     def _on_errored(self, exc: BaseException) -> None:
         if isinstance(exc, WsiViewerError | OSError):
             self.analysis_failed.emit(str(exc))
@@ -195,7 +206,7 @@ class AnalysisRunner(QObject):
     def _on_warned(self, warning: tuple[object, ...]) -> None:
         self.analysis_warned.emit(str(warning[0]))
 
-    def _on_finished(self) -> None:
+    def _on_finished(self, *_: object) -> None:
         if self._worker is None:
             return
         self._worker = None

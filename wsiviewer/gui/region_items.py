@@ -1,4 +1,4 @@
-"""Region outlines on the slide and the polygon drawing tool.
+"""Region outlines on the slide, their legend, and the polygon drawing tool.
 
 Everything here lives in the scene, whose frame is level-0 px (DESIGN.md), so a region's stored
 polygon is drawn as it is. Outlines use cosmetic pens (constant width on screen at any zoom)
@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Hashable, Iterable
 from dataclasses import dataclass
 
-from PySide6.QtCore import QEvent, QObject, QPointF, QRectF, Qt, Signal
+from PySide6.QtCore import QEvent, QObject, QPointF, QRectF, QSize, Qt, Signal
 from PySide6.QtGui import (
     QBrush,
     QColor,
@@ -23,6 +23,7 @@ from PySide6.QtGui import (
     QMouseEvent,
     QPainter,
     QPainterPath,
+    QPaintEvent,
     QPen,
     QPixmap,
     QTransform,
@@ -103,6 +104,46 @@ def status_icon(status: str, width: int = 26, height: int = 12) -> QIcon:
         painter.drawLine(QPointF(1, y), QPointF(width - 1, y))
     painter.end()
     return QIcon(pixmap)
+
+
+class StatusLegendWidget(QWidget):
+    """Each status's outline sample (colour and line style) and its name."""
+
+    SAMPLE_PX = 34
+
+    def sizeHint(self) -> QSize:
+        metrics = self.fontMetrics()
+        width = sum(
+            self.SAMPLE_PX + 10 + metrics.horizontalAdvance(style.label) + 16
+            for style in STATUS_STYLES.values()
+        )
+        return QSize(width, metrics.height() + 10)
+
+    def minimumSizeHint(self) -> QSize:
+        return self.sizeHint()
+
+    def paintEvent(self, event: QPaintEvent) -> None:
+        painter = QPainter(self)
+        painter.setRenderHint(QPainter.RenderHint.Antialiasing, True)
+        metrics = self.fontMetrics()
+        x = 2.0
+        y = self.height() / 2
+        for style in STATUS_STYLES.values():
+            casing = QPen(CASING_COLOR, OUTLINE_PX + CASING_EXTRA_PX)
+            casing.setCapStyle(Qt.PenCapStyle.FlatCap)
+            painter.setPen(casing)
+            painter.drawLine(QPointF(x, y), QPointF(x + self.SAMPLE_PX, y))
+            pen = QPen(style.color, OUTLINE_PX)
+            pen.setStyle(style.pen_style)
+            pen.setCapStyle(Qt.PenCapStyle.FlatCap)
+            painter.setPen(pen)
+            painter.drawLine(QPointF(x, y), QPointF(x + self.SAMPLE_PX, y))
+            x += self.SAMPLE_PX + 6
+            painter.setPen(self.palette().windowText().color())
+            text_rect = QRectF(x, 0, metrics.horizontalAdvance(style.label) + 4, self.height())
+            painter.drawText(text_rect, Qt.AlignmentFlag.AlignVCenter, style.label)
+            x += text_rect.width() + 12
+        painter.end()
 
 
 def polygon_path(polygon: Polygon) -> QPainterPath:

@@ -15,52 +15,23 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from PySide6.QtCore import (
-    QAbstractTableModel,
-    QEvent,
-    QItemSelectionModel,
-    QModelIndex,
-    QObject,
-    QPersistentModelIndex,
-    QPointF,
-    QRectF,
-    QSettings,
-    QSize,
-    QSortFilterProxyModel,
-    Qt,
-    Signal,
-)
-from PySide6.QtGui import (
-    QAction,
-    QIcon,
-    QKeyEvent,
-    QKeySequence,
-    QPainter,
-    QPaintEvent,
-    QPen,
-)
+from PySide6.QtCore import QEvent, QItemSelectionModel, QModelIndex, QObject, QSettings, Qt, Signal
+from PySide6.QtGui import QAction, QKeyEvent, QKeySequence
 from PySide6.QtWidgets import (
-    QAbstractItemView,
     QApplication,
     QCheckBox,
     QComboBox,
-    QDialog,
-    QDialogButtonBox,
     QDoubleSpinBox,
-    QFileDialog,
-    QFormLayout,
     QGridLayout,
     QHBoxLayout,
-    QHeaderView,
     QInputDialog,
     QLabel,
     QLineEdit,
     QProgressBar,
     QPushButton,
     QSizePolicy,
-    QTableView,
     QToolButton,
     QVBoxLayout,
     QWidget,
@@ -68,16 +39,19 @@ from PySide6.QtWidgets import (
 from shapely.geometry import Polygon
 
 from wsiviewer import WsiViewerError
+from wsiviewer.core.units import px_from_um
 from wsiviewer.gui.panels import notice_label
-from wsiviewer.gui.region_items import (
-    CASING_COLOR,
-    CASING_EXTRA_PX,
-    OUTLINE_PX,
-    STATUS_STYLES,
-    PolygonDrawTool,
-    RegionOverlay,
-    status_icon,
+from wsiviewer.gui.region_items import PolygonDrawTool, RegionOverlay, StatusLegendWidget
+from wsiviewer.gui.region_table import (
+    REF_ROLE,
+    SORT_CHOICES,
+    SORT_ROLE,
+    RegionSortProxy,
+    RegionTableModel,
+    RegionTableView,
+    region_label,
 )
+from wsiviewer.gui.review_export import ask_export, write_review_export
 
 if TYPE_CHECKING:
     from wsiviewer.core.model.cards import ModelCard
@@ -92,31 +66,12 @@ log = logging.getLogger(__name__)
 
 #: QSettings key of the reviewer's name.
 REVIEWER_KEY = "review/reviewer"
-#: QSettings key of the last export folder.
-EXPORT_DIR_KEY = "review/export_dir"
 #: Least field of view (µm) when the view frames a region: enough tissue around it to judge.
 MIN_FRAME_UM = 1000.0
 #: Least field of view (level-0 px) when the slide has no µm/px.
 MIN_FRAME_PX = 2000.0
 #: Field of view around a region, as a multiple of its bounding box.
 FRAME_MARGIN = 1.6
-
-#: Role of the raw value a column sorts by.
-SORT_ROLE = Qt.ItemDataRole.UserRole + 1
-#: Role of the item's ``RegionRef``.
-REF_ROLE = Qt.ItemDataRole.UserRole + 2
-
-COLUMNS = ("#", "Area (mm²)", "Max P", "Mean P", "Status", "Note")
-NUMBER_COLUMN, AREA_COLUMN, MAX_COLUMN, MEAN_COLUMN, STATUS_COLUMN, NOTE_COLUMN = range(6)
-STATUS_ORDER = {"pending": 0, "accepted": 1, "rejected": 2}
-
-#: Sort choices: (label, column, order).
-SORT_CHOICES: tuple[tuple[str, int, Qt.SortOrder], ...] = (
-    ("Max probability", MAX_COLUMN, Qt.SortOrder.DescendingOrder),
-    ("Mean probability", MEAN_COLUMN, Qt.SortOrder.DescendingOrder),
-    ("Area", AREA_COLUMN, Qt.SortOrder.DescendingOrder),
-    ("Number", NUMBER_COLUMN, Qt.SortOrder.AscendingOrder),
-)
 
 #: (keys, what they do) of the review, for Help › Keyboard shortcuts.
 REVIEW_SHORTCUTS: tuple[tuple[str, str], ...] = (
@@ -128,236 +83,6 @@ REVIEW_SHORTCUTS: tuple[tuple[str, str], ...] = (
     ("Delete", "Delete the selected region (U undoes)"),
     ("O", "Show or hide region outlines"),
 )
-
-
-def region_label(item: ReviewItem) -> str:
-    """A region's short name: its number, ``M`` before a manual one's."""
-    return f"M{item.number}" if item.ref.kind == "manual" else str(item.number)
-
-
-_ICONS: dict[str, QIcon] = {}
-
-
-def _status_icons() -> dict[str, QIcon]:
-    if not _ICONS:  # needs the QApplication: made on first use
-        _ICONS.update({status: status_icon(status) for status in STATUS_STYLES})
-    return _ICONS
-
-
-def _probability_text(value: float | None) -> str:
-    return "—" if value is None else f"{value:.2f}"
-
-
-class RegionTableModel(QAbstractTableModel):
-    """The items of a review state, one row each, in the state's order."""
-
-    def __init__(self, parent: QObject | None = None) -> None:
-        super().__init__(parent)
-        self._items: list[ReviewItem] = []
-
-    def set_items(self, items: Sequence[ReviewItem]) -> None:
-        same_rows = [i.ref for i in items] == [i.ref for i in self._items]
-        if same_rows:
-            self._items = list(items)
-            if self._items:
-                self.dataChanged.emit(
-                    self.index(0, 0), self.index(len(self._items) - 1, len(COLUMNS) - 1)
-                )
-            return
-        self.beginResetModel()
-        self._items = list(items)
-        self.endResetModel()
-
-    def item(self, row: int) -> ReviewItem:
-        return self._items[row]
-
-    def row_of(self, ref: RegionRef) -> int | None:
-        for row, item in enumerate(self._items):
-            if item.ref == ref:
-                return row
-        return None
-
-    def rowCount(self, parent: QModelIndex | QPersistentModelIndex = QModelIndex()) -> int:  # noqa: B008
-        return 0 if parent.isValid() else len(self._items)
-
-    def columnCount(self, parent: QModelIndex | QPersistentModelIndex = QModelIndex()) -> int:  # noqa: B008
-        return 0 if parent.isValid() else len(COLUMNS)
-
-    def headerData(
-        self, section: int, orientation: Qt.Orientation, role: int = Qt.ItemDataRole.DisplayRole
-    ) -> Any:
-        if orientation == Qt.Orientation.Horizontal and role == Qt.ItemDataRole.DisplayRole:
-            return COLUMNS[section]
-        if orientation == Qt.Orientation.Horizontal and role == Qt.ItemDataRole.ToolTipRole:
-            return {
-                NUMBER_COLUMN: "Region number (M: drawn or imported by a reviewer)",
-                MAX_COLUMN: "Highest P(IDC) of the region's patches (model output)",
-                MEAN_COLUMN: "Mean P(IDC) of the region's patches (model output)",
-            }.get(section)
-        return None
-
-    def data(self, index: QModelIndex | QPersistentModelIndex, role: int = 0) -> Any:
-        if not index.isValid():
-            return None
-        item = self._items[index.row()]
-        column = index.column()
-        if role == REF_ROLE:
-            return item.ref
-        if role == Qt.ItemDataRole.DisplayRole:
-            return (
-                region_label(item),
-                f"{item.area_mm2:.3f}",
-                _probability_text(item.max_prob),
-                _probability_text(item.mean_prob),
-                item.status,
-                item.note,
-            )[column]
-        if role == SORT_ROLE:
-            return (
-                (item.ref.kind == "manual", item.number),
-                item.area_mm2,
-                -1.0 if item.max_prob is None else item.max_prob,
-                -1.0 if item.mean_prob is None else item.mean_prob,
-                STATUS_ORDER.get(item.status, 9),
-                item.note.lower(),
-            )[column]
-        if role == Qt.ItemDataRole.DecorationRole and column == STATUS_COLUMN:
-            return _status_icons()[item.status]
-        if role == Qt.ItemDataRole.TextAlignmentRole and column in (
-            AREA_COLUMN,
-            MAX_COLUMN,
-            MEAN_COLUMN,
-        ):
-            return int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
-        if role == Qt.ItemDataRole.ToolTipRole:
-            lines = [f"Region {region_label(item)} ({item.ref.kind}): {item.status}"]
-            if item.reviewer:
-                lines.append(f"by {item.reviewer} at {item.decided_at or '?'}")
-            if item.note:
-                lines.append(f"Note: {item.note}")
-            return "\n".join(lines)
-        return None
-
-
-class RegionSortProxy(QSortFilterProxyModel):
-    """Sorts by :data:`SORT_ROLE` values (tuples included)."""
-
-    def lessThan(
-        self,
-        left: QModelIndex | QPersistentModelIndex,
-        right: QModelIndex | QPersistentModelIndex,
-    ) -> bool:
-        a, b = left.data(SORT_ROLE), right.data(SORT_ROLE)
-        if a == b:  # ties keep the number order, so N / P never jump about
-            return bool(left.row() < right.row())
-        return bool(a < b)
-
-
-class StatusLegendWidget(QWidget):
-    """Each status's outline sample (colour and line style) and its name."""
-
-    SAMPLE_PX = 34
-
-    def sizeHint(self) -> QSize:
-        metrics = self.fontMetrics()
-        width = sum(
-            self.SAMPLE_PX + 10 + metrics.horizontalAdvance(style.label) + 16
-            for style in STATUS_STYLES.values()
-        )
-        return QSize(width, metrics.height() + 10)
-
-    def minimumSizeHint(self) -> QSize:
-        return self.sizeHint()
-
-    def paintEvent(self, event: QPaintEvent) -> None:
-        painter = QPainter(self)
-        painter.setRenderHint(QPainter.RenderHint.Antialiasing, True)
-        metrics = self.fontMetrics()
-        x = 2.0
-        y = self.height() / 2
-        for style in STATUS_STYLES.values():
-            casing = QPen(CASING_COLOR, OUTLINE_PX + CASING_EXTRA_PX)
-            casing.setCapStyle(Qt.PenCapStyle.FlatCap)
-            painter.setPen(casing)
-            painter.drawLine(QPointF(x, y), QPointF(x + self.SAMPLE_PX, y))
-            pen = QPen(style.color, OUTLINE_PX)
-            pen.setStyle(style.pen_style)
-            pen.setCapStyle(Qt.PenCapStyle.FlatCap)
-            painter.setPen(pen)
-            painter.drawLine(QPointF(x, y), QPointF(x + self.SAMPLE_PX, y))
-            x += self.SAMPLE_PX + 6
-            painter.setPen(self.palette().windowText().color())
-            text_rect = QRectF(x, 0, metrics.horizontalAdvance(style.label) + 4, self.height())
-            painter.drawText(text_rect, Qt.AlignmentFlag.AlignVCenter, style.label)
-            x += text_rect.width() + 12
-        painter.end()
-
-
-class ExportDialog(QDialog):
-    """What to export from the review, and where."""
-
-    def __init__(self, folder: str, parent: QWidget | None = None) -> None:
-        super().__init__(parent)
-        self.setWindowTitle("Export review")
-        self.folder_edit = QLineEdit(folder)
-        browse = QPushButton("Choose…")
-        browse.clicked.connect(self._browse)
-        self.geojson_box = QCheckBox("Regions as GeoJSON (QuPath)")
-        self.mask_box = QCheckBox("Region mask (TIFF and PNG)")
-        self.csv_box = QCheckBox("Regions table (CSV)")
-        self.report_box = QCheckBox("Report")
-        for box in (self.geojson_box, self.mask_box, self.csv_box, self.report_box):
-            box.setChecked(True)
-        self.accepted_only_box = QCheckBox("Accepted regions only")
-        self.accepted_only_box.setToolTip(
-            "Leave out pending and rejected regions (the report still counts them)"
-        )
-        self.include_name_box = QCheckBox("Include the slide's file name")
-        self.include_name_box.setToolTip(
-            "Off by default: exported files never name the slide unless you ask (privacy)"
-        )
-        folder_row = QHBoxLayout()
-        folder_row.addWidget(self.folder_edit, 1)
-        folder_row.addWidget(browse)
-        form = QFormLayout()
-        form.addRow("Folder", folder_row)
-        layout = QVBoxLayout(self)
-        layout.addLayout(form)
-        for widget in (
-            self.geojson_box,
-            self.mask_box,
-            self.csv_box,
-            self.report_box,
-            self.accepted_only_box,
-            self.include_name_box,
-        ):
-            layout.addWidget(widget)
-        layout.addWidget(notice_label("Every exported file says: research use only."))
-        buttons = QDialogButtonBox(
-            QDialogButtonBox.StandardButton.Ok | QDialogButtonBox.StandardButton.Cancel
-        )
-        buttons.accepted.connect(self.accept)
-        buttons.rejected.connect(self.reject)
-        layout.addWidget(buttons)
-
-    def _browse(self) -> None:
-        folder = QFileDialog.getExistingDirectory(self, "Export into", self.folder_edit.text())
-        if folder:
-            self.folder_edit.setText(folder)
-
-    @property
-    def folder(self) -> Path:
-        return Path(self.folder_edit.text()).expanduser()
-
-    @property
-    def kinds(self) -> list[str]:
-        chosen = (
-            ("geojson", self.geojson_box),
-            ("mask", self.mask_box),
-            ("csv", self.csv_box),
-            ("report", self.report_box),
-        )
-        return [kind for kind, box in chosen if box.isChecked()]
 
 
 class ReviewPanel(QWidget):
@@ -402,6 +127,7 @@ class ReviewPanel(QWidget):
 
         self._build_actions()
         self._build_widgets()
+        self._lay_out()
         self._connect()
         self._show_state(None)
 
@@ -523,22 +249,7 @@ class ReviewPanel(QWidget):
         self.proxy = RegionSortProxy(self)
         self.proxy.setSourceModel(self.model)
         self.proxy.setSortRole(SORT_ROLE)
-        self.table = QTableView()
-        self.table.setModel(self.proxy)
-        self.table.setSortingEnabled(True)
-        self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
-        self.table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
-        self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
-        self.table.setAlternatingRowColors(True)
-        self.table.verticalHeader().setVisible(False)
-        self.table.verticalHeader().setDefaultSectionSize(22)
-        self.table.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
-        self.table.setTextElideMode(Qt.TextElideMode.ElideRight)
-        header = self.table.horizontalHeader()
-        header.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
-        header.setSectionResizeMode(NOTE_COLUMN, QHeaderView.ResizeMode.Stretch)
-        header.setMinimumSectionSize(30)
-        self.table.sortByColumn(MAX_COLUMN, Qt.SortOrder.DescendingOrder)
+        self.table = RegionTableView(self.proxy)
         self.table.installEventFilter(self)
         self.note_edit = QLineEdit()
         self.note_edit.setPlaceholderText("Note on the selected region (Ctrl+N; Enter saves)")
@@ -553,15 +264,8 @@ class ReviewPanel(QWidget):
         self.start_button.clicked.connect(self.start_review)
         self.start_button.setVisible(False)
 
-        settings_row = QHBoxLayout()
-        settings_row.addWidget(QLabel("P ≥"))
-        settings_row.addWidget(self.threshold_box)
-        settings_row.addWidget(QLabel("area ≥"))
-        settings_row.addWidget(self.min_area_box)
-        settings_row.addStretch(1)
-        sort_row = QHBoxLayout()
-        sort_row.addWidget(QLabel("Sort by"))
-        sort_row.addWidget(self.sort_box, 1)
+    def _decision_buttons(self) -> QGridLayout:
+        """The review's actions as buttons, two a row, each naming its key."""
         buttons = QGridLayout()
         buttons.setSpacing(4)
         for position, (action, text) in enumerate(
@@ -577,7 +281,18 @@ class ReviewPanel(QWidget):
             )
         ):
             buttons.addWidget(self._tool_button(action, text), position // 2, position % 2)
+        return buttons
 
+    def _lay_out(self) -> None:
+        settings_row = QHBoxLayout()
+        settings_row.addWidget(QLabel("P ≥"))
+        settings_row.addWidget(self.threshold_box)
+        settings_row.addWidget(QLabel("area ≥"))
+        settings_row.addWidget(self.min_area_box)
+        settings_row.addStretch(1)
+        sort_row = QHBoxLayout()
+        sort_row.addWidget(QLabel("Sort by"))
+        sort_row.addWidget(self.sort_box, 1)
         layout = QVBoxLayout(self)
         layout.addLayout(settings_row)
         layout.addWidget(self.set_label)
@@ -588,7 +303,7 @@ class ReviewPanel(QWidget):
         layout.addLayout(sort_row)
         layout.addWidget(self.table, 1)
         layout.addWidget(self.note_edit)
-        layout.addLayout(buttons)
+        layout.addLayout(self._decision_buttons())
         layout.addWidget(self.advance_box)
         layout.addWidget(self.hint_label)
         layout.addWidget(self.reviewer_label)
@@ -909,7 +624,7 @@ class ReviewPanel(QWidget):
             return
         left, top, right, bottom = polygon.bounds
         mpp = view.mpp
-        least = MIN_FRAME_UM / mpp if mpp else MIN_FRAME_PX
+        least = px_from_um(MIN_FRAME_UM, mpp) if mpp else MIN_FRAME_PX
         width = max((right - left) * FRAME_MARGIN, least)
         height = max((bottom - top) * FRAME_MARGIN, least)
         viewport = view.viewport().rect()
@@ -1141,30 +856,23 @@ class ReviewPanel(QWidget):
         slide_path: Path | None = None,
         card: ModelCard | None = None,
     ) -> dict[str, Path] | None:
-        """Ask what to export and where (:class:`ExportDialog`), then export."""
+        """Ask what to export and where (:class:`~wsiviewer.gui.review_export.ExportDialog`),
+        then export."""
         if self._state is None:
             return None
-        saved = self._settings.value(EXPORT_DIR_KEY)
-        folder = saved if isinstance(saved, str) and saved else str(Path.home())
-        dialog = ExportDialog(folder, self)
-        if dialog.exec() != QDialog.DialogCode.Accepted:
+        choice = ask_export(self, self._settings, slide_path)
+        if choice is None:
             return None
-        if not dialog.kinds:
+        if not choice.kinds:
             self.status_reported.emit("Nothing chosen to export")
             return None
-        self._settings.setValue(EXPORT_DIR_KEY, str(dialog.folder))
-        name = (
-            slide_path.name
-            if slide_path is not None and dialog.include_name_box.isChecked()
-            else None
-        )
         return self.export_to(
-            dialog.folder,
-            dialog.kinds,
-            accepted_only=dialog.accepted_only_box.isChecked(),
+            choice.folder,
+            choice.kinds,
+            accepted_only=choice.accepted_only,
             slide=slide,
             card=card,
-            slide_name=name,
+            slide_name=choice.slide_name,
         )
 
     def export_to(
@@ -1182,19 +890,15 @@ class ReviewPanel(QWidget):
         state = self._state
         if state is None:
             return None
-        from wsiviewer.core.exports.review_outputs import export_review, load_review_export
-
         QApplication.setOverrideCursor(Qt.CursorShape.WaitCursor)
         try:
-            export = load_review_export(self._open_store(), state.region_set_id)
-            if card is not None and card.weights_sha256 != export.analysis.model.weights_sha256:
-                card = None  # another model's card would misdescribe the analysis
-            written = export_review(
+            written = write_review_export(
+                self._open_store(),
+                state.region_set_id,
                 Path(folder),
-                export,
                 kinds,
-                slide=slide,
                 accepted_only=accepted_only,
+                slide=slide,
                 card=card,
                 slide_name=slide_name,
             )

@@ -11,9 +11,11 @@ tiles arrive.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
-from PySide6.QtCore import QPointF, QRectF, Qt, Signal
+from PySide6.QtCore import QEvent, QPointF, QRect, QRectF, Qt, QTimer, Signal
 from PySide6.QtGui import (
     QColor,
     QFont,
@@ -22,6 +24,7 @@ from PySide6.QtGui import (
     QMouseEvent,
     QPainter,
     QPen,
+    QRegion,
     QResizeEvent,
     QTransform,
     QWheelEvent,
@@ -38,13 +41,18 @@ from PySide6.QtWidgets import (
 from wsiviewer.core.analysis.grid import PatchGrid
 from wsiviewer.core.exports.colormaps import DEFAULT_COLORMAP, apply_colormap
 from wsiviewer.core.slides import Slide
+from wsiviewer.core.units import (
+    magnification_from_mpp,
+    mpp_from_magnification,
+    px_from_um,
+    um_from_px,
+)
 from wsiviewer.gui.tiles import (
     DEFAULT_CACHE_BYTES,
     REDUCTIONS,
     TileKey,
     TileLayout,
     TileLoader,
-    reduction_for,
 )
 
 #: Grey around the slide, as in QuPath and ASAP.
@@ -55,6 +63,14 @@ ZOOM_STEP = 1.25
 
 #: Closest zoom, in screen px per level-0 px.
 MAX_SCREEN_PER_L0 = 8.0
+
+#: Shortest time between two paints of newly arrived tiles, ms (a 60 Hz display's frame):
+#: tiles that arrive within it are painted together, so a refill of 40 tiles is painted a
+#: few times instead of 40, and the GUI thread leaves the CPU to the tile decoders.
+TILE_PAINT_INTERVAL_MS = 16
+
+#: Longest scale bar, screen px: the bar is the longest 1, 2 or 5 × 10^k µm within it.
+SCALE_BAR_MAX_PX = 160
 
 #: Magnifications with number keys 1-5.
 MAGNIFICATION_PRESETS = (2.5, 5.0, 10.0, 20.0, 40.0)
@@ -153,6 +169,8 @@ class SlideView(QGraphicsView):
         self, parent: QWidget | None = None, *, cache_bytes: int = DEFAULT_CACHE_BYTES
     ) -> None:
         super().__init__(parent)
+        # Nesting depth of _one_move: scrolls inside it ask for no tiles.
+        self._moving = 0
         self.setScene(QGraphicsScene(self))
         self.setFrameShape(QFrame.Shape.NoFrame)
         self.setBackgroundBrush(BACKGROUND)
@@ -172,6 +190,12 @@ class SlideView(QGraphicsView):
         self.loader = TileLoader(self, cache_bytes=cache_bytes)
         self.loader.tile_loaded.connect(self._on_tile_loaded)
         self.loader.tile_failed.connect(self._on_tile_failed)
+        # Tiles arrived since the last paint (view px), painted when the interval is over.
+        self._arrived = QRegion()
+        self._paint_throttle = QTimer(self)
+        self._paint_throttle.setSingleShot(True)
+        self._paint_throttle.setInterval(TILE_PAINT_INTERVAL_MS)
+        self._paint_throttle.timeout.connect(self._paint_arrived)
 
         self._slide: Slide | None = None
         self._layout: TileLayout | None = None
@@ -227,10 +251,8 @@ class SlideView(QGraphicsView):
         self.loader.set_slide(slide, self._layout)
         self._base_image = base_image
         if base_image is not None and base_level is not None:
-            downsample = slide.level_downsamples[base_level]
-            self._base_rect = QRectF(
-                0, 0, base_image.width() * downsample, base_image.height() * downsample
-            )
+            l0_size = self._layout.l0_from_lv(base_level, (base_image.width(), base_image.height()))
+            self._base_rect = QRectF(0, 0, *l0_size)
             self._seed_tiles(base_image, base_level)
         else:
             self._base_rect = self.slide_rect
@@ -253,12 +275,10 @@ class SlideView(QGraphicsView):
         """Cut the already-read coarsest level into cache tiles: no second read at fit."""
         assert self._layout is not None
         cols, rows = self._layout.tile_counts(level)
-        size = self._layout.tile_size
         for row in range(rows):
             for col in range(cols):
                 key = TileKey(level, col, row)
-                lv_w, lv_h = self._layout.lv_size(key)
-                self.loader.cache.put(key, base_image.copy(col * size, row * size, lv_w, lv_h))
+                self.loader.cache.put(key, base_image.copy(*self._layout.lv_box(key)))
 
     # -- geometry -------------------------------------------------------------------------
 
@@ -268,11 +288,18 @@ class SlideView(QGraphicsView):
         return 1.0 / scale if scale > 0 else 1.0
 
     @property
-    def magnification(self) -> float | None:
-        """Equivalent objective magnification (10 / µm per screen px), if µm/px is known."""
+    def screen_mpp(self) -> float | None:
+        """µm per screen px at this zoom, if the slide's µm/px is known."""
         if self._mpp is None:
             return None
-        return 10.0 / (self._mpp * self.l0_per_screen_px)
+        return um_from_px(self.l0_per_screen_px, self._mpp)
+
+    @property
+    def magnification(self) -> float | None:
+        """Equivalent objective magnification of the screen (40x at 0.25 µm per screen px),
+        if µm/px is known."""
+        screen_mpp = self.screen_mpp
+        return None if screen_mpp is None else magnification_from_mpp(screen_mpp)
 
     @property
     def target_level(self) -> int:
@@ -284,11 +311,9 @@ class SlideView(QGraphicsView):
         """``(level, reduction)`` of the tiles this zoom is painted from: the coarsest level at
         least as fine as the screen, averaged down as far as it stays so
         (:func:`~wsiviewer.gui.tiles.reduction_for`)."""
-        if self._slide is None:
+        if self._layout is None:
             return 0, 1
-        l0_per_device_px = self.l0_per_screen_px / self.devicePixelRatioF()
-        level = self._slide.best_level_for_downsample(l0_per_device_px)
-        return level, reduction_for(l0_per_device_px / self._slide.level_downsamples[level])
+        return self._layout.grid_for(self.l0_per_screen_px / self.devicePixelRatioF())
 
     def visible_l0_rect(self) -> QRectF:
         return self.mapToScene(self.viewport().rect()).boundingRect()
@@ -317,9 +342,9 @@ class SlideView(QGraphicsView):
         self._set_scale(self._fit_scale(), self.slide_rect.center())
 
     def _set_scale(self, scale: float, center_l0: QPointF) -> None:
-        self.setTransform(QTransform.fromScale(scale, scale))
-        self.centerOn(center_l0)
-        self._view_moved()
+        with self._one_move():
+            self.setTransform(QTransform.fromScale(scale, scale))
+            self.centerOn(center_l0)
 
     def zoom(self, factor: float, view_pos: QPointF | None = None) -> None:
         """Zoom by ``factor`` keeping the point under ``view_pos`` (default: centre) fixed."""
@@ -332,31 +357,34 @@ class SlideView(QGraphicsView):
         new = self._clamped_scale(old * factor)
         if math.isclose(new, old):
             return
-        self.setTransform(QTransform.fromScale(new, new))
-        # Scroll so the anchor is back under view_pos.
-        moved = self.viewportTransform().map(anchor_l0) - view_pos
-        self.horizontalScrollBar().setValue(self.horizontalScrollBar().value() + round(moved.x()))
-        self.verticalScrollBar().setValue(self.verticalScrollBar().value() + round(moved.y()))
-        self._view_moved()
+        with self._one_move():
+            self.setTransform(QTransform.fromScale(new, new))
+            # Scroll so the anchor is back under view_pos.
+            moved = self.viewportTransform().map(anchor_l0) - view_pos
+            horizontal, vertical = self.horizontalScrollBar(), self.verticalScrollBar()
+            horizontal.setValue(horizontal.value() + round(moved.x()))
+            vertical.setValue(vertical.value() + round(moved.y()))
 
     def set_magnification(self, magnification: float) -> bool:
         """Zoom to an objective-equivalent magnification; ``False`` without µm/px."""
         if self._slide is None or self._mpp is None:
             return False
-        scale = self._clamped_scale(magnification * self._mpp / 10.0)
+        # Screen px per level-0 px: the slide's µm/px over the screen's at that magnification.
+        scale = self._clamped_scale(self._mpp / mpp_from_magnification(magnification))
         self._set_scale(scale, self.view_center_l0())
         return True
 
     def center_on_l0(self, l0_x: float, l0_y: float) -> None:
-        self.centerOn(QPointF(l0_x, l0_y))
-        self._view_moved()
+        with self._one_move():
+            self.centerOn(QPointF(l0_x, l0_y))
 
     def pan_by_fraction(self, dx: float, dy: float) -> None:
         """Pan by a fraction of the viewport (arrow keys: a quarter)."""
         viewport = self.viewport().rect()
         horizontal, vertical = self.horizontalScrollBar(), self.verticalScrollBar()
-        horizontal.setValue(horizontal.value() + round(dx * viewport.width()))
-        vertical.setValue(vertical.value() + round(dy * viewport.height()))
+        with self._one_move():
+            horizontal.setValue(horizontal.value() + round(dx * viewport.width()))
+            vertical.setValue(vertical.value() + round(dy * viewport.height()))
 
     # -- events ---------------------------------------------------------------------------
 
@@ -386,19 +414,33 @@ class SlideView(QGraphicsView):
             l0 = self.viewportTransform().inverted()[0].map(event.position())
             self.cursor_moved.emit(l0.x(), l0.y())
 
-    def leaveEvent(self, event: object) -> None:
-        super().leaveEvent(event)  # type: ignore[arg-type]
+    def leaveEvent(self, event: QEvent) -> None:
+        super().leaveEvent(event)
         self.cursor_left.emit()
 
     def scrollContentsBy(self, dx: int, dy: int) -> None:
         super().scrollContentsBy(dx, dy)
-        self._view_moved()
+        if not self._moving:
+            self._view_moved()
 
     def resizeEvent(self, event: QResizeEvent) -> None:
         super().resizeEvent(event)
         self._view_moved()
 
     # -- tiles ----------------------------------------------------------------------------
+
+    @contextmanager
+    def _one_move(self) -> Iterator[None]:
+        """Scrolls and zooms inside are one move: tiles are asked for once, where the view
+        ends up. (A jump scrolls x, then y: the tiles of the place in between, half of them
+        read by the time y scrolls, are never wanted.)"""
+        self._moving += 1
+        try:
+            yield
+        finally:
+            self._moving -= 1
+            if not self._moving:
+                self._view_moved()
 
     def _view_moved(self) -> None:
         self._request_tiles()
@@ -428,20 +470,33 @@ class SlideView(QGraphicsView):
 
     def _on_tile_loaded(self, key: TileKey) -> None:
         if key in self._wanted_set and self._layout is not None:
-            x, y, w, h = self._layout.l0_box(key)
-            self.viewport().update(self.mapFromScene(QRectF(x, y, w, h)).boundingRect())
+            view_rect = self.mapFromScene(QRectF(*self._layout.l0_box(key))).boundingRect()
             self._check_settled()
+            if self.settled or not self._paint_throttle.isActive():
+                # The first tile after a pause, or the last one the view needs: paint now.
+                self._paint_arrived(view_rect)
+            else:
+                self._arrived += view_rect
+
+    def _paint_arrived(self, view_rect: QRect | None = None) -> None:
+        """Repaint where tiles arrived, then hold further tile paints for an interval."""
+        if view_rect is not None:
+            self._arrived += view_rect
+        if not self._arrived.isEmpty():
+            self.viewport().update(self._arrived)
+            self._arrived = QRegion()
+            self._paint_throttle.start()
 
     def _on_tile_failed(self, key: TileKey, message: str) -> None:
         self.tile_failed.emit(message)
         self._check_settled()
 
-    def drawBackground(self, painter: QPainter, rect: QRectF) -> None:
+    def drawBackground(self, painter: QPainter, rect: QRectF | QRect) -> None:
+        """Tiles under the exposed level-0 ``rect``, stand-ins where they are not loaded."""
         painter.fillRect(rect, BACKGROUND)
         if self._slide is None or self._layout is None:
             return
-        slide_rect = self.slide_rect
-        exposed = rect.intersected(slide_rect)
+        exposed = QRectF(rect).intersected(self.slide_rect)
         if exposed.isEmpty():
             return
         painter.fillRect(exposed, Qt.GlobalColor.white)
@@ -449,40 +504,67 @@ class SlideView(QGraphicsView):
         cache = self.loader.cache
         box = (exposed.x(), exposed.y(), exposed.width(), exposed.height())
         level, reduction = self.target_grid
-        fallbacks: list[tuple[int, int]] | None = None
+        cached: list[tuple[TileKey, QImage]] = []
+        missing: list[QRectF] = []
         for key in layout.tiles_in(level, box, reduction):
-            tile_rect = QRectF(*layout.l0_box(key))
             image = cache.get(key)
             if image is not None:
-                image_rect = QRectF(*layout.l0_image_box(key))
-                if image_rect == tile_rect:
-                    painter.drawImage(tile_rect, image)
-                else:
-                    # A partial block at the slide's edge: its px is wider than the slide.
-                    _draw_part(painter, image, image_rect, exposed)
+                cached.append((key, image))
             else:
-                if fallbacks is None:
-                    fallbacks = _fallback_grids(level, reduction, layout.level_count)
-                self._draw_fallback(painter, tile_rect.intersected(exposed), fallbacks)
+                missing.append(QRectF(*layout.l0_box(key)).intersected(exposed))
+        if missing:
+            # Before the tiles that are there: a stand-in may spill a fraction of a px.
+            self._draw_fallback(
+                painter, missing, _fallback_grids(level, reduction, layout.level_count)
+            )
+        for key, image in cached:
+            tile_rect = QRectF(*layout.l0_box(key))
+            image_rect = QRectF(*layout.l0_image_box(key))
+            if image_rect == tile_rect:
+                painter.drawImage(tile_rect, image)
+            else:
+                # A partial block at the slide's edge: its px is wider than the slide.
+                _draw_part(painter, image, image_rect, exposed)
 
     def _draw_fallback(
-        self, painter: QPainter, target: QRectF, grids: list[tuple[int, int]]
+        self, painter: QPainter, targets: list[QRectF], grids: list[tuple[int, int]]
     ) -> None:
-        """Paint ``target`` from the first of ``grids`` (``(level, reduction)``) whose tiles
-        there are all cached, else from the base image."""
+        """Paint each of ``targets`` from the first of ``grids`` (``(level, reduction)``)
+        whose tiles there are all cached, and the others from the base image.
+
+        The base image is drawn first, once under all the targets it stands in for: scaling
+        it up smoothly costs per call, four times as much as one call over the same area.
+        """
         assert self._layout is not None
         layout = self._layout
-        box = (target.x(), target.y(), target.width(), target.height())
-        for level, reduction in grids:
-            keys = layout.tiles_in(level, box, reduction)
-            images = [self.loader.cache.peek(key) for key in keys]
-            if keys and all(image is not None for image in images):
-                for key, image in zip(keys, images, strict=True):
-                    assert image is not None
-                    _draw_part(painter, image, QRectF(*layout.l0_image_box(key)), target)
-                return
-        if self._base_image is not None:
-            _draw_part(painter, self._base_image, self._base_rect, target)
+        cache = self.loader.cache
+        grids = [grid for grid in grids if cache.has_grid(*grid)]
+        from_base: list[QRectF] = []
+        from_tiles: list[tuple[QImage, QRectF, QRectF]] = []  # image, its box, the target
+        for target in targets:
+            box = (target.x(), target.y(), target.width(), target.height())
+            for level, reduction in grids:
+                keys = layout.tiles_in(level, box, reduction)
+                images = [cache.peek(key) for key in keys]
+                if keys and all(image is not None for image in images):
+                    for key, image in zip(keys, images, strict=True):
+                        assert image is not None
+                        from_tiles.append((image, QRectF(*layout.l0_image_box(key)), target))
+                    break
+            else:
+                from_base.append(target)
+        if from_base and self._base_image is not None:
+            bounds = QRectF(from_base[0])
+            region = QRegion()
+            for target in from_base:
+                bounds = bounds.united(target)
+                region += target.toAlignedRect()
+            painter.save()
+            painter.setClipRegion(region, Qt.ClipOperation.IntersectClip)
+            _draw_part(painter, self._base_image, self._base_rect, bounds)
+            painter.restore()
+        for image, image_rect, target in from_tiles:
+            _draw_part(painter, image, image_rect, target)
 
     # -- heatmap --------------------------------------------------------------------------
 
@@ -551,13 +633,12 @@ class SlideView(QGraphicsView):
         )
         rows, cols = rgba.shape[:2]
         image = QImage(rgba.data, cols, rows, 4 * cols, QImage.Format.Format_RGBA8888).copy()
-        size = self._grid.l0_patch_size
-        self.heatmap.set_image(image, QRectF(0, 0, cols * size, rows * size), self.slide_rect)
+        self.heatmap.set_image(image, QRectF(0, 0, *self._grid.l0_extent), self.slide_rect)
         self.view_changed.emit()
 
     # -- overlays fixed to the viewport -----------------------------------------------------
 
-    def drawForeground(self, painter: QPainter, rect: QRectF) -> None:
+    def drawForeground(self, painter: QPainter, rect: QRectF | QRect) -> None:
         if self._slide is None:
             return
         painter.save()
@@ -568,11 +649,11 @@ class SlideView(QGraphicsView):
         font.setPointSizeF(max(8.0, font.pointSizeF()))
         painter.setFont(font)
         metrics = painter.fontMetrics()
-        if self._mpp is not None:
-            um_per_px = self._mpp * self.l0_per_screen_px
-            length_um = nice_scale_length(160 * um_per_px)
+        screen_mpp = self.screen_mpp
+        if screen_mpp is not None:
+            length_um = nice_scale_length(um_from_px(SCALE_BAR_MAX_PX, screen_mpp))
             if length_um > 0:
-                bar_px = length_um / um_per_px
+                bar_px = px_from_um(length_um, screen_mpp)
                 label = format_length_um(length_um)
                 x0, y0 = 16, viewport.height() - 18
                 box = QRectF(
@@ -616,6 +697,7 @@ class SlideView(QGraphicsView):
 
     def shutdown(self) -> None:
         """Stop tile loading (waits for reads in progress)."""
+        self._paint_throttle.stop()
         self.loader.shutdown()
 
 

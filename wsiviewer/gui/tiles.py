@@ -12,6 +12,10 @@ Zooms between pyramid levels: a tile may be *reduced*, its level px averaged in 
 x ``reduction`` blocks by the worker, so the GUI thread paints it at (nearly) 1:1 instead of
 scaling 4x the pixels down on every frame. A reduced tile covers the same level px (the same
 file tiles are decoded) as the full one; its key differs only in ``reduction``.
+
+Tiles are read only through the slide interface, :meth:`~wsiviewer.core.slides.Slide.read_display`:
+the slide decides how to read fast (its own tile decoding, JPEG decoded at reduced size) and
+reports a tile it cannot read as :class:`~wsiviewer.errors.SlideReadError`.
 """
 
 from __future__ import annotations
@@ -20,20 +24,19 @@ import logging
 import math
 import threading
 import weakref
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass
 from typing import ClassVar
 
-import numpy as np
-from PIL import Image
 from PySide6.QtCore import QObject, Qt, Signal, Slot
 from PySide6.QtGui import QImage
 
-from wsiviewer.core.slides import OpenSlideSource, Slide
-from wsiviewer.errors import SlideOpenError, SlideReadError, WsiViewerError
+from wsiviewer.core.slides import Slide
+from wsiviewer.core.units import finest_level_within
+from wsiviewer.errors import WsiViewerError
 from wsiviewer.gui.images import rgb_to_qimage
 
 log = logging.getLogger(__name__)
@@ -111,32 +114,48 @@ class TileLayout:
         width, height = self.level_dimensions[level]
         return math.ceil(width / self.tile_size), math.ceil(height / self.tile_size)
 
+    def lv_box(self, key: TileKey) -> tuple[int, int, int, int]:
+        """Level px ``(x, y, width, height)`` of the tile (edge tiles are cut to the level)."""
+        lv_x, lv_y = key.col * self.tile_size, key.row * self.tile_size
+        return (lv_x, lv_y, *self.lv_size(key))
+
     def lv_size(self, key: TileKey) -> tuple[int, int]:
         width, height = self.level_dimensions[key.level]
         lv_x, lv_y = key.col * self.tile_size, key.row * self.tile_size
         return min(self.tile_size, width - lv_x), min(self.tile_size, height - lv_y)
 
+    def l0_from_lv(self, level: int, lv_xy: tuple[float, float]) -> tuple[float, float]:
+        """Level-0 px of the level px ``lv_xy`` (a point, or a size): ``lv * downsample``."""
+        downsample = self.level_downsamples[level]
+        return lv_xy[0] * downsample, lv_xy[1] * downsample
+
+    def lv_from_l0(self, level: int, l0_length: float) -> float:
+        """Level px in ``l0_length`` level-0 px: ``l0 / downsample``."""
+        return l0_length / self.level_downsamples[level]
+
+    def grid_for(self, l0_per_screen_px: float) -> tuple[int, int]:
+        """``(level, reduction)`` of the tiles to paint at ``l0_per_screen_px`` (device px):
+        the coarsest level at least as fine as the screen, averaged down as far as it stays
+        so (:func:`reduction_for`)."""
+        level = finest_level_within(self.level_downsamples, l0_per_screen_px)
+        return level, reduction_for(self.lv_from_l0(level, l0_per_screen_px))
+
     def l0_box(self, key: TileKey) -> tuple[float, float, float, float]:
         """Level-0 ``(x, y, width, height)`` the tile covers."""
-        downsample = self.level_downsamples[key.level]
-        lv_w, lv_h = self.lv_size(key)
+        lv_x, lv_y, lv_w, lv_h = self.lv_box(key)
         return (
-            key.col * self.tile_size * downsample,
-            key.row * self.tile_size * downsample,
-            lv_w * downsample,
-            lv_h * downsample,
+            *self.l0_from_lv(key.level, (lv_x, lv_y)),
+            *self.l0_from_lv(key.level, (lv_w, lv_h)),
         )
 
     def l0_image_box(self, key: TileKey) -> tuple[float, float, float, float]:
         """Level-0 ``(x, y, width, height)`` the tile's image spans: its :meth:`l0_box`, but a
         partial last block of a reduced tile at the level's edge spans a whole block."""
-        downsample = self.level_downsamples[key.level]
-        image_w, image_h = reduced_size(self.lv_size(key), key.reduction)
+        lv_x, lv_y, lv_w, lv_h = self.lv_box(key)
+        image_w, image_h = reduced_size((lv_w, lv_h), key.reduction)
         return (
-            key.col * self.tile_size * downsample,
-            key.row * self.tile_size * downsample,
-            image_w * key.reduction * downsample,
-            image_h * key.reduction * downsample,
+            *self.l0_from_lv(key.level, (lv_x, lv_y)),
+            *self.l0_from_lv(key.level, (image_w * key.reduction, image_h * key.reduction)),
         )
 
     def tiles_in(
@@ -144,8 +163,7 @@ class TileLayout:
     ) -> list[TileKey]:
         """Tiles of ``level`` (reduced by ``reduction``) that intersect the level-0 box,
         nearest its centre first."""
-        downsample = self.level_downsamples[level]
-        span = self.tile_size * downsample
+        span, _ = self.l0_from_lv(level, (self.tile_size, self.tile_size))
         cols, rows = self.tile_counts(level)
         l0_x, l0_y, l0_w, l0_h = l0_box
         col0 = max(0, math.floor(l0_x / span))
@@ -165,12 +183,9 @@ class TileLayout:
         return keys
 
     def request(self, key: TileKey, generation: int) -> TileRequest:
-        downsample = self.level_downsamples[key.level]
-        l0_xy = (
-            round(key.col * self.tile_size * downsample),
-            round(key.row * self.tile_size * downsample),
-        )
-        return TileRequest(key, l0_xy, self.lv_size(key), generation)
+        lv_x, lv_y, lv_w, lv_h = self.lv_box(key)
+        l0_x, l0_y = self.l0_from_lv(key.level, (lv_x, lv_y))
+        return TileRequest(key, (round(l0_x), round(l0_y)), (lv_w, lv_h), generation)
 
 
 class TileCache:
@@ -182,6 +197,8 @@ class TileCache:
         self.max_bytes = max_bytes
         self._tiles: OrderedDict[TileKey, QImage] = OrderedDict()
         self._bytes = 0
+        # Tiles cached per (level, reduction): painting skips grids with none at once.
+        self._grid_counts: Counter[tuple[int, int]] = Counter()
 
     def __contains__(self, key: object) -> bool:
         return key in self._tiles
@@ -203,18 +220,26 @@ class TileCache:
         """The tile without refreshing its place in the LRU order."""
         return self._tiles.get(key)
 
+    def has_grid(self, level: int, reduction: int) -> bool:
+        """Whether any tile of ``level`` at ``reduction`` is cached."""
+        return self._grid_counts[level, reduction] > 0
+
     def put(self, key: TileKey, image: QImage) -> None:
         old = self._tiles.pop(key, None)
         if old is not None:
             self._bytes -= old.sizeInBytes()
+        else:
+            self._grid_counts[key.level, key.reduction] += 1
         self._tiles[key] = image
         self._bytes += image.sizeInBytes()
         while self._bytes > self.max_bytes and len(self._tiles) > 1:
-            _, evicted = self._tiles.popitem(last=False)
+            evicted_key, evicted = self._tiles.popitem(last=False)
             self._bytes -= evicted.sizeInBytes()
+            self._grid_counts[evicted_key.level, evicted_key.reduction] -= 1
 
     def clear(self) -> None:
         self._tiles.clear()
+        self._grid_counts.clear()
         self._bytes = 0
 
 
@@ -224,91 +249,13 @@ def reduced_size(lv_size: tuple[int, int], reduction: int) -> tuple[int, int]:
     return -(-width // reduction), -(-height // reduction)
 
 
-class TileReader:
-    """Reads one tile as a paint-ready QImage through the core :class:`Slide` interface."""
-
-    def __init__(self, slide: Slide) -> None:
-        self.slide = slide
-
-    def read(self, tile_request: TileRequest) -> QImage:
-        pixels = self.slide.read_region(
-            tile_request.l0_xy, tile_request.key.level, tile_request.lv_size
-        )
-        reduction = tile_request.key.reduction
-        if reduction > 1:
-            pixels = np.asarray(Image.fromarray(np.ascontiguousarray(pixels)).reduce(reduction))
-        return rgb_to_qimage(pixels)
-
-    def close(self) -> None:
-        """The slide belongs to the caller: nothing to release."""
-
-
-class OpenSlideTileReader(TileReader):
-    """The viewer's own OpenSlide handle, read straight into a premultiplied QImage.
-
-    Skips the numpy RGBA-to-RGB pass of :meth:`Slide.read_region` (2.3x faster per 512 px
-    tile); transparent pixels outside the slide show the white painted beneath them. Its own
-    handle also keeps the viewer's OpenSlide error latch apart from the slide's.
-    """
-
-    def __init__(self, slide: OpenSlideSource) -> None:
-        import openslide
-
-        super().__init__(slide)
-        try:
-            self._osr: openslide.OpenSlide | None = openslide.OpenSlide(slide.path)
-        except (openslide.OpenSlideError, OSError) as exc:
-            raise SlideOpenError(f"Cannot open slide {slide.path.name}: {exc}") from exc
-
-    def read(self, tile_request: TileRequest) -> QImage:
-        import openslide
-
-        if self._osr is None:
-            raise SlideReadError("Tile reader is closed")
-        width, height = tile_request.lv_size
-        try:
-            image = self._osr.read_region(
-                tile_request.l0_xy, tile_request.key.level, (width, height)
-            )
-        except openslide.OpenSlideError as exc:
-            raise SlideReadError(
-                f"Cannot read pixels at l0 {tile_request.l0_xy} level {tile_request.key.level}: "
-                f"{exc}"
-            ) from exc
-        # The alpha band alone: 4x cheaper than the extrema of all four.
-        opaque = image.getchannel("A").getextrema() == (255, 255)
-        reduction = tile_request.key.reduction
-        pixel_format = QImage.Format.Format_RGBA8888
-        if reduction > 1:
-            if not opaque:
-                # Average colours weighted by their alpha: transparent px outside the scan
-                # must not darken the slide's edge.
-                image = image.convert("RGBa")
-                pixel_format = QImage.Format.Format_RGBA8888_Premultiplied
-            # A box filter: each px the mean of a reduction x reduction block (PIL, in C).
-            image = image.reduce(reduction)
-            width, height = image.size
-        data = image.tobytes()  # RGBA, as openslide-python returns it (or premultiplied)
-        view = QImage(data, width, height, 4 * width, pixel_format)
-        if opaque:
-            # Opaque (every tile inside the scan): a plain blit, no blending when painted.
-            return view.convertToFormat(QImage.Format.Format_RGB32)
-        return view.convertToFormat(QImage.Format.Format_ARGB32_Premultiplied)
-
-    def close(self) -> None:
-        if self._osr is not None:
-            self._osr.close()
-            self._osr = None
-
-
-def tile_reader_for(slide: Slide) -> TileReader:
-    """The fastest reader for ``slide``: its own OpenSlide handle for files, else the slide."""
-    if isinstance(slide, OpenSlideSource):
-        try:
-            return OpenSlideTileReader(slide)
-        except SlideOpenError:
-            log.warning("Second OpenSlide handle failed; reading tiles through the slide")
-    return TileReader(slide)
+def read_tile(slide: Slide, tile_request: TileRequest) -> QImage:
+    """One tile as a paint-ready QImage, read through :meth:`Slide.read_display` (which
+    averages a reduced tile's level px in blocks, fast where the slide can)."""
+    pixels = slide.read_display(
+        tile_request.l0_xy, tile_request.key.level, tile_request.lv_size, tile_request.key.reduction
+    )
+    return rgb_to_qimage(pixels)
 
 
 class TileLoader(QObject):
@@ -342,7 +289,7 @@ class TileLoader(QObject):
         self._executor: ThreadPoolExecutor | None = ThreadPoolExecutor(
             max_workers=workers, thread_name_prefix="wsiviewer-tiles"
         )
-        self._reader: TileReader | None = None
+        self._slide: Slide | None = None
         self._layout: TileLayout | None = None
         self._generation = 0
         self._wanted: frozenset[TileKey] = frozenset()
@@ -367,18 +314,17 @@ class TileLoader(QObject):
         """
         self._drop_all()
         self._generation += 1
-        self._close_reader()
         self._failed.clear()
         self.cache.clear()
+        self._slide = slide
         if slide is None:
             self._layout = None
         else:
-            self._reader = tile_reader_for(slide)
             self._layout = layout or TileLayout(slide.level_dimensions, slide.level_downsamples)
 
     def request(self, keys: Iterable[TileKey]) -> None:
         """Want exactly ``keys`` (in priority order): cancel the rest, queue what is missing."""
-        if self._executor is None or self._reader is None or self._layout is None:
+        if self._executor is None or self._slide is None or self._layout is None:
             return
         ordered = list(keys)
         wanted = frozenset(ordered)
@@ -391,7 +337,7 @@ class TileLoader(QObject):
             if key in self.cache or key in self._pending or key in self._failed:
                 continue
             tile_request = self._layout.request(key, self._generation)
-            self._pending[key] = self._executor.submit(self._read, self._reader, tile_request)
+            self._pending[key] = self._executor.submit(self._read, self._slide, tile_request)
 
     def missing(self, keys: Iterable[TileKey]) -> list[TileKey]:
         """Keys that are neither cached nor failed."""
@@ -403,18 +349,13 @@ class TileLoader(QObject):
         if self._executor is not None:
             self._executor.shutdown(wait=True, cancel_futures=True)
             self._executor = None
-        self._close_reader()
+        self._slide = None
         self._layout = None
         TileLoader.live.discard(self)
 
     @property
     def running(self) -> bool:
         return self._executor is not None
-
-    def _close_reader(self) -> None:
-        if self._reader is not None:
-            self._reader.close()
-            self._reader = None
 
     def _drop_all(self) -> None:
         with self._lock:
@@ -426,7 +367,7 @@ class TileLoader(QObject):
 
     # -- worker side ----------------------------------------------------------------------
 
-    def _read(self, reader: TileReader, tile_request: TileRequest) -> None:
+    def _read(self, slide: Slide, tile_request: TileRequest) -> None:
         with self._lock:
             stale = (
                 tile_request.key not in self._wanted or tile_request.generation != self._generation
@@ -435,7 +376,7 @@ class TileLoader(QObject):
             self._delivered.emit(tile_request, None, "")
             return
         try:
-            image = reader.read(tile_request)
+            image = read_tile(slide, tile_request)
         except (WsiViewerError, OSError) as exc:
             self._delivered.emit(tile_request, None, str(exc) or type(exc).__name__)
             return
@@ -460,6 +401,6 @@ class TileLoader(QObject):
         elif image is not None:
             self.cache.put(key, image)
             self.tile_loaded.emit(key)
-        elif key in self._wanted and self._executor is not None and self._reader is not None:
+        elif key in self._wanted and self._executor is not None and self._slide is not None:
             # Dropped as stale, but wanted again meanwhile: ask once more.
-            self._pending[key] = self._executor.submit(self._read, self._reader, tile_request)
+            self._pending[key] = self._executor.submit(self._read, self._slide, tile_request)

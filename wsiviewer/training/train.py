@@ -147,52 +147,13 @@ def train(
     floats = train_set.pixels.reshape(-1, 3).astype(np.float64) / 255.0
     mean_values = floats.mean(axis=0)
     std_values = floats.std(axis=0)
-    mean = torch.tensor(mean_values, dtype=torch.float32, device=device).view(1, 3, 1, 1)
-    std = torch.tensor(std_values, dtype=torch.float32, device=device).view(1, 3, 1, 1)
-    counts = np.bincount(train_set.labels, minlength=2).astype(np.float64)
-    weights = torch.tensor(counts.sum() / (2 * np.maximum(counts, 1)), dtype=torch.float32)
-    loss_fn = nn.CrossEntropyLoss(weight=weights.to(device))
-    optimizer = torch.optim.AdamW(
-        model.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay
-    )
-    steps = math.ceil(len(train_set) / settings.batch_size)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=settings.learning_rate, total_steps=settings.epochs * steps
-    )
-    use_amp = device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
-    labels = torch.from_numpy(train_set.labels)
+    trainer = _Trainer.start(model, train_set, settings, device, mean_values, std_values)
     result = TrainingResult(model, settings, tuple(mean_values), tuple(std_values))
     best_auc, best_state, stale = -1.0, copy.deepcopy(model.state_dict()), 0
     for epoch in range(1, settings.epochs + 1):
         start = time.perf_counter()
-        model.train()
-        total_loss = 0.0
-        for index in iter_batches(len(train_set), settings.batch_size, rng):
-            if len(index) < 2:
-                continue  # batch norm cannot train on a single patch
-            x = _to_float(train_set.pixels[index], torch.device("cpu"))
-            x = augment(x, generator, settings.stain_jitter, settings.brightness_contrast)
-            x = ((x.to(device) - mean) / std).contiguous(memory_format=torch.channels_last)
-            y = labels[index].to(device)
-            optimizer.zero_grad(set_to_none=True)
-            with torch.autocast("cuda", dtype=torch.float16, enabled=use_amp):
-                loss = loss_fn(model(x), y)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            schedule.step()
-            total_loss += float(loss.detach()) * len(index)
-        logits = predict_logits(model, validation_set.pixels, mean, std, device)
-        validation_auc = roc_auc(validation_set.labels, _softmax(logits)[:, 1])
-        # The same class-weighted loss as training, so the two curves are comparable.
-        validation_loss = float(
-            nn.functional.cross_entropy(
-                torch.from_numpy(logits),
-                torch.from_numpy(validation_set.labels),
-                weight=weights,
-            )
-        )
+        train_loss = trainer.train_epoch(train_set, rng, generator)
+        validation_auc, validation_loss = trainer.validate(validation_set)
         improved = validation_auc > best_auc
         if improved:
             best_auc, best_state, stale = validation_auc, copy.deepcopy(model.state_dict()), 0
@@ -202,7 +163,7 @@ def train(
         report = EpochReport(
             epoch,
             settings.epochs,
-            total_loss / len(train_set),
+            train_loss,
             validation_auc,
             validation_loss,
             time.perf_counter() - start,
@@ -215,6 +176,105 @@ def train(
     model.load_state_dict(best_state)
     model.eval()
     return result
+
+
+@dataclass
+class _Trainer:
+    """A model and what trains it: normalisation, loss, optimiser, schedule, mixed precision."""
+
+    model: nn.Module
+    settings: TrainingSettings
+    device: torch.device
+    #: ``(1, 3, 1, 1)`` channel mean and std of the training pixels in [0, 1], on ``device``.
+    mean: torch.Tensor
+    std: torch.Tensor
+    #: Per-class loss weights (balanced classes), on the CPU for the validation loss.
+    class_weights: torch.Tensor
+    loss_fn: nn.CrossEntropyLoss
+    optimizer: torch.optim.AdamW
+    schedule: torch.optim.lr_scheduler.OneCycleLR
+    scaler: torch.amp.GradScaler
+    #: float16 autocast and a gradient scaler, on CUDA only.
+    use_amp: bool
+    labels: torch.Tensor
+
+    @classmethod
+    def start(
+        cls,
+        model: nn.Module,
+        train_set: PatchSet,
+        settings: TrainingSettings,
+        device: torch.device,
+        mean_values: np.ndarray,
+        std_values: np.ndarray,
+    ) -> _Trainer:
+        mean = torch.tensor(mean_values, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+        std = torch.tensor(std_values, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+        counts = np.bincount(train_set.labels, minlength=2).astype(np.float64)
+        weights = torch.tensor(counts.sum() / (2 * np.maximum(counts, 1)), dtype=torch.float32)
+        loss_fn = nn.CrossEntropyLoss(weight=weights.to(device))
+        optimizer = torch.optim.AdamW(
+            model.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay
+        )
+        steps = math.ceil(len(train_set) / settings.batch_size)
+        schedule = torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=settings.learning_rate, total_steps=settings.epochs * steps
+        )
+        use_amp = device.type == "cuda"
+        return cls(
+            model=model,
+            settings=settings,
+            device=device,
+            mean=mean,
+            std=std,
+            class_weights=weights,
+            loss_fn=loss_fn,
+            optimizer=optimizer,
+            schedule=schedule,
+            scaler=torch.amp.GradScaler("cuda", enabled=use_amp),
+            use_amp=use_amp,
+            labels=torch.from_numpy(train_set.labels),
+        )
+
+    def train_epoch(
+        self, train_set: PatchSet, rng: np.random.Generator, generator: torch.Generator
+    ) -> float:
+        """One pass over the shuffled, augmented training set; the mean loss per patch."""
+        settings, device = self.settings, self.device
+        self.model.train()
+        total_loss = 0.0
+        for index in iter_batches(len(train_set), settings.batch_size, rng):
+            if len(index) < 2:
+                continue  # batch norm cannot train on a single patch
+            x = _to_float(train_set.pixels[index], torch.device("cpu"))
+            x = augment(x, generator, settings.stain_jitter, settings.brightness_contrast)
+            x = ((x.to(device) - self.mean) / self.std).contiguous(
+                memory_format=torch.channels_last
+            )
+            y = self.labels[index].to(device)
+            self.optimizer.zero_grad(set_to_none=True)
+            with torch.autocast("cuda", dtype=torch.float16, enabled=self.use_amp):
+                loss = self.loss_fn(self.model(x), y)
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.schedule.step()
+            total_loss += float(loss.detach()) * len(index)
+        return total_loss / len(train_set)
+
+    def validate(self, validation_set: PatchSet) -> tuple[float, float]:
+        """Validation ROC AUC and loss."""
+        logits = predict_logits(self.model, validation_set.pixels, self.mean, self.std, self.device)
+        validation_auc = roc_auc(validation_set.labels, _softmax(logits)[:, 1])
+        # The same class-weighted loss as training, so the two curves are comparable.
+        validation_loss = float(
+            nn.functional.cross_entropy(
+                torch.from_numpy(logits),
+                torch.from_numpy(validation_set.labels),
+                weight=self.class_weights,
+            )
+        )
+        return validation_auc, validation_loss
 
 
 def _softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
@@ -253,7 +313,47 @@ def finish(
     temperature, bias = fit_platt(validation_logits, validation_set.labels)
     split_name = f"{name}-split.json"
     split.save(out_dir / split_name)
-    card: dict[str, Any] = {
+    card = _card(
+        result,
+        name=name,
+        split_name=split_name,
+        temperature=temperature,
+        bias=bias,
+        device=device,
+        default=default,
+        training_summary=training_summary,
+    )
+    model = result.model.cpu()
+    predictor = Predictor(ModelCard.from_file(write_model(model, out_dir, card)), device="cpu")
+    validation_p = predictor.predict(validation_set.pixels)
+    threshold = round(best_balanced_accuracy_threshold(validation_set.labels, validation_p), 6)
+    sensitive = round(sensitivity_operating_point(validation_set.labels, validation_p, 0.9), 6)
+    # Every choice is made: the test patients are scored once.
+    test_p = predictor.predict(test_set.pixels)
+    metrics = {
+        "validation": _part_metrics(validation_set, validation_p, threshold),
+        "test": _part_metrics(test_set, test_p, threshold),
+    }
+    card["threshold"] = threshold
+    card["operating_points"] = {"balanced_accuracy": threshold, "sensitivity_0.90": sensitive}
+    card["metrics"] = metrics
+    return write_model(model, out_dir, card)
+
+
+def _card(
+    result: TrainingResult,
+    *,
+    name: str,
+    split_name: str,
+    temperature: float,
+    bias: float,
+    device: torch.device,
+    default: bool,
+    training_summary: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """The card of a trained model, calibrated; its threshold, operating points and metrics
+    are placeholders until they are chosen and measured."""
+    return {
         "name": name,
         "version": "0.1.0",
         "architecture": result.settings.architecture,
@@ -262,7 +362,7 @@ def finish(
         "input_mpp": DATASET_MPP,
         "normalization": {"mean": list(result.mean), "std": list(result.std)},
         "classes": ["non-IDC", "IDC"],
-        "threshold": 0.5,  # chosen below, on validation
+        "threshold": 0.5,  # chosen on validation once the calibrated model is written
         "temperature": round(temperature, 6),
         "logit_bias": round(bias, 6),
         "calibration": "Platt scaling on validation: P(IDC) = sigmoid(log-odds / temperature "
@@ -275,40 +375,33 @@ def finish(
         },
         "split": split_name,
         "metrics": {},
-        "training": {
-            "settings": result.settings.__dict__,
-            "best_epoch": result.best_epoch,
-            "epochs_run": len(result.history),
-            "device": device_label(device),
-            "cpu_threads": torch.get_num_threads(),
-            "epoch_seconds": [round(r.seconds, 1) for r in result.history],
-            "train_loss_by_epoch": [round(r.train_loss, 5) for r in result.history],
-            "validation_loss_by_epoch": [round(r.validation_loss, 5) for r in result.history],
-            "validation_auc_by_epoch": [round(r.validation_auc, 5) for r in result.history],
-        },
+        "training": _training_record(result, device),
         "intended_use": "Research use only, not for diagnosis: flags regions of possible IDC "
         "in H&E breast tissue for a pathologist to review.",
         "default": default,
     }
-    model = result.model.cpu()
-    predictor = Predictor(ModelCard.from_file(write_model(model, out_dir, card)), device="cpu")
-    validation_p = predictor.predict(validation_set.pixels)
-    threshold = round(best_balanced_accuracy_threshold(validation_set.labels, validation_p), 6)
-    sensitive = round(sensitivity_operating_point(validation_set.labels, validation_p, 0.9), 6)
-    # Every choice is made: the test patients are scored once.
-    test_p = predictor.predict(test_set.pixels)
-    metrics = {}
-    for part, labels, scores, patients in (
-        ("validation", validation_set.labels, validation_p, validation_set.patients),
-        ("test", test_set.labels, test_p, test_set.patients),
-    ):
-        metrics[part] = {
-            **classification_metrics(labels, scores, threshold),
-            "patients": len(set(patients.tolist())),
-            "patches": len(labels),
-            "intervals_95": bootstrap_intervals(labels, scores, patients, threshold),
-        }
-    card["threshold"] = threshold
-    card["operating_points"] = {"balanced_accuracy": threshold, "sensitivity_0.90": sensitive}
-    card["metrics"] = metrics
-    return write_model(model, out_dir, card)
+
+
+def _training_record(result: TrainingResult, device: torch.device) -> dict[str, Any]:
+    """How the model was trained, epoch by epoch (the evaluation report plots it)."""
+    return {
+        "settings": result.settings.__dict__,
+        "best_epoch": result.best_epoch,
+        "epochs_run": len(result.history),
+        "device": device_label(device),
+        "cpu_threads": torch.get_num_threads(),
+        "epoch_seconds": [round(r.seconds, 1) for r in result.history],
+        "train_loss_by_epoch": [round(r.train_loss, 5) for r in result.history],
+        "validation_loss_by_epoch": [round(r.validation_loss, 5) for r in result.history],
+        "validation_auc_by_epoch": [round(r.validation_auc, 5) for r in result.history],
+    }
+
+
+def _part_metrics(part: PatchSet, scores: np.ndarray, threshold: float) -> dict[str, Any]:
+    """Metrics of one part of the split at ``threshold``, with patient-bootstrap intervals."""
+    return {
+        **classification_metrics(part.labels, scores, threshold),
+        "patients": len(set(part.patients.tolist())),
+        "patches": len(part.labels),
+        "intervals_95": bootstrap_intervals(part.labels, scores, part.patients, threshold),
+    }

@@ -36,7 +36,8 @@ import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -350,60 +351,135 @@ def write_pyramid_tiff(
     ExportError
         If the file cannot be written.
     """
-    if tile <= 0 or tile % 16:
-        raise ValueError(f"Tile size {tile} must be a positive multiple of 16")
-    if not (math.isfinite(mpp) and mpp > 0):
-        raise ValueError(f"µm/px {mpp} must be a positive number")
-    source = level0 if isinstance(level0, PyramidSource) else ArrayPyramidSource(level0)
-    levels = _check_downsamples(
-        downsamples if downsamples is not None else default_downsamples(source.l0_size, tile)
+    plan = _PyramidPlan.checked(
+        level0,
+        mpp=mpp,
+        downsamples=downsamples,
+        tile=tile,
+        compression=compression,
+        quality=quality,
+        style=style,
+        description=description,
+        objective_power=objective_power,
+        bigtiff=bigtiff,
+        workers=workers,
     )
-    if style not in ("generic", "aperio"):
-        raise ValueError(f"Unknown style {style!r}; expected 'generic' or 'aperio'")
-    codec = _TileCodec(source, compression, quality)
-    if bigtiff is None:
-        bigtiff = math.prod(source.shape) * source.dtype.itemsize > BIGTIFF_THRESHOLD
-    workers = workers or min(4, os.cpu_count() or 1)
-    aperio_fields = _aperio_fields(mpp, objective_power, description) if style == "aperio" else ""
-
     path = Path(path)
     try:
         with (
             atomic_path(path) as temp_path,
-            tifffile.TiffWriter(temp_path, bigtiff=bigtiff) as writer,
-            ThreadPoolExecutor(max_workers=workers) if workers > 1 else nullcontext() as pool,
+            tifffile.TiffWriter(temp_path, bigtiff=plan.bigtiff) as writer,
+            plan.tile_pool() as pool,
         ):
-            for index, downsample in enumerate(levels):
-                level_w, level_h = source.level_size(downsample)
-                level_description: str | None
-                if style == "aperio":
-                    level_description = _aperio_description(
-                        source.l0_size, (level_w, level_h), tile, codec, aperio_fields
-                    )
-                else:
-                    level_description = description if index == 0 else None
-                writer.write(
-                    _encoded_tiles(source, downsample, tile, codec, pool),
-                    shape=(level_h, level_w, *source.shape[2:]),
-                    dtype=source.dtype,
-                    tile=(tile, tile),
-                    **codec.tiff_kwargs(),
-                    resolution=(
-                        10000.0 / mpp * level_w / source.l0_size[0],
-                        10000.0 / mpp * level_h / source.l0_size[1],
-                    ),
-                    resolutionunit="CENTIMETER",
-                    # Aperio's own files leave their pyramid levels at subfile type 0.
-                    subfiletype=1 if index and style == "generic" else 0,
-                    description=level_description,
-                    software="wsiviewer",
-                    metadata=None,
-                )
-                if style == "aperio" and index == 0:
-                    _write_aperio_thumbnail(writer, source, codec, aperio_fields)
+            for index, downsample in enumerate(plan.levels):
+                plan.write_level(writer, index, downsample, pool)
+                if plan.style == "aperio" and index == 0:
+                    _write_aperio_thumbnail(writer, plan.source, plan.codec, plan.aperio_fields)
     except OSError as exc:
         raise ExportError(f"Cannot write pyramidal TIFF {path}: {exc}") from exc
     return path
+
+
+@dataclass(frozen=True)
+class _PyramidPlan:
+    """What :func:`write_pyramid_tiff` writes, checked before the file is created."""
+
+    source: PyramidSource
+    mpp: float
+    levels: tuple[int, ...]
+    tile: int
+    codec: _TileCodec
+    style: PyramidStyle
+    description: str | None
+    #: The ``|``-separated Aperio fields of every ImageDescription; empty in generic style.
+    aperio_fields: str
+    bigtiff: bool
+    workers: int
+
+    @classmethod
+    def checked(
+        cls,
+        level0: np.ndarray | PyramidSource,
+        *,
+        mpp: float,
+        downsamples: Sequence[int] | None,
+        tile: int,
+        compression: Compression | None,
+        quality: int,
+        style: PyramidStyle,
+        description: str | None,
+        objective_power: float | None,
+        bigtiff: bool | None,
+        workers: int | None,
+    ) -> _PyramidPlan:
+        """The plan of :func:`write_pyramid_tiff`'s arguments; ``ValueError`` names the first
+        invalid one."""
+        if tile <= 0 or tile % 16:
+            raise ValueError(f"Tile size {tile} must be a positive multiple of 16")
+        if not (math.isfinite(mpp) and mpp > 0):
+            raise ValueError(f"µm/px {mpp} must be a positive number")
+        source = level0 if isinstance(level0, PyramidSource) else ArrayPyramidSource(level0)
+        levels = _check_downsamples(
+            downsamples if downsamples is not None else default_downsamples(source.l0_size, tile)
+        )
+        if style not in ("generic", "aperio"):
+            raise ValueError(f"Unknown style {style!r}; expected 'generic' or 'aperio'")
+        codec = _TileCodec(source, compression, quality)
+        if bigtiff is None:
+            bigtiff = math.prod(source.shape) * source.dtype.itemsize > BIGTIFF_THRESHOLD
+        return cls(
+            source=source,
+            mpp=mpp,
+            levels=levels,
+            tile=tile,
+            codec=codec,
+            style=style,
+            description=description,
+            aperio_fields=(
+                _aperio_fields(mpp, objective_power, description) if style == "aperio" else ""
+            ),
+            bigtiff=bigtiff,
+            workers=workers or min(4, os.cpu_count() or 1),
+        )
+
+    def tile_pool(self) -> AbstractContextManager[ThreadPoolExecutor | None]:
+        """Threads that read and encode tiles, or none: then the writing thread does it."""
+        return ThreadPoolExecutor(max_workers=self.workers) if self.workers > 1 else nullcontext()
+
+    def write_level(
+        self,
+        writer: tifffile.TiffWriter,
+        index: int,
+        downsample: int,
+        pool: ThreadPoolExecutor | None,
+    ) -> None:
+        """Write level ``index`` (at ``downsample``) as one tiled IFD."""
+        source, tile = self.source, self.tile
+        level_w, level_h = source.level_size(downsample)
+        level_description: str | None
+        if self.style == "aperio":
+            level_description = _aperio_description(
+                source.l0_size, (level_w, level_h), tile, self.codec, self.aperio_fields
+            )
+        else:
+            level_description = self.description if index == 0 else None
+        writer.write(
+            _encoded_tiles(source, downsample, tile, self.codec, pool),
+            shape=(level_h, level_w, *source.shape[2:]),
+            dtype=source.dtype,
+            tile=(tile, tile),
+            **self.codec.tiff_kwargs(),
+            resolution=(
+                10000.0 / self.mpp * level_w / source.l0_size[0],
+                10000.0 / self.mpp * level_h / source.l0_size[1],
+            ),
+            resolutionunit="CENTIMETER",
+            # Aperio's own files leave their pyramid levels at subfile type 0.
+            subfiletype=1 if index and self.style == "generic" else 0,
+            description=level_description,
+            software="wsiviewer",
+            metadata=None,
+        )
 
 
 class _TileCodec:

@@ -1,10 +1,13 @@
-"""The review report: one self-contained HTML page with the slide, heatmap and outlines embedded."""
+"""The review report: one self-contained HTML page with the slide, heatmap and outlines embedded.
+
+The images are PNG data URIs from the house encoder (:func:`.png.png_bytes`), each carrying the
+research-use notice in its text, as every PNG we write does.
+"""
 
 from __future__ import annotations
 
 import base64
 import html
-import io
 import math
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -14,6 +17,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from wsiviewer import RESEARCH_USE_NOTICE, __version__
 from wsiviewer.core.exports.heatmaps import heatmap_cell_px, heatmap_rgba, overlay_rgb
+from wsiviewer.core.exports.png import png_bytes
 from wsiviewer.core.review.log import ReviewState
 from wsiviewer.core.review.status import STATUS_COLORS
 
@@ -27,9 +31,10 @@ REPORT_IMAGE_PX = 800
 
 
 def _png_data_uri(pixels: np.ndarray) -> str:
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="PNG", optimize=False, compress_level=6)
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+    # The notice travels with an image saved out of the page, as with every PNG we write.
+    text = {"Disclaimer": RESEARCH_USE_NOTICE, "Software": f"wsiviewer {__version__}"}
+    encoded = png_bytes(pixels, text)
+    return "data:image/png;base64," + base64.b64encode(encoded).decode("ascii")
 
 
 def _white_canvas(l0_dimensions: tuple[int, int], longest: int) -> np.ndarray:
@@ -165,30 +170,45 @@ def review_report_html(
     slide: Slide | None = None,
     slide_name: str | None = None,
 ) -> str:
-    """The review report: one self-contained HTML page (see the module docstring)."""
-    state = export.state
-    counts = summary["counts"]
-    model = summary["model"]
-    slide_info = summary["slide"]
-    images = report_images(export, slide)
+    """The review report: one self-contained HTML page with the research-use notice, the
+    review's progress, the slide, heatmap and outline images, the slide, analysis and model
+    details, every region and the decision log."""
+    figures = _figures_html(report_images(export, slide))
+    return _page_html(
+        export.state,
+        summary,
+        figures=figures,
+        slide_table=_meta_table(_slide_rows(summary, slide_name)),
+        model_table=_meta_table(_model_rows(summary["model"])),
+        region_rows=_region_rows_html(export.state),
+        decision_rows=_decision_rows_html(export.history),
+    )
+
+
+def _figures_html(images: Mapping[str, np.ndarray]) -> str:
     captions = {
         "thumbnail": "Slide",
         "overlay": "P(IDC) heatmap over the slide (viridis: dark = low, yellow = high)",
         "outlines": "Regions by status: "
         + " ".join(f"{_swatch(status)}{status}" for status in ("accepted", "pending", "rejected")),
     }
-    figures = "".join(
+    return "".join(
         f'<figure><img alt="{_e(name)}" src="{_png_data_uri(pixels)}">'
         f"<figcaption>{captions[name]}</figcaption></figure>"
         for name, pixels in images.items()
     )
+
+
+def _slide_rows(summary: Mapping[str, Any], slide_name: str | None) -> list[tuple[str, object]]:
+    """The slide's file name (only when given), identity and geometry, analysis and set."""
+    slide_info = summary["slide"]
     region_set = summary["region_set"]
     frozen = region_set["frozen_at"] or "no (review not started)"
-    slide_rows: list[tuple[str, object]] = []
+    rows: list[tuple[str, object]] = []
     if slide_name is not None:
-        slide_rows.append(("File name", slide_name))
+        rows.append(("File name", slide_name))
     width, height = slide_info["l0_dimensions"]
-    slide_rows += [
+    rows += [
         ("Slide identity", slide_info["identity"]),
         ("Scanner", slide_info["vendor"] or "unknown"),
         ("Level-0 size", f"{width} × {height} px"),
@@ -199,7 +219,12 @@ def review_report_html(
         ),
         ("Region set", f"#{region_set['id']}, frozen {frozen}"),
     ]
-    model_rows: list[tuple[str, object]] = [
+    return rows
+
+
+def _model_rows(model: Mapping[str, Any]) -> list[tuple[str, object]]:
+    """The model, its settings in this review, and its card's metrics and training data."""
+    rows: list[tuple[str, object]] = [
         ("Model", f"{model['name']} v{model['version']} ({model['architecture']})"),
         ("Input resolution", f"{model['input_mpp']:.4g} µm/px, 50 × 50 px patches"),
         ("Threshold", f"{model['threshold']:.4g} (card default {model['card_threshold']:.4g})"),
@@ -207,18 +232,21 @@ def review_report_html(
         ("Intended use", model["intended_use"]),
     ]
     if model["metrics"]:
-        model_rows += [(f"Metric: {key}", value) for key, value in _flat(model["metrics"])]
+        rows += [(f"Metric: {key}", value) for key, value in _flat(model["metrics"])]
     elif model["metrics"] is None:
-        model_rows.append(("Metrics", "not available (the model's card is not installed)"))
+        rows.append(("Metrics", "not available (the model's card is not installed)"))
     else:
-        model_rows.append(("Metrics", "none on the model card"))
+        rows.append(("Metrics", "none on the model card"))
     if model["training_data"]:
-        model_rows += [
+        rows += [
             (f"Training data: {k}" if k else "Training data", v)
             for k, v in _flat(model["training_data"])
         ]
+    return rows
 
-    region_rows_html = (
+
+def _region_rows_html(state: ReviewState) -> str:
+    return (
         "".join(
             "<tr>"
             f"<td class=num>{item.number}</td>"
@@ -235,7 +263,10 @@ def review_report_html(
         )
         or '<tr><td colspan="9">No regions at this threshold and minimum area.</td></tr>'
     )
-    decision_rows_html = (
+
+
+def _decision_rows_html(history: Sequence[Mapping[str, Any]]) -> str:
+    return (
         "".join(
             f'<tr class="{"undone" if row["undone"] else ""}">'
             f"<td>{_e(_short_time(row['created_at']))}</td>"
@@ -246,11 +277,25 @@ def review_report_html(
             f"<td>{_e(row['number'])} ({_e(row['kind'])})</td>"
             f"<td>{_e(row['note'])}</td>"
             "</tr>"
-            for row in export.history
+            for row in history
         )
         or '<tr><td colspan="6">No decisions yet: review has not started.</td></tr>'
     )
 
+
+def _page_html(
+    state: ReviewState,
+    summary: Mapping[str, Any],
+    *,
+    figures: str,
+    slide_table: str,
+    model_table: str,
+    region_rows: str,
+    decision_rows: str,
+) -> str:
+    """The page around its parts (a template: its length is the page's)."""
+    counts = summary["counts"]
+    input_mpp = summary["model"]["input_mpp"]
     return f"""<!DOCTYPE html>
 <html lang="en">
 <head>
@@ -270,24 +315,24 @@ def review_report_html(
 accepted area {_num(summary["accepted_area_mm2"], 4)} mm²</p>
 <div class="figures">{figures}</div>
 <h2>Slide and analysis</h2>
-{_meta_table(slide_rows)}
+{slide_table}
 <h2>Model</h2>
-{_meta_table(model_rows)}
+{model_table}
 <h2>Regions</h2>
 <table class="data">
 <tr><th>ID</th><th>Source</th><th>Status</th><th>Area (mm²)</th><th>Max P</th><th>Mean P</th>
 <th>Note</th><th>Reviewer</th><th>Decided (UTC)</th></tr>
-{region_rows_html}
+{region_rows}
 </table>
 <h2>Decision log</h2>
 <p>Every action, oldest first; undone actions are struck through.</p>
 <table class="data">
 <tr><th>Time (UTC)</th><th>Reviewer</th><th>Action</th><th>#</th><th>Region</th><th>Note</th></tr>
-{decision_rows_html}
+{decision_rows}
 </table>
 <footer>
 <p><strong>Research use only, not for diagnosis.</strong> IDC probabilities are the output of
-a model trained on 50 × 50 px patches at {model["input_mpp"]:.4g} µm/px; every region must be
+a model trained on 50 × 50 px patches at {input_mpp:.4g} µm/px; every region must be
 reviewed by a pathologist. Coordinates are level-0 px (origin top-left).</p>
 <p>Written {_e(summary["written_at"])} by wsiviewer {_e(__version__)}.</p>
 </footer>

@@ -1,9 +1,11 @@
 """Slides: one interface over every slide file OpenSlide reads and over in-memory arrays.
 
 - :mod:`.base`: the :class:`Slide` interface (level geometry, µm/px, identity, exact
-  area-averaged reads of any level-0 box) and the privacy rules for properties;
+  area-averaged reads of any level-0 box, display reads of a level box averaged in blocks)
+  and the privacy rules for properties;
 - :mod:`.openslide_source`: :class:`OpenSlideSource`, a slide file read by OpenSlide;
-- :mod:`.tiff_tiles`: the direct tile decoder of plain tiled TIFF levels (OpenSlide's px, faster);
+- :mod:`.tiff_tiles`: the direct tile decoder of plain tiled TIFF levels (OpenSlide's px, faster;
+  for display, JPEG levels decoded at a half or a quarter size within a stated tolerance);
 - :mod:`.array_source`: :class:`ArraySource`, a numpy pyramid (tests, rebuilt IDC patients);
 - :mod:`.resample`: exact area averaging and the one block mean.
 

@@ -10,7 +10,7 @@ import numpy as np
 
 from wsiviewer.core.slides.base import Slide, crop_padded
 from wsiviewer.core.units import plausible_mpp
-from wsiviewer.errors import SlideOpenError, SlideReadError
+from wsiviewer.errors import SlideOpenError
 
 
 class ArraySource(Slide):
@@ -61,9 +61,7 @@ class ArraySource(Slide):
         self, l0_xy: tuple[int, int], level: int, lv_size: tuple[int, int]
     ) -> np.ndarray:
         self._check_level(level)
-        width, height = lv_size
-        if width <= 0 or height <= 0:
-            raise SlideReadError(f"Invalid region size {lv_size}; width and height must be > 0")
+        self._check_size(lv_size)
         downsample = self.level_downsamples[level]
         lv_xy = (math.floor(l0_xy[0] / downsample), math.floor(l0_xy[1] / downsample))
         return crop_padded(self._levels[level], lv_xy, lv_size).copy()

@@ -9,7 +9,8 @@ level's own pixels, ``l0 = lv * downsample``. Pixel arrays are ``(H, W, 3) uint8
 Reading a file is OpenSlide's, with two shortcuts that give the same px faster: a plain tiled
 TIFF (Aperio, generic TIFF) has its tiles decoded directly once one of them matched
 OpenSlide's read of it, and a small level that analysis reads again and again (tissue
-overview, model patches, overlay) is decoded once and kept.
+overview, model patches, overlay) is decoded once and kept. A viewer reads through
+:meth:`Slide.read_display`, which may average a level in blocks (zooms between levels).
 """
 
 from __future__ import annotations
@@ -175,6 +176,10 @@ class Slide(ABC):
         if not 0 <= level < self.level_count:
             raise SlideReadError(f"Invalid level {level}; slide has {self.level_count} levels")
 
+    def _check_size(self, lv_size: tuple[int, int]) -> None:
+        if lv_size[0] <= 0 or lv_size[1] <= 0:
+            raise SlideReadError(f"Invalid region size {lv_size}; width and height must be > 0")
+
     @abstractmethod
     def read_region(
         self, l0_xy: tuple[int, int], level: int, lv_size: tuple[int, int]
@@ -183,6 +188,43 @@ class Slide(ABC):
 
         Returns ``(height, width, 3) uint8`` RGB; pixels outside the slide are white (255).
         """
+
+    def read_display(
+        self,
+        l0_xy: tuple[int, int],
+        level: int,
+        lv_size: tuple[int, int],
+        reduction: int = 1,
+    ) -> np.ndarray:
+        """Read ``lv_size`` level px at ``l0_xy`` for display, averaged in ``reduction`` x
+        ``reduction`` blocks: what a viewer paints between pyramid levels.
+
+        Returns ``(ceil(height / reduction), ceil(width / reduction), 3) uint8`` RGB; a
+        partial last block (a box that is not a whole number of blocks) is the mean of the px
+        it has. With ``reduction`` 1 the px are exactly :meth:`read_region`'s. Above 1 this is
+        the exact block mean (:func:`~wsiviewer.core.slides.resample.block_mean`, rounded
+        half up) of them, unless a source says otherwise: a file source may decode JPEG tiles
+        at the reduced size, within
+        :data:`~wsiviewer.core.slides.tiff_tiles.REDUCED_DECODE_TOLERANCE` of it.
+
+        Raises
+        ------
+        SlideReadError
+            For a bad level, size or reduction, or px that cannot be read.
+        """
+        from wsiviewer.core.slides.resample import block_mean
+
+        self._check_size(lv_size)
+        self._check_reduction(reduction)
+        pixels = self._read_pixels(l0_xy, level, lv_size)
+        if reduction > 1:
+            pixels = block_mean(pixels, reduction, edge="partial")
+        # The caller's own RGB: never a view of a level the source keeps decoded.
+        return np.array(pixels[..., :3], order="C")
+
+    def _check_reduction(self, reduction: int) -> None:
+        if isinstance(reduction, bool) or not isinstance(reduction, int) or reduction < 1:
+            raise SlideReadError(f"Invalid reduction {reduction!r}; expected a whole number >= 1")
 
     def best_level_for_downsample(self, downsample: float) -> int:
         """The coarsest level whose downsample is at most ``downsample`` (tolerance 1e-6)."""

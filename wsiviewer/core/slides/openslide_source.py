@@ -3,7 +3,11 @@
 Reading is OpenSlide's, with two shortcuts that give the same px faster: a plain tiled TIFF
 (Aperio, generic TIFF) has its tiles decoded directly (:mod:`.tiff_tiles`) once one of them
 matched OpenSlide's read of it, and a small level that analysis reads again and again (tissue
-overview, model patches, overlay) is decoded once and kept.
+overview, model patches, overlay) is decoded once and kept. For display only, a JPEG level
+read averaged in blocks is decoded at the reduced size, within a stated tolerance.
+
+Transparent px (past a level's edge, missing tiles) are composited over white in one place,
+:func:`_over_white`, and a failed read is reported in one place, :meth:`_read_openslide`.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from wsiviewer.core.slides.base import Slide, crop_padded
-from wsiviewer.core.slides.tiff_tiles import TiffTiles
+from wsiviewer.core.slides.tiff_tiles import REDUCED_DECODE_TOLERANCE, TiffTiles
 from wsiviewer.core.units import plausible_mpp
 from wsiviewer.errors import SlideOpenError, SlideReadError
 
@@ -30,25 +34,29 @@ HELD_LEVEL_PIXELS = 16_000_000
 _TILED_TIFF_VENDORS = frozenset({"aperio", "generic-tiff"})
 
 
-def _premultiplied_rgba_to_rgb(rgba: np.ndarray) -> np.ndarray:
-    """Composite OpenSlide's premultiplied RGBA over white."""
+def _rgb_over_white(rgba: np.ndarray) -> np.ndarray:
+    """OpenSlide's RGBA composited over white, as a contiguous RGB array."""
     return np.ascontiguousarray(_over_white(rgba)[..., :3])
 
 
 def _over_white(rgba: np.ndarray) -> np.ndarray:
-    """OpenSlide's premultiplied RGBA composited over white, in the first three channels.
+    """OpenSlide's RGBA composited over white, in the first three channels: the one alpha
+    handling of wsiviewer.
 
-    ``rgba`` itself when it is opaque, the usual case: nothing is composited or copied. Else
-    only the px that are not opaque (past the level's edge, missing tiles) are composited;
-    their alpha is left as it was.
+    openslide-python gives straight (not premultiplied) RGBA: a px is ``rgb * a / 255 +
+    255 - a`` over white, rounded. ``rgba`` itself when it is opaque, the usual case: nothing
+    is composited or copied. Else only the px that are not opaque (past the level's edge,
+    missing tiles, the slide's edge read at a fraction of a level px) are composited; their
+    alpha is left as it was.
     """
     alpha = rgba[..., 3]
     if alpha.min() == 255:
         return rgba
     rows, cols = np.nonzero(alpha != 255)
     out = rgba.copy()
-    composited = out[rows, cols, :3].astype(np.uint16) + (255 - alpha[rows, cols, None])
-    out[rows, cols, :3] = np.minimum(composited, 255)
+    weight = alpha[rows, cols, None].astype(np.uint32)
+    colour = out[rows, cols, :3].astype(np.uint32)
+    out[rows, cols, :3] = (colour * weight + 255 * (255 - weight) + 127) // 255
     return out
 
 
@@ -88,6 +96,7 @@ class OpenSlideSource(Slide):
         self._tiles: TiffTiles | None = None
         self._tiles_opened = False
         self._tiles_agree: dict[int, bool] = {}
+        self._reduced_agree: dict[tuple[int, int], bool] = {}
         self._tiles_lock = threading.Lock()
 
     @property
@@ -102,12 +111,39 @@ class OpenSlideSource(Slide):
             image = self._osr.associated_images[name]
         except openslide.OpenSlideError as exc:
             raise SlideReadError(f"Cannot read associated image {name!r}: {exc}") from exc
-        return _premultiplied_rgba_to_rgb(np.asarray(image.convert("RGBA")))
+        return _rgb_over_white(np.asarray(image.convert("RGBA")))
 
     def read_region(
         self, l0_xy: tuple[int, int], level: int, lv_size: tuple[int, int]
     ) -> np.ndarray:
         return np.ascontiguousarray(self._read(l0_xy, level, lv_size)[..., :3])
+
+    def read_display(
+        self,
+        l0_xy: tuple[int, int],
+        level: int,
+        lv_size: tuple[int, int],
+        reduction: int = 1,
+    ) -> np.ndarray:
+        """:meth:`Slide.read_display`; a reduced read of a JPEG level of a tiled TIFF decodes
+        its tiles at the reduced size (:meth:`TiffTiles.read`), within
+        :data:`~wsiviewer.core.slides.tiff_tiles.REDUCED_DECODE_TOLERANCE` of the exact
+        block mean, once the level's most detailed tile came within it."""
+        self._check_level(level)
+        self._check_size(lv_size)
+        self._check_reduction(reduction)
+        lv_xy = self._exact_lv_xy(l0_xy, level)
+        if (
+            reduction > 1
+            and lv_xy is not None
+            and level not in self._held_levels  # a held level is averaged exactly, as fast
+            and (tiles := self._reduced_tiles_for(level, reduction)) is not None
+        ):
+            try:
+                return tiles.read(level, lv_xy, lv_size, reduction)
+            except (RuntimeError, ValueError, OSError):
+                pass  # a box it cannot serve, or a tile that does not decode: read exactly
+        return super().read_display(l0_xy, level, lv_size, reduction)
 
     def _read_pixels(
         self, l0_xy: tuple[int, int], level: int, lv_size: tuple[int, int]
@@ -145,8 +181,7 @@ class OpenSlideSource(Slide):
         """The region's px, RGB first: decoded from the file's own tiles where they agree
         with OpenSlide (see :meth:`_tiles_for`), else read by OpenSlide."""
         self._check_level(level)
-        if lv_size[0] <= 0 or lv_size[1] <= 0:
-            raise SlideReadError(f"Invalid region size {lv_size}; width and height must be > 0")
+        self._check_size(lv_size)
         lv_xy = self._exact_lv_xy(l0_xy, level)
         if lv_xy is not None and (tiles := self._tiles_for(level)) is not None:
             try:
@@ -178,6 +213,27 @@ class OpenSlideSource(Slide):
             if level not in self._tiles_agree:
                 self._tiles_agree[level] = self._check_tiles(level)
             return self._tiles if self._tiles_agree[level] else None
+
+    def _reduced_tiles_for(self, level: int, reduction: int) -> TiffTiles | None:
+        """The file's tiles, if ``level`` is read from them decoded at ``1 / reduction`` size.
+
+        It is, once its most detailed tile decoded so came within
+        :data:`~wsiviewer.core.slides.tiff_tiles.REDUCED_DECODE_TOLERANCE` of the exact block
+        mean (checked once per level and reduction, on first use).
+        """
+        tiles = self._tiles_for(level)
+        if tiles is None or not tiles.decodes_reduced(level, reduction):
+            return None
+        with self._tiles_lock:
+            if (level, reduction) not in self._reduced_agree:
+                try:
+                    difference = tiles.reduced_decode_difference(level, reduction)
+                except (RuntimeError, ValueError, OSError):
+                    agree = False
+                else:
+                    agree = difference.within(REDUCED_DECODE_TOLERANCE)
+                self._reduced_agree[level, reduction] = agree
+            return tiles if self._reduced_agree[level, reduction] else None
 
     def _check_tiles(self, level: int) -> bool:
         """Whether the level's most detailed tile decodes to OpenSlide's px, bit for bit."""

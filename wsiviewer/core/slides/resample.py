@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
-from scipy import sparse
+
+if TYPE_CHECKING:
+    from scipy import sparse
 
 
 def _area_weights(origin: float, extent: float, n_in: int, n_out: int) -> sparse.csr_matrix:
@@ -16,6 +18,9 @@ def _area_weights(origin: float, extent: float, n_in: int, n_out: int) -> sparse
     overlap divided by ``step``: the exact area average of constant unit-square px. Parts of a
     bin outside ``[0, n_in)`` get no weight (callers read the white padding they need).
     """
+    # Imported here: the block mean (the viewer's) needs no scipy, whose import is slow.
+    from scipy import sparse
+
     step = extent / n_out
     edges = origin + step * np.arange(n_out + 1)
     first = np.floor(edges[:-1]).astype(np.intp)

@@ -1,12 +1,20 @@
-"""Rows of the results database as frozen records, and the queries that read them."""
+"""Rows of the results database as frozen records, and the queries that read them.
+
+Each ``*_SELECT`` names the columns its ``*_record`` parser reads; a row that does not parse
+(a corrupt column, a stored value out of range) is a :class:`StoreError` naming the row.
+"""
 
 from __future__ import annotations
 
 import json
 import sqlite3
+import zlib
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, cast
+from pathlib import Path
+from typing import Any, cast
 
+import numpy as np
+import shapely
 from shapely.geometry import Polygon
 
 from wsiviewer.core.analysis.grid import PatchGrid
@@ -14,9 +22,6 @@ from wsiviewer.core.analysis.regions import Region
 from wsiviewer.core.model.cards import ModelSummary
 from wsiviewer.core.slides import Mpp, MppSource
 from wsiviewer.errors import ResolutionError, StoreError
-
-if TYPE_CHECKING:
-    pass
 
 
 @dataclass(frozen=True)
@@ -135,6 +140,19 @@ REGION_SET_SELECT = """
 """
 
 
+REGION_SELECT = """
+    SELECT id, region_set_id, number, area_mm2, max_prob, mean_prob, cell_count,
+           polygon_wkb, grid_cells
+    FROM regions
+"""
+
+
+MANUAL_REGION_SELECT = """
+    SELECT id, region_set_id, polygon_wkb, area_mm2, created_at, reviewer
+    FROM manual_regions
+"""
+
+
 DECISION_SELECT = """
     SELECT d.id, d.region_set_id, d.region_id, d.manual_region_id, d.action, d.note,
            d.undoes_id, d.reviewer, d.model_name, d.threshold, d.created_at
@@ -218,4 +236,42 @@ def region_set_record(row: sqlite3.Row) -> RegionSetRecord:
         region_count=int(row["region_count"]),
         created_at=row["created_at"],
         frozen_at=row["frozen_at"],
+    )
+
+
+def region_record(row: sqlite3.Row, database: Path) -> RegionRecord:
+    """A row of :data:`REGION_SELECT`; ``database`` names the file in the error."""
+    try:
+        polygon = shapely.from_wkb(bytes(row["polygon_wkb"]))
+        cells = np.frombuffer(zlib.decompress(row["grid_cells"]), dtype="<i4")
+    except (shapely.errors.GEOSException, zlib.error, ValueError, TypeError) as exc:
+        raise StoreError(f"Region {row['id']} in {database} is corrupt: {exc}") from exc
+    if not isinstance(polygon, Polygon) or len(cells) != 2 * row["cell_count"]:
+        raise StoreError(f"Region {row['id']} in {database} is corrupt")
+    region = Region(
+        number=int(row["number"]),
+        polygon=polygon,
+        area_mm2=float(row["area_mm2"]),
+        max_prob=float(row["max_prob"]),
+        mean_prob=float(row["mean_prob"]),
+        grid_cells=cells.reshape(-1, 2).astype(np.intp),
+    )
+    return RegionRecord(int(row["id"]), int(row["region_set_id"]), region)
+
+
+def manual_region_record(row: sqlite3.Row, database: Path) -> ManualRegionRecord:
+    """A row of :data:`MANUAL_REGION_SELECT`; ``database`` names the file in the error."""
+    try:
+        polygon = shapely.from_wkb(bytes(row["polygon_wkb"]))
+    except (shapely.errors.GEOSException, ValueError, TypeError) as exc:
+        raise StoreError(f"Manual region {row['id']} in {database} is corrupt: {exc}") from exc
+    if not isinstance(polygon, Polygon):
+        raise StoreError(f"Manual region {row['id']} in {database} is corrupt")
+    return ManualRegionRecord(
+        id=int(row["id"]),
+        region_set_id=int(row["region_set_id"]),
+        polygon=polygon,
+        area_mm2=float(row["area_mm2"]),
+        created_at=row["created_at"],
+        reviewer=row["reviewer"],
     )
