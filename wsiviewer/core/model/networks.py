@@ -1,4 +1,4 @@
-"""Model architectures, registered by name, and safetensors weights checked against the card."""
+"""Model architectures, registered by name, and the classifier that applies a card to them."""
 
 from __future__ import annotations
 

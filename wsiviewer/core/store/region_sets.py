@@ -10,6 +10,7 @@ instead of recording a copy; a frozen set is never reused.
 from __future__ import annotations
 
 import hashlib
+import sqlite3
 import struct
 import zlib
 
@@ -151,32 +152,12 @@ class RegionSetsMixin(StoreConnection):
         """The region set of an analysis with the most recent review decision, if any."""
         with self._reading("find the reviewed region set") as connection:
             self._require(connection, "analyses", analysis_id, "analysis")
-            found = connection.execute(
-                f"""
-                {REGION_SET_SELECT} WHERE id = (
-                    SELECT d.region_set_id FROM review_decisions AS d
-                    JOIN region_sets AS rs ON rs.id = d.region_set_id
-                    WHERE rs.analysis_id = ? ORDER BY d.id DESC LIMIT 1)
-                """,
-                (analysis_id,),
-            ).fetchone()
-        return None if found is None else region_set_record(found)
+            return _latest_reviewed(connection, "rs.analysis_id = ?", analysis_id)
 
     def latest_reviewed_region_set_of_slide(self, slide_identity: str) -> RegionSetRecord | None:
         """The region set of any analysis of a slide with the most recent review decision."""
         with self._reading("find the reviewed region set") as connection:
-            found = connection.execute(
-                f"""
-                {REGION_SET_SELECT} WHERE id = (
-                    SELECT d.region_set_id FROM review_decisions AS d
-                    JOIN region_sets AS rs ON rs.id = d.region_set_id
-                    JOIN analyses AS a ON a.id = rs.analysis_id
-                    JOIN slides AS s ON s.id = a.slide_id
-                    WHERE s.identity = ? ORDER BY d.id DESC LIMIT 1)
-                """,
-                (slide_identity,),
-            ).fetchone()
-        return None if found is None else region_set_record(found)
+            return _latest_reviewed(connection, "s.identity = ?", slide_identity)
 
     def latest_region_set(self, analysis_id: int) -> RegionSetRecord | None:
         """The region set of an analysis recorded last, if any."""
@@ -210,3 +191,22 @@ def _region_rows(region_set: RegionSet) -> tuple[list[_RegionRow], str]:
             digest.update(blob)
         rows.append((*numbers, polygon_wkb, zlib.compress(cells.tobytes())))
     return rows, digest.hexdigest()
+
+
+def _latest_reviewed(
+    connection: sqlite3.Connection, condition: str, value: object
+) -> RegionSetRecord | None:
+    """The region set with the latest review decision among those matching ``condition``
+    (SQL over ``rs`` region sets, ``a`` analyses and ``s`` slides, one ``?``)."""
+    found = connection.execute(
+        f"""
+        {REGION_SET_SELECT} WHERE id = (
+            SELECT d.region_set_id FROM review_decisions AS d
+            JOIN region_sets AS rs ON rs.id = d.region_set_id
+            JOIN analyses AS a ON a.id = rs.analysis_id
+            JOIN slides AS s ON s.id = a.slide_id
+            WHERE {condition} ORDER BY d.id DESC LIMIT 1)
+        """,
+        (value,),
+    ).fetchone()
+    return None if found is None else region_set_record(found)
