@@ -8,9 +8,12 @@ A development tool, not part of the installed package.
 Drives the real window and saves PNGs into OUTDIR: the slide open, zoomed in with the overview,
 the heatmap overlay (with its probability histogram) at two zooms, the model card and the plots
 of its shipped evaluation (ROC space, calibration and ROC AUC per patient), the slide
-information, an analysis running, the error dialog of an unopenable file, and the review of
+information, an analysis running, the error dialog of an unopenable file, the review of
 flagged regions (the list, outlines by status, a region framed, a polygon being drawn, a manual
-region).
+region), and what issue 13 added: one threshold for heatmap and regions, region edits (split,
+brush, vertices, merge), the ruler, a view saved as an image, the history and the question
+before a reviewed slide is analysed again, the question before an export replaces files, the
+µm/px dialog, an imported QuPath class, and the closest zoom.
 
 The heatmap is the installed default model's real analysis of the slide, run by the window's
 Analyze. With ``--synthetic`` (or when no model is installed) it is a SYNTHETIC demonstration
@@ -174,6 +177,219 @@ def _review_screenshots(app: object, window: object, save: object, synthetic: bo
     panel.draw_tool.finish()
     _wait(app, lambda: view.settled)
     save("04d-review-manual-region")  # type: ignore[operator]
+
+
+def _grab_screen(app: object, name: str, out_dir: Path) -> None:
+    from PySide6.QtWidgets import QApplication
+
+    for _ in range(5):
+        app.processEvents()  # type: ignore[attr-defined]
+        time.sleep(0.02)
+    path = out_dir / f"{name}.png"
+    QApplication.primaryScreen().grabWindow(0).save(str(path))
+    print(f"saved {path}")
+
+
+def _issue13_screenshots(shots: Screenshots, slide_path: Path) -> None:
+    """One threshold, region edits, ruler, saved view, history, questions, dialogs (issue 13)."""
+    import json
+
+    from PySide6.QtCore import QPointF
+    from shapely.geometry import box
+
+    from wsiviewer.gui.analysis_display import reanalysis_box
+    from wsiviewer.gui.mpp_dialog import MppDialog
+
+    window = shots.window
+    app = shots.app
+    panel = window.review_panel  # type: ignore[attr-defined]
+    view = window.view  # type: ignore[attr-defined]
+    overlay = window.overlay_panel  # type: ignore[attr-defined]
+    window.review_dock.raise_()  # type: ignore[attr-defined]
+    window.overlay_dock.raise_()  # type: ignore[attr-defined]
+    state = panel.state
+    if state is None:
+        print("issue 13 screenshots: no region set shown", file=sys.stderr)
+        return
+    # One threshold: move it on the heatmap panel, the regions follow.
+    view.fit()
+    shots.wait(lambda: view.settled)
+    card_threshold = state.threshold
+    overlay.choose_threshold(max(0.05, card_threshold / 2))
+    shots.wait(lambda: view.settled)
+    shots.save("09a-one-threshold-lowered")
+    overlay.card_button.click()
+    shots.wait(lambda: view.settled)
+    shots.save("09b-one-threshold-card")
+
+    # Regions to edit: the largest model region, else two drawn ones.
+    items = sorted(panel.state.items, key=lambda item: -item.area_mm2)
+    width, height = window.slide.dimensions  # type: ignore[attr-defined]
+    if not items or items[0].polygon.area < 4 * (width / 40) ** 2:
+        side = min(width, height) / 8
+        panel.add_manual_region(
+            box(width * 0.3, height * 0.3, width * 0.3 + side, height * 0.3 + side)
+        )
+        items = sorted(panel.state.items, key=lambda item: -item.area_mm2)
+    target = items[0]
+    panel.select(target.ref)
+    shots.wait(lambda: view.settled)
+    left, top, right, bottom = target.polygon.bounds
+    middle_x = (left + right) / 2
+    panel.split_action.trigger()
+    panel.split_tool.add_vertex(QPointF(middle_x, top - (bottom - top) * 0.2))
+    panel.split_tool.add_vertex(
+        QPointF(middle_x + (right - left) * 0.1, bottom + (bottom - top) * 0.2)
+    )
+    app.processEvents()  # type: ignore[attr-defined]
+    shots.save("10a-split-line-drawn")
+    panel.split_tool.finish()
+    shots.wait(lambda: view.settled)
+    shots.save("10b-region-split")
+
+    part = panel.selected_item()
+    if part is not None:
+        panel.brush_box.setValue(40)
+        panel.erase_action.trigger()
+        p_left, p_top, p_right, p_bottom = part.polygon.bounds
+        stroke = [
+            (p_left + (p_right - p_left) * f, p_top + (p_bottom - p_top) * 0.5)
+            for f in (0.2, 0.4, 0.6)
+        ]
+        panel.brush_tool._points = stroke  # the preview of a stroke being dragged
+        panel.brush_tool._update_preview()
+        app.processEvents()  # type: ignore[attr-defined]
+        shots.save("11a-brush-erase-stroke")
+        panel.brush_tool._points = []
+        panel.brush_tool.paint_stroke(stroke)
+        panel.brush_tool.cancel()
+        shots.wait(lambda: view.settled)
+        shots.save("11b-brush-erased")
+        current = panel.selected_item()
+        if current is not None:
+            panel.vertices_action.trigger()
+            app.processEvents()  # type: ignore[attr-defined]
+            vertices = panel.vertex_tool.vertices
+            x, y = vertices[0]
+            panel.vertex_tool.move_vertex(
+                0, (x - (p_right - p_left) * 0.03, y - (p_bottom - p_top) * 0.03)
+            )
+            app.processEvents()  # type: ignore[attr-defined]
+            shots.save("12a-vertex-handles")
+            panel.vertex_tool.apply()
+            shots.wait(lambda: view.settled)
+    refs = [item.ref for item in sorted(panel.state.items, key=lambda i: -i.area_mm2)[:2]]
+    if len(refs) == 2:
+        panel.select_several(refs)
+        app.processEvents()  # type: ignore[attr-defined]
+        shots.save("13a-merge-selected")
+        panel.merge_selected()
+        view.fit()
+        shots.wait(lambda: view.settled)
+        shots.save("13b-merged")
+    # The decision log: every edit one line.
+    history = panel.session.history() if panel.session is not None else []
+    print(
+        "log:",
+        [(row["action"], row["edit_kind"], row["replaced"], row["added"]) for row in history],
+    )
+
+    # An imported QuPath annotation keeps its class; importing the file again adds nothing.
+    qupath = shots.out_dir / "qupath-annotations.geojson"
+    square = box(width * 0.62, height * 0.62, width * 0.7, height * 0.72)
+    qupath.write_text(
+        json.dumps(
+            [
+                {
+                    "type": "Feature",
+                    "geometry": {"type": "Polygon", "coordinates": [list(square.exterior.coords)]},
+                    "properties": {
+                        "objectType": "annotation",
+                        "name": "fibrous band",
+                        "classification": {"name": "Stroma", "color": [150, 200, 150]},
+                    },
+                }
+            ]
+        )
+    )
+    panel.import_qupath(qupath)
+    panel.import_qupath(qupath)
+    app.processEvents()  # type: ignore[attr-defined]
+    shots.save("14-qupath-class-kept-reimport-idempotent")
+
+    # The ruler.
+    view.fit()
+    shots.wait(lambda: view.settled)
+    window.ruler.set_active(True)  # type: ignore[attr-defined]
+    window.ruler.measure(QPointF(width * 0.2, height * 0.8), QPointF(width * 0.6, height * 0.8))  # type: ignore[attr-defined]
+    window.statusBar().showMessage(f"Length: {window.ruler.text}")  # type: ignore[attr-defined]
+    shots.save("15a-ruler")
+    written = window.save_view_image(shots.out_dir / "15b-saved-view.png")  # type: ignore[attr-defined]
+    print(f"saved {written}")
+    window.ruler.set_active(False)  # type: ignore[attr-defined]
+
+    # The question before an export replaces files (shown, not answered).
+    box_ = panel.overwrite_box(
+        [f"slide-0123456789ab_{name}" for name in ("regions.geojson", "mask.tif", "mask.png")]
+    )
+    box_.open()
+    _grab_screen(app, "16-export-would-replace", shots.out_dir)
+    box_.done(0)
+
+    # Analysing a reviewed slide again: the question, then the history.
+    if panel.state is not None and panel.reviewed:
+        text = "(text as the window asks it)"
+        dialog = reanalysis_box(window, text)  # type: ignore[arg-type]
+        dialog.setText(
+            f"The region set shown (#{panel.state.region_set_id}) has been reviewed: "
+            f"{panel.state.progress_text}.\n\nA new analysis will be shown instead, unreviewed. "
+            "The review is kept: it stays in the review panel's history (Shown), and "
+            "`wsiviewer export` keeps exporting the set reviewed most recently until the new "
+            "one is reviewed.\n\nAnalyse again?"
+        )
+        dialog.open()
+        _grab_screen(app, "17a-reanalysis-question", shots.out_dir)
+        dialog.done(0)
+    window.display.ask_reanalysis = lambda parent, text: True  # type: ignore[attr-defined]
+    if window.analyze():  # type: ignore[attr-defined]
+        shots.wait(lambda: not window.runner.running, timeout=600)  # type: ignore[attr-defined]
+        shots.wait(lambda: view.settled)
+        shots.save("17b-new-analysis-review-in-history")
+        panel.history_box.showPopup()
+        _grab_screen(app, "17c-history-list", shots.out_dir)
+        panel.history_box.hidePopup()
+        reviewed = next((i for i, e in enumerate(panel.history) if e.reviewed), None)
+        if reviewed is not None:
+            panel.history_box.setCurrentIndex(reviewed)
+            panel.history_box.activated.emit(reviewed)
+            shots.wait(lambda: view.settled)
+            shots.save("17d-reviewed-set-chosen-again")
+
+    # The µm/px dialog of a slide without resolution: empty, presets.
+    dialog = MppDialog(
+        "This slide's metadata has neither µm/px nor objective power. Enter the scan "
+        "resolution, or pick a preset.",
+        None,
+        window,  # type: ignore[arg-type]
+    )
+    dialog.open()
+    _grab_screen(app, "18-mpp-dialog-empty", shots.out_dir)
+    dialog.done(0)
+
+    # The closest zoom: twice the scan, px drawn as blocks, no tile seams.
+    item = panel.selected_item() or (
+        panel.state.items[0] if panel.state and panel.state.items else None
+    )
+    if item is not None:
+        centre = item.polygon.representative_point()
+        view.center_on_l0(centre.x, centre.y)
+    for _ in range(40):
+        view.zoom(1.25)
+    shots.wait(lambda: view.settled)
+    print(f"closest zoom: {view.magnification}")
+    shots.save("19-closest-zoom")
+    view.fit()
+    shots.wait(lambda: view.settled)
 
 
 class Screenshots:
@@ -353,6 +569,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     _heatmap_screenshots(shots, "synthetic" if synthetic else "model")
     _review_screenshots(app, window, shots.save, synthetic)
+    _issue13_screenshots(shots, slide_path)
     _panel_screenshots(shots)
     _analysis_running_screenshot(shots)
     _error_screenshot(shots, slide_path)

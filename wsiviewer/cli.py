@@ -14,19 +14,34 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from wsiviewer import RESEARCH_USE_NOTICE, WsiViewerError, __version__
+from wsiviewer.errors import escape_control
 
 if TYPE_CHECKING:
+    import torch
+
     from wsiviewer.core.model.predictor import Predictor
     from wsiviewer.core.slides import Mpp, Slide
     from wsiviewer.core.store.database import Store
     from wsiviewer.core.workflow import AnalysisParameters
+    from wsiviewer.training.dataset import PatchSet
+    from wsiviewer.training.train import EpochReport, TrainingSettings
 
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 
-COMMANDS = ("info", "analyze", "models", "gui", "train", "evaluate", "export")
+COMMANDS = (
+    "info",
+    "analyze",
+    "batch",
+    "models",
+    "gui",
+    "train",
+    "crossval",
+    "evaluate",
+    "export",
+)
 
 if TYPE_CHECKING:
     _Commands = argparse._SubParsersAction[argparse.ArgumentParser]
@@ -85,8 +100,10 @@ def build_parser() -> argparse.ArgumentParser:
     for add in (
         _add_info,
         _add_analyze,
+        _add_batch,
         _add_models,
         _add_train,
+        _add_crossval,
         _add_evaluate,
         _add_export,
         _add_gui,
@@ -137,12 +154,14 @@ def add_analysis_options(command: argparse.ArgumentParser) -> None:
     command.add_argument(
         "--threshold", type=_probability, help="IDC probability threshold (default: the card's)"
     )
+    from wsiviewer.core.review.defaults import DEFAULT_MIN_AREA_MM2
+
     command.add_argument(
         "--min-area",
         type=_non_negative_float,
-        default=0.0,
+        default=DEFAULT_MIN_AREA_MM2,
         metavar="MM2",
-        help="drop regions smaller than this many mm² (default 0)",
+        help=f"drop regions smaller than this many mm² (default {DEFAULT_MIN_AREA_MM2:g})",
     )
     command.add_argument(
         "--mpp",
@@ -150,6 +169,85 @@ def add_analysis_options(command: argparse.ArgumentParser) -> None:
         help="slide level-0 µm/px, for slides whose metadata lacks it (overrides metadata)",
     )
     command.add_argument("--batch-size", type=_positive_int, help="patches per forward pass")
+    command.add_argument(
+        "--dense",
+        action="store_true",
+        help="dense heatmap: patches every half patch (100 µm cells, each from the 4 patches "
+        "covering it), at about 4 times the inference",
+    )
+
+
+def _parameters(args: argparse.Namespace) -> AnalysisParameters:
+    """The analysis parameters of :func:`add_analysis_options`'s options."""
+    from wsiviewer.core.analysis.grid import DENSE_SUBDIVISION
+    from wsiviewer.core.workflow import AnalysisParameters
+
+    return AnalysisParameters(
+        threshold=args.threshold,
+        min_area_mm2=args.min_area,
+        subdivision=DENSE_SUBDIVISION if args.dense else 1,
+    )
+
+
+def _add_batch(commands: _Commands) -> None:
+    batch = commands.add_parser(
+        "batch",
+        help="analyse many slides on a Dask cluster (local by default); resumable",
+        description=(
+            "Analyse slides one task per slide on Dask distributed workers: a local cluster "
+            "sized to this machine, or an existing scheduler (--scheduler; its workers need "
+            "wsiviewer and read access to the slides and the model). Sources are slide files, "
+            "folders (searched for every format OpenSlide reads) and text files listing one "
+            "slide per line. Each slide's outputs go to --out/<label>/ (slide-<hash>, or the "
+            "file name with --include-filename) and --out/manifest.csv lists every slide. "
+            "Slides already analysed with the same model and settings are skipped unless "
+            f"--force. Exit status 0 only if every slide succeeded or was skipped. "
+            f"{RESEARCH_USE_NOTICE}"
+        ),
+    )
+    batch.add_argument("sources", type=Path, nargs="+", metavar="SOURCE")
+    batch.add_argument("--out", type=Path, required=True, help="output folder")
+    add_analysis_options(batch)
+    where = batch.add_mutually_exclusive_group()
+    where.add_argument(
+        "--scheduler", metavar="ADDRESS", help="an existing Dask scheduler (tcp://host:8786)"
+    )
+    where.add_argument(
+        "--workers",
+        type=_positive_int,
+        help="local worker processes (default: the machine's cores, as memory allows)",
+    )
+    batch.add_argument(
+        "--threads-per-worker",
+        type=_positive_int,
+        default=1,
+        metavar="T",
+        help="slides a local worker analyses at once (default 1)",
+    )
+    batch.add_argument(
+        "--retries",
+        type=_non_negative_int,
+        default=2,
+        metavar="R",
+        help="times a slide is retried on another worker when its worker dies (default 2)",
+    )
+    batch.add_argument(
+        "--force",
+        action="store_true",
+        help="analyse slides already in the results database again, overwriting their outputs",
+    )
+    batch.add_argument(
+        "--include-filename",
+        action="store_true",
+        help="name output folders after the slide files (default: slide-<hash>, privacy)",
+    )
+    batch.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _non_negative_int(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} must be a whole number ≥ 0")
+    return int(text)
 
 
 def _add_models(commands: _Commands) -> None:
@@ -162,47 +260,109 @@ def _add_train(commands: _Commands) -> None:
         help="train a model on IDC patches (split by patient) and write weights and card",
         description="Train on the IDC patch dataset (<patient>/<0|1>/*.png or .webp), split by "
         "patient; threshold, operating point and temperature are chosen on validation, and "
-        "the test patients are scored once at the end.",
+        "the test patients are scored once at the end. With --from-crossval, train a "
+        "cross-validated recipe's final model on every patient instead: epochs, calibration, "
+        "threshold and spatial context come from the run's out-of-fold scores.",
     )
     train.add_argument("--data", type=Path, required=True, help="the dataset folder")
     train.add_argument("--out", type=Path, required=True, help="folder for weights, card, split")
     train.add_argument("--name", default="cancernet", help="model name (default cancernet)")
-    train.add_argument("--architecture", default="cancernet", help="cancernet (default) or resnet8")
+    _add_recipe_options(train)
     train.add_argument(
+        "--split", type=Path, help="reuse this patient split JSON instead of making one"
+    )
+    train.add_argument(
+        "--standard-split",
+        type=Path,
+        metavar="CSV",
+        help="the dataset's standard patient split (idc_standard_split.csv): train on its "
+        "train part, choose on its validation part, score its test part",
+    )
+    train.add_argument(
+        "--from-crossval",
+        type=Path,
+        metavar="RUN",
+        help="a `wsiviewer crossval` run folder: train its recipe on every patient",
+    )
+    train.add_argument("--default", action="store_true", help="mark the card as the default")
+
+
+def _add_crossval(commands: _Commands) -> None:
+    crossval = commands.add_parser(
+        "crossval",
+        help="patient-level cross-validation of a training recipe (resumable)",
+        description="Deal the patients into --folds folds (stratified, seeded), train the "
+        "recipe on each fold's complement and score the fold once: every patient gets an "
+        "out-of-fold score. Writes the folds, each fold's model and scores, and the "
+        "out-of-fold figures into --out; rerun the same command to resume an interrupted run.",
+    )
+    crossval.add_argument("--data", type=Path, required=True, help="the dataset folder")
+    crossval.add_argument("--out", type=Path, required=True, help="the run folder")
+    crossval.add_argument("--folds", type=_positive_int, default=5, help="k (default 5)")
+    crossval.add_argument(
+        "--fold",
+        type=int,
+        action="append",
+        help="run only this fold (repeat for several; default: all)",
+    )
+    _add_recipe_options(crossval)
+
+
+def _add_recipe_options(command: argparse.ArgumentParser) -> None:
+    """How a model is trained: the same options for `train` and `crossval`."""
+    command.add_argument(
+        "--architecture", default="cancernet", help="cancernet (default) or resnet8"
+    )
+    command.add_argument(
         "--architecture-args",
         type=_json_object,
         default={},
         metavar="JSON",
         help="constructor arguments, e.g. '{\"widths\": [48, 96, 192]}'",
     )
-    train.add_argument("--epochs", type=_positive_int, default=20)
-    train.add_argument(
+    command.add_argument("--epochs", type=_positive_int, default=20)
+    command.add_argument(
         "--stain-jitter",
         type=_non_negative_float,
         default=0.05,
         help="H&E stain jitter: each stain scaled by 1 ± this (default 0.05)",
     )
-    train.add_argument(
+    command.add_argument(
         "--brightness-contrast",
         type=_non_negative_float,
         default=0.0,
         help="brightness and contrast jitter: each scaled by 1 ± this (default 0: off)",
     )
-    train.add_argument("--batch-size", type=_positive_int, default=128)
-    train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
-    train.add_argument(
+    command.add_argument(
+        "--hsv-jitter",
+        type=_non_negative_float,
+        default=0.0,
+        help="hue shift ± this / 10 and saturation scale 1 ± this (default 0: off)",
+    )
+    command.add_argument(
+        "--jpeg",
+        type=_probability,
+        default=0.0,
+        metavar="P",
+        help="fraction of patches JPEG-compressed at quality 50-95 (default 0: off)",
+    )
+    command.add_argument(
+        "--colour",
+        action="store_true",
+        help="standardise each patient's colours to the training patients' reference "
+        "(the analysis then does the same to each slide)",
+    )
+    command.add_argument("--batch-size", type=_positive_int, default=128)
+    command.add_argument("--seed", type=int, default=0)
+    command.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
+    command.add_argument(
         "--threads", type=_positive_int, help="CPU threads for torch (default: all cores)"
     )
-    train.add_argument(
-        "--split", type=Path, help="reuse this patient split JSON instead of making one"
-    )
-    train.add_argument(
+    command.add_argument(
         "--patients-csv",
         type=Path,
         help="idc_patients.csv marking complete patients (default: beside --data)",
     )
-    train.add_argument("--default", action="store_true", help="mark the card as the default")
 
 
 def _add_evaluate(commands: _Commands) -> None:
@@ -245,8 +405,10 @@ def _add_export(commands: _Commands) -> None:
             "Export a slide's regions as the viewer shows them: the region set reviewed most "
             "recently, else the latest analysis by the default model (else by any model), "
             "unless --analysis or --model says otherwise. Writes QuPath GeoJSON, the IDC mask "
-            "(pyramidal TIFF and PNG), the patch CSV and a review report (HTML, CSV, JSON). No "
-            f"output names the slide file unless --include-filename. {RESEARCH_USE_NOTICE}"
+            "(pyramidal TIFF and PNG), the patch CSV and a review report (HTML, CSV, JSON), "
+            "each named after the slide's label (slide-<hash>_regions.geojson...), and never "
+            "replaces a file unless --force. No output names the slide file unless "
+            f"--include-filename. {RESEARCH_USE_NOTICE}"
         ),
     )
     export.add_argument("slide", type=Path, metavar="SLIDE")
@@ -270,7 +432,13 @@ def _add_export(commands: _Commands) -> None:
     export.add_argument(
         "--include-filename",
         action="store_true",
-        help="write the slide's file name into the report (left out by default: privacy)",
+        help="name the files after the slide's file and write its name into the report "
+        "(default: slide-<hash>_..., privacy)",
+    )
+    export.add_argument(
+        "--force",
+        action="store_true",
+        help="overwrite this slide's files of an earlier export in --out (default: refuse)",
     )
 
 
@@ -297,10 +465,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     handlers: dict[str, Callable[[argparse.Namespace], int]] = {
         "info": _cmd_info,
         "analyze": _cmd_analyze,
+        "batch": _cmd_batch,
         "models": _cmd_models,
         "gui": lambda args: _cmd_gui(args.slide),
         "export": _cmd_export,
         "train": _cmd_train,
+        "crossval": _cmd_crossval,
         "evaluate": _cmd_evaluate,
     }
     handler = handlers.get(args.command)
@@ -318,7 +488,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _error(message: str) -> None:
-    print(f"wsiviewer: error: {message}", file=sys.stderr)
+    """One line on stderr; control characters from file names or files come out escaped."""
+    print(f"wsiviewer: error: {escape_control(message)}", file=sys.stderr)
 
 
 #: The modules of the GUI extra (``pip install 'wsiviewer[gui]'``).
@@ -332,6 +503,12 @@ def _cmd_gui(slide: Path | None) -> int:
     except ImportError as exc:
         if (exc.name or "").split(".")[0] not in _GUI_MODULES:
             raise
+        from wsiviewer.gui.platform_check import libraries_named_in, missing_message
+
+        missing = libraries_named_in(str(exc))
+        if missing:  # Qt is installed; a system library it loads is not
+            _error(missing_message(missing))
+            return EXIT_FAILED
         _error(
             f"the viewer needs Qt ({exc.name} cannot be imported): install wsiviewer with its "
             "GUI extra, pip install 'wsiviewer[gui]'; every other command works without it"
@@ -345,7 +522,11 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
     with open_slide(args.slide) as slide:
         description = slide.describe(include_identifying=args.show_identifying)
-    json.dump(description, sys.stdout, indent=2, ensure_ascii=False)
+    text = json.dumps(description, indent=2, ensure_ascii=False)
+    # JSON escapes C0 controls but not DEL, C1 (a CSI) or bidi overrides from the file.
+    sys.stdout.write(
+        "".join(c if c.isprintable() or c in "\n " else f"\\u{ord(c):04x}" for c in text)
+    )
     sys.stdout.write("\n")
     return EXIT_OK
 
@@ -381,12 +562,12 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     from wsiviewer.core.model.cards import resolve_model
     from wsiviewer.core.model.predictor import Predictor
     from wsiviewer.core.store.database import Store
-    from wsiviewer.core.workflow import AnalysisParameters
 
     card = resolve_model(args.model)
-    parameters = AnalysisParameters(threshold=args.threshold, min_area_mm2=args.min_area)
+    parameters = _parameters(args)
     # The database first: one that cannot be opened fails before any slide is analysed.
     with Store.open() as store:
+        store.check_writable()  # read-only, full or locked: fails before the model loads
         predictor = Predictor(card, device=args.device, batch_size=args.batch_size)
         print(
             f"Model {card.name} v{card.version} on {predictor.device_name} "
@@ -404,7 +585,7 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     if failures and len(args.slides) > 1:
         print(
             f"wsiviewer: {len(failures)} of {len(args.slides)} slides failed: "
-            + ", ".join(map(str, failures)),
+            + escape_control(", ".join(map(str, failures))),
             file=sys.stderr,
         )
     return EXIT_FAILED if failures else EXIT_OK
@@ -437,7 +618,7 @@ def _analyze_one(
             out_dir = args.out / label
         existed = out_dir.exists()
         bar = tqdm(
-            desc=slide_path.name,
+            desc=escape_control(slide_path.name),
             unit="patch",
             disable=True if args.quiet else None,
             file=sys.stderr,
@@ -462,13 +643,27 @@ def _analyze_one(
         finally:
             bar.close()
     for note in result.analysis.warnings:
-        print(f"wsiviewer: warning: {slide_path}: {note}", file=sys.stderr)
+        print(f"wsiviewer: warning: {escape_control(str(slide_path))}: {note}", file=sys.stderr)
+    from wsiviewer.core.review.wording import flagged_text
+
+    region_set = result.region_set
     print(
-        f"{slide_path.name}: {result.analysis.probability_map.scored_count} patches scored, "
-        f"{len(result.region_set)} regions flagged at P ≥ {result.region_set.threshold:.2f} "
-        f"(analysis {result.analysis_id}) -> {out_dir}",
+        f"{escape_control(slide_path.name)}: {result.analysis.probability_map.scored_count} "
+        "patches scored, "
+        f"{flagged_text(len(region_set), region_set.threshold)}, area ≥ "
+        f"{region_set.min_area_mm2:g} mm² (analysis {result.analysis_id}) -> {out_dir}",
         file=sys.stderr,
     )
+    reviewed = store.latest_reviewed_region_set_of_slide(result.analysis.slide.identity)
+    if reviewed is not None and reviewed.analysis_id != result.analysis_id:
+        # Re-analysing never hides a review: say which set the viewer and export still show.
+        print(
+            f"wsiviewer: note: {slide_path.name} has a reviewed region set (#{reviewed.id} of "
+            f"analysis {reviewed.analysis_id}); the viewer and `wsiviewer export` keep showing "
+            f"it (the set reviewed most recently) until this analysis is reviewed; "
+            f"`wsiviewer export --analysis {result.analysis_id}` exports the new one",
+            file=sys.stderr,
+        )
 
 
 def _resolve_mpp(slide: Slide, user_mpp: float | None) -> Mpp:
@@ -483,19 +678,123 @@ def _resolve_mpp(slide: Slide, user_mpp: float | None) -> Mpp:
         raise
 
 
-def _cmd_train(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
+def _cmd_batch(args: argparse.Namespace) -> int:
+    # Imported before any work, as for analyze: Ctrl-C inside an import may end CPython by
+    # SIGINT instead of exit status 130.
+    from wsiviewer.core.batch.console import ConsoleObserver
+    from wsiviewer.core.batch.manifest import summary_table
+    from wsiviewer.core.batch.runner import BatchRun, BatchSettings
+    from wsiviewer.core.batch.sources import SourceError, find_slides
+    from wsiviewer.core.model.cards import resolve_model
+    from wsiviewer.core.store.database import Store
 
+    card = resolve_model(args.model)
+    slides = find_slides(args.sources, exclude=[args.out])
+    if not slides:
+        raise SourceError(
+            "No slide found in " + ", ".join(map(str, args.sources)) + " (searched for "
+            "every format OpenSlide reads)"
+        )
+    settings = BatchSettings(
+        card=card,
+        parameters=_parameters(args),
+        out_dir=args.out,
+        device=args.device,
+        batch_size=args.batch_size,
+        mpp=args.mpp,
+        include_filename=args.include_filename,
+        force=args.force,
+        retries=args.retries,
+        scheduler=args.scheduler,
+        workers=args.workers,
+        threads_per_worker=args.threads_per_worker,
+    )
+    print(
+        f"{len(slides)} slide(s), model {card.name} v{card.version}. {RESEARCH_USE_NOTICE}",
+        file=sys.stderr,
+    )
+    # The database first: one that cannot be opened fails before any slide is analysed.
+    with Store.open() as store:
+        observer = ConsoleObserver(len(slides), quiet=args.quiet)
+        run = BatchRun(slides, settings, store, observer)
+        try:
+            report = run.run()
+        except KeyboardInterrupt:
+            observer.close()
+            print(summary_table(run.rows), file=sys.stderr)
+            print(f"Cancelled; what was done is kept. Manifest: {args.out}", file=sys.stderr)
+            raise
+        observer.close()
+    print(summary_table(report.rows))
+    if report.manifest is not None:
+        print(f"Manifest: {report.manifest}", file=sys.stderr)
+    return EXIT_OK if report.ok else EXIT_FAILED
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from wsiviewer.core.model.colour import ColourReference
+    from wsiviewer.core.progress import run_to_end
+    from wsiviewer.training.crossval import patient_quantiles, standardise_colours
+    from wsiviewer.training.dataset import PatientSplit, split_patients, standard_split
+    from wsiviewer.training.train import finish, train
+
+    device, patches, complete = _training_setup(args)
+    if args.from_crossval is not None:
+        return _train_from_crossval(args, device, patches, complete)
+    if args.standard_split is not None:
+        split = standard_split(args.standard_split, patches)
+    elif args.split is not None:
+        split = PatientSplit.load(args.split)
+    else:
+        split = split_patients(patches, complete, seed=args.seed)
+    reference = None
+    if args.colour:
+        quantiles = patient_quantiles(patches)
+        reference = ColourReference.mean_of([quantiles[p] for p in split.train])
+        patches = standardise_colours(patches, quantiles, reference)
+    parts = {part: patches.subset(getattr(split, part)) for part in ("train", "validation", "test")}
+    for part, subset in parts.items():
+        print(
+            f"{part}: {len(getattr(split, part))} patients, {len(subset)} patches, "
+            f"{subset.labels.mean():.1%} IDC",
+            file=sys.stderr,
+        )
+    show, close = _epoch_printer(args.epochs)
+    try:
+        result = run_to_end(
+            train(parts["train"], parts["validation"], _training_settings(args), device), show
+        )
+    finally:
+        close()
+    summary = {
+        "patients": {part: len(getattr(split, part)) for part in parts},
+        "patches": {part: len(subset) for part, subset in parts.items()},
+        "idc_fraction": {part: round(float(s.labels.mean()), 4) for part, s in parts.items()},
+    }
+    if args.standard_split is not None:
+        summary["split"] = "the dataset's standard patient split, its patients that are here"
+    card_path = finish(
+        result,
+        parts["validation"],
+        parts["test"],
+        split,
+        args.out,
+        name=args.name,
+        device=device,
+        default=args.default,
+        training_summary=summary,
+        colour=reference,
+    )
+    print(f"Wrote {card_path} and its weights. {RESEARCH_USE_NOTICE}", file=sys.stderr)
+    return EXIT_OK
+
+
+def _training_setup(args: argparse.Namespace) -> tuple[torch.device, PatchSet, set[str]]:
+    """Threads, device, an early check of the architecture, the decoded patches and the
+    complete patients: what `train` and `crossval` start with."""
     from wsiviewer.core.model.networks import build_model
     from wsiviewer.core.model.predictor import resolve_device
-    from wsiviewer.core.progress import run_to_end
-    from wsiviewer.training.dataset import (
-        PatientSplit,
-        load_patch_set,
-        read_complete_patients,
-        split_patients,
-    )
-    from wsiviewer.training.train import EpochReport, TrainingSettings, finish, train
+    from wsiviewer.training.dataset import load_patch_set, read_complete_patients
 
     if args.threads:
         import torch
@@ -507,63 +806,160 @@ def _cmd_train(args: argparse.Namespace) -> int:
     patches = load_patch_set(args.data)
     for path, reason in patches.unreadable:
         print(f"wsiviewer: warning: skipped {path}: {reason}", file=sys.stderr)
-    patients_csv = args.patients_csv or args.data.parent / "idc_patients.csv"
-    if args.split is not None:
-        split = PatientSplit.load(args.split)
-    else:
-        split = split_patients(patches, read_complete_patients(patients_csv), seed=args.seed)
-    parts = {
-        "train": patches.subset(split.train),
-        "validation": patches.subset(split.validation),
-        "test": patches.subset(split.test),
-    }
-    for part, subset in parts.items():
-        print(
-            f"{part}: {len(getattr(split, part))} patients, {len(subset)} patches, "
-            f"{subset.labels.mean():.1%} IDC",
-            file=sys.stderr,
-        )
-    settings = TrainingSettings(
+    complete = read_complete_patients(args.patients_csv or args.data.parent / "idc_patients.csv")
+    return device, patches, complete
+
+
+def _training_settings(args: argparse.Namespace) -> TrainingSettings:
+    from wsiviewer.training.train import TrainingSettings
+
+    return TrainingSettings(
         architecture=args.architecture,
         architecture_args=args.architecture_args,
         stain_jitter=args.stain_jitter,
         brightness_contrast=args.brightness_contrast,
+        hsv_jitter=args.hsv_jitter,
+        jpeg_probability=args.jpeg,
         epochs=args.epochs,
         batch_size=args.batch_size,
         seed=args.seed,
     )
-    bar = tqdm(total=args.epochs, unit="epoch", file=sys.stderr, disable=None)
+
+
+def _epoch_printer(
+    epochs: int, prefix: str = ""
+) -> tuple[Callable[[EpochReport], None], Callable[[], None]]:
+    """A progress bar over epochs and one line per epoch on stderr."""
+    from tqdm import tqdm
+
+    bar = tqdm(total=epochs, unit="epoch", file=sys.stderr, disable=None)
 
     def show(report: EpochReport) -> None:
         bar.update(1)
         bar.set_postfix(loss=f"{report.train_loss:.3f}", val_auc=f"{report.validation_auc:.3f}")
         print(
-            f"epoch {report.epoch}: loss {report.train_loss:.4f}, validation AUC "
+            f"{prefix}epoch {report.epoch}: loss {report.train_loss:.4f}, validation AUC "
             f"{report.validation_auc:.4f}, {report.seconds:.0f} s{' *' if report.best else ''}",
             file=sys.stderr,
         )
 
+    return show, bar.close
+
+
+def _cmd_crossval(args: argparse.Namespace) -> int:
+    import json
+
+    from wsiviewer.core.progress import run_to_end
+    from wsiviewer.training.crossval import (
+        CrossValidationProgress,
+        PatientFolds,
+        cross_validate,
+        make_folds,
+        out_of_fold_figures,
+    )
+
+    device, patches, complete = _training_setup(args)
+    settings = _training_settings(args)
+    folds_file = args.out / "folds.json"
+    if folds_file.is_file():
+        folds = PatientFolds.load(folds_file)  # resuming: the same folds
+    else:
+        folds = make_folds(patches, complete, args.folds, seed=args.seed)
+    recipe = {"settings": settings.__dict__, "colour": args.colour, "folds": len(folds)}
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "recipe.json").write_text(json.dumps(recipe, indent=1) + "\n")
+    printers: dict[int, tuple[Callable[[EpochReport], None], Callable[[], None]]] = {}
+
+    def show(progress: CrossValidationProgress) -> None:
+        if progress.report is None:
+            for _, close in printers.values():
+                close()
+            print(f"fold {progress.fold + 1} of {progress.folds}", file=sys.stderr)
+            printers[progress.fold] = _epoch_printer(settings.epochs, f"fold {progress.fold}: ")
+        else:
+            printers[progress.fold][0](progress.report)
+
     try:
-        result = run_to_end(train(parts["train"], parts["validation"], settings, device), show)
+        scores = run_to_end(
+            cross_validate(
+                patches,
+                folds,
+                settings,
+                args.out,
+                device,
+                complete=complete,
+                colour=args.colour,
+                only=args.fold,
+            ),
+            show,
+        )
     finally:
-        bar.close()
-    summary = {
-        "patients": {part: len(getattr(split, part)) for part in parts},
-        "patches": {part: len(subset) for part, subset in parts.items()},
-        "idc_fraction": {part: round(float(s.labels.mean()), 4) for part, s in parts.items()},
-    }
-    card_path = finish(
+        for _, close in printers.values():
+            close()
+    if len(scores) < len(folds):
+        print(f"{len(scores)} of {len(folds)} folds done in {args.out}", file=sys.stderr)
+        return EXIT_OK
+    figures = out_of_fold_figures(scores)
+    (args.out / "out_of_fold.json").write_text(json.dumps(figures, indent=1, default=float) + "\n")
+    mean, sd, pooled = figures["fold_mean"], figures["fold_sd"], figures["pooled"]
+    print(f"Out of fold, {len(folds)} folds, {len(patches.patient_ids)} patients:")
+    for key in ("roc_auc", "balanced_accuracy", "sensitivity", "specificity", "ece"):
+        print(f"  {key:<18} pooled {pooled[key]:.4f}   folds {mean[key]:.4f} ± {sd[key]:.4f}")
+    return EXIT_OK
+
+
+def _train_from_crossval(
+    args: argparse.Namespace, device: torch.device, patches: PatchSet, complete: set[str]
+) -> int:
+    import json
+
+    from wsiviewer.core.progress import run_to_end
+    from wsiviewer.training.crossval import FoldScores, PatientFolds
+    from wsiviewer.training.finish import finish_crossval
+    from wsiviewer.training.recipe import final_epochs, train_final
+    from wsiviewer.training.train import TrainingSettings
+
+    run = args.from_crossval
+    folds = PatientFolds.load(run / "folds.json")
+    recipe = json.loads((run / "recipe.json").read_text())
+    settings = TrainingSettings(**recipe["settings"])
+    scores = [FoldScores.load(run / f"fold-{k}.npz", k) for k in range(len(folds))]
+    epochs = final_epochs(scores)
+    print(
+        f"Training {settings.architecture} on all {len(patches.patient_ids)} patients for "
+        f"{epochs} epochs (the folds' median best epoch)",
+        file=sys.stderr,
+    )
+    show, close = _epoch_printer(epochs)
+    try:
+        result, reference = run_to_end(
+            train_final(
+                patches,
+                settings,
+                scores,
+                device,
+                colour=bool(recipe["colour"]),
+                checkpoint=args.out / f"{args.name}.checkpoint",
+            ),
+            show,
+        )
+    finally:
+        close()
+    card_path, report = finish_crossval(
         result,
-        parts["validation"],
-        parts["test"],
-        split,
+        reference,
+        run,
+        patches,
+        complete,
+        args.data,
         args.out,
         name=args.name,
-        device=device,
         default=args.default,
-        training_summary=summary,
+        device=device,
+        say=lambda text: print(text, file=sys.stderr),
     )
-    print(f"Wrote {card_path} and its weights. {RESEARCH_USE_NOTICE}", file=sys.stderr)
+    (args.out / f"{args.name}.checkpoint").unlink(missing_ok=True)
+    print(f"Wrote {card_path}, its weights and {report}. {RESEARCH_USE_NOTICE}", file=sys.stderr)
     return EXIT_OK
 
 
@@ -639,7 +1035,9 @@ def _cmd_export(args: argparse.Namespace) -> int:
     )
     from wsiviewer.core.model.cards import ModelCard, available_models, resolve_model
     from wsiviewer.core.review.selection import ensure_region_set, select
+    from wsiviewer.core.review.wording import format_threshold
     from wsiviewer.core.slides import open_slide
+    from wsiviewer.core.slides.label import slide_label
     from wsiviewer.core.store.database import Store
     from wsiviewer.errors import ModelError, SelectionError
 
@@ -665,6 +1063,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
             )
         region_set = ensure_region_set(store, selection, args.threshold)
         export = load_review_export(store, region_set.id)
+        label = slide_label(slide.identity, args.slide, include_filename=args.include_filename)
         written = export_review(
             args.out,
             export,
@@ -673,13 +1072,15 @@ def _cmd_export(args: argparse.Namespace) -> int:
             accepted_only=args.accepted_only,
             card=selection.card,
             slide_name=args.slide.name if args.include_filename else None,
+            label=label,
+            force=args.force,
         )
     analysis = selection.analysis
     print(
         f"Exported analysis {analysis.id} (model {analysis.model.name}; {selection.reason}), "
-        f"region set {region_set.id} at P ≥ {region_set.threshold:.2f}: "
-        f"{export.state.progress_text}; {len(written)} files -> {args.out}. "
-        f"{RESEARCH_USE_NOTICE}",
+        f"region set {region_set.id} at P ≥ {format_threshold(region_set.threshold)}, "
+        f"area ≥ {region_set.min_area_mm2:g} mm²: {export.state.progress_text}; "
+        f"{len(written)} files {label}_* -> {args.out}. {RESEARCH_USE_NOTICE}",
         file=sys.stderr,
     )
     return EXIT_OK

@@ -15,6 +15,10 @@ class SlideReadError(WsiViewerError):
     """Pixels of an opened slide could not be read (bad level, corrupt tile)."""
 
 
+class SlideTooLargeError(SlideReadError):
+    """A slide, or a read of it, is too large to process within wsiviewer's memory bounds."""
+
+
 class ResolutionError(WsiViewerError):
     """A slide's µm/px is missing, implausible, or too coarse for the model."""
 
@@ -35,6 +39,14 @@ class ExportError(WsiViewerError):
     """An output file could not be written."""
 
 
+class OutputExistsError(ExportError):
+    """An export would replace files that exist (``paths``); nothing was written."""
+
+    def __init__(self, message: str, paths: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.paths = paths
+
+
 class ReviewError(WsiViewerError):
     """A review action names a region that is not in the set, is deleted, or is invalid."""
 
@@ -49,3 +61,19 @@ class SelectionError(WsiViewerError):
 
 class DatasetError(WsiViewerError):
     """The IDC patch dataset or a patient split could not be read."""
+
+
+def escape_control(text: str) -> str:
+    """``text`` with every control character written as an escape (``\\x1b``, ``\\n``...).
+
+    Error messages quote file names, property values and library messages taken from the file:
+    a crafted slide must not reach a terminal's escape sequences (ESC, CSI, OSC), rewrite a
+    line (CR, backspace) or fake a second message (newline). Printable text, accents and
+    symbols (µ, ×) are kept as they are.
+    """
+    if text.isprintable():
+        return text
+    return "".join(
+        char if char.isprintable() or char == " " else char.encode("unicode_escape").decode()
+        for char in text
+    )

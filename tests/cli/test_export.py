@@ -18,14 +18,27 @@ from wsiviewer.core.analysis.pipeline import Analysis, SlideSummary
 from wsiviewer.core.analysis.probability import ProbabilityMap
 from wsiviewer.core.analysis.tissue import TissueSettings
 from wsiviewer.core.exports.pyramid_tiff import write_pyramid_tiff
-from wsiviewer.core.exports.review_outputs import REVIEW_EXPORT_NAMES
+from wsiviewer.core.exports.review_outputs import EXPORT_KINDS, export_file_names
 from wsiviewer.core.model.cards import ModelSummary
 from wsiviewer.core.review.session import open_review
 from wsiviewer.core.slides import Mpp, open_slide
+from wsiviewer.core.slides.label import slide_label
 from wsiviewer.core.store.database import Store
 
-ALL_FILES = {name for names in REVIEW_EXPORT_NAMES.values() for name in names}
 SLIDE_NAME = "Doe-Jane-S24-0042"
+
+
+def files_of(slide: Path, *kinds: str) -> set[str]:
+    """The files an export of ``kinds`` writes for ``slide`` (its hash label)."""
+    with open_slide(slide) as opened:
+        label = slide_label(opened.identity)
+    return set(export_file_names(kinds or EXPORT_KINDS, label))
+
+
+def named(folder: Path, name: str) -> Path:
+    """The one file of ``folder`` whose name ends with ``_<name>``."""
+    (found,) = [path for path in folder.iterdir() if path.name.endswith(f"_{name}")]
+    return found
 
 
 @pytest.fixture(scope="module")
@@ -81,8 +94,8 @@ def test_export_after_analyze(
     capsys.readouterr()
     out = tmp_path / "export"
     assert export(generated_slide, "--out", out, "--threshold", "0.3") == 0, capsys.readouterr()
-    assert {path.name for path in out.iterdir()} == ALL_FILES
-    summary = json.loads((out / "review.json").read_text())
+    assert {path.name for path in out.iterdir()} == files_of(generated_slide)
+    summary = json.loads(named(out, "review.json").read_text())
     assert summary["model"]["name"] == "cancernet-untrained"
     assert summary["region_set"]["threshold"] == 0.3
     assert summary["progress"].endswith(" reviewed")
@@ -96,10 +109,10 @@ def test_export_after_analyze(
     data = all_bytes(out)
     assert SLIDE_NAME.encode() not in data
     assert str(generated_slide.parent).encode() not in data
-    for name in ("regions.geojson", "patches.csv", "report.html", "review.csv", "review.json"):
-        assert "research use only" in (out / name).read_text().lower(), name
+    for name in ("regions.geojson", "report.html", "review.json", "patches.json"):
+        assert "research use only" in named(out, name).read_text().lower(), name
     # The mask is the regions before any review, at the slide's µm/px.
-    with openslide.OpenSlide(out / "idc_mask.tif") as mask:
+    with openslide.OpenSlide(named(out, "mask.tif")) as mask:
         assert float(mask.properties[openslide.PROPERTY_NAME_MPP_X]) == pytest.approx(0.5)
         assert mask.dimensions == (3200, 2400)
     stderr = capsys.readouterr().err
@@ -109,12 +122,12 @@ def test_export_after_analyze(
     # Without --threshold and with no review: the selection rule takes the set that analyze
     # recorded (0.3), the one the viewer shows, not the card's threshold (0.5).
     assert export(generated_slide, "--out", tmp_path / "card", "--what", "report") == 0
-    assert {path.name for path in (tmp_path / "card").iterdir()} == set(
-        REVIEW_EXPORT_NAMES["report"]
+    assert {path.name for path in (tmp_path / "card").iterdir()} == files_of(
+        generated_slide, "report"
     )
-    card_summary = json.loads((tmp_path / "card" / "review.json").read_text())
+    card_summary = json.loads(named(tmp_path / "card", "review.json").read_text())
     assert card_summary["region_set"]["threshold"] == 0.3
-    assert "Testing only: random weights" not in (tmp_path / "card" / "report.html").read_text()
+    assert "Testing only: random weights" not in named(tmp_path / "card", "report.html").read_text()
 
 
 def test_reviewed_export_accepted_only_and_analysis_choice(
@@ -140,17 +153,13 @@ def test_reviewed_export_accepted_only_and_analysis_choice(
     # Default: the latest analysis (any model: none installed) and its reviewed set.
     out = tmp_path / "all"
     assert export(generated_slide, "--out", out, "--what", "geojson", "--what", "mask") == 0
-    assert {path.name for path in out.iterdir()} == {
-        "regions.geojson",
-        "idc_mask.tif",
-        "idc_mask.png",
-    }
-    features = json.loads((out / "regions.geojson").read_text())["features"]
+    assert {path.name for path in out.iterdir()} == files_of(generated_slide, "geojson", "mask")
+    features = json.loads(named(out, "regions.geojson").read_text())["features"]
     assert [f["properties"]["status"] for f in features] == ["accepted", "rejected", "pending"]
     assert features[0]["properties"]["note"] == "IDC, grade 2"
     assert features[1]["properties"]["classification"]["name"] == "IDC (rejected)"
     accepted_polygon = shape(features[0]["geometry"])
-    with openslide.OpenSlide(out / "idc_mask.tif") as mask:
+    with openslide.OpenSlide(named(out, "mask.tif")) as mask:
         assert float(mask.properties[openslide.PROPERTY_NAME_MPP_X]) == pytest.approx(0.5)
         level0 = np.asarray(mask.read_region((0, 0), 0, mask.dimensions).convert("L"))
     # Only the accepted region: two 400 px cells.
@@ -159,7 +168,7 @@ def test_reviewed_export_accepted_only_and_analysis_choice(
 
     only = tmp_path / "accepted"
     assert export(generated_slide, "--out", only, "--what", "geojson", "--accepted-only") == 0
-    features = json.loads((only / "regions.geojson").read_text())["features"]
+    features = json.loads(named(only, "regions.geojson").read_text())["features"]
     assert [f["properties"]["status"] for f in features] == ["accepted"]
 
     # --analysis picks an older analysis; --include-filename names the slide in the report.
@@ -175,12 +184,16 @@ def test_reviewed_export_accepted_only_and_analysis_choice(
         "--include-filename",
     )
     assert code == 0
-    summary = json.loads((chosen / "review.json").read_text())
+    # --include-filename names the files after the slide file too.
+    assert {path.name for path in chosen.iterdir()} == {
+        f"{SLIDE_NAME}_{name}" for name in ("report.html", "review.csv", "review.json")
+    }
+    summary = json.loads(named(chosen, "review.json").read_text())
     assert summary["analysis"]["id"] == first.id
     assert summary["model"]["name"] == "cancernet-untrained"
     assert summary["slide"]["file_name"] == f"{SLIDE_NAME}.tif"
-    assert f"{SLIDE_NAME}.tif" in (chosen / "report.html").read_text()
-    assert str(generated_slide.parent) not in (chosen / "report.html").read_text()
+    assert f"{SLIDE_NAME}.tif" in named(chosen, "report.html").read_text()
+    assert str(generated_slide.parent) not in named(chosen, "report.html").read_text()
 
 
 def test_default_model_is_preferred_when_installed(
@@ -200,11 +213,11 @@ def test_default_model_is_preferred_when_installed(
         shutil.copy(tiny_model_card.with_suffix(suffix), models)
     out = tmp_path / "export"
     assert export(generated_slide, "--out", out, "--what", "report") == 0
-    summary = json.loads((out / "review.json").read_text())
+    summary = json.loads(named(out, "review.json").read_text())
     assert summary["model"]["name"] == "cancernet-untrained"
     # The installed card gives the report its intended use.
     assert summary["model"]["intended_use"].startswith("Testing only: random weights")
-    page = (out / "report.html").read_text()
+    page = named(out, "report.html").read_text()
     assert "Testing only: random weights" in page
     assert "none on the model card" in page  # the untrained card has no metrics
 
@@ -248,3 +261,51 @@ def test_export_bad_arguments_are_usage_errors(
 def test_export_missing_slide(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert export(tmp_path / "missing.svs", "--out", tmp_path / "o") == cli.EXIT_FAILED
     assert "Slide not found" in capsys.readouterr().err
+
+
+def test_a_second_export_refuses_to_overwrite_unless_forced(
+    generated_slide: Path, tiny_model_card: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 13, item 3: exporting twice into a folder is refused with one line naming the
+    files and --force; --force replaces this slide's files only."""
+    analyze(generated_slide, tiny_model_card, tmp_path / "analysis")
+    out = tmp_path / "export"
+    assert export(generated_slide, "--out", out) == 0
+    geojson = named(out, "regions.geojson")
+    geojson.write_text("kept")
+    neighbour = out / "slide-0123456789ab_regions.geojson"
+    neighbour.write_text("another slide's")
+    capsys.readouterr()
+    assert export(generated_slide, "--out", out) == cli.EXIT_FAILED
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert "--force" in err
+    assert "8 file(s) of this export exist" in err
+    assert geojson.read_text() == "kept"
+    assert export(generated_slide, "--out", out, "--force") == 0
+    assert geojson.read_text().startswith('{"type": "FeatureCollection"')
+    assert neighbour.read_text() == "another slide's"
+
+
+def test_reanalysing_a_reviewed_slide_keeps_showing_the_review(
+    generated_slide: Path, tiny_model_card: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 13, item 2 (CLI): a new analysis never hides a review; analyze says so, and
+    export keeps the reviewed set and says why."""
+    analyze(generated_slide, tiny_model_card, tmp_path / "first")
+    with Store.open() as store, open_slide(generated_slide) as slide:
+        first = store.latest_analysis(slide.identity)
+        assert first is not None
+        session = open_review(store, first.id, 0.3, 0.0, "dr-a")
+        session.accept(session.state().items[0].ref)
+    capsys.readouterr()
+    analyze(generated_slide, tiny_model_card, tmp_path / "second")
+    err = capsys.readouterr().err
+    assert "has a reviewed region set" in err
+    assert f"--analysis {first.id + 1}" in err
+    assert export(generated_slide, "--out", tmp_path / "out", "--what", "report") == 0
+    err = capsys.readouterr().err
+    assert f"Exported analysis {first.id} " in err
+    assert "the region set reviewed most recently" in err
+    summary = json.loads(named(tmp_path / "out", "review.json").read_text())
+    assert summary["progress"].startswith("1 of ")

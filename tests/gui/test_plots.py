@@ -15,12 +15,12 @@ from pytestqt.qtbot import QtBot
 
 from wsiviewer.core.analysis.grid import PatchGrid
 from wsiviewer.core.analysis.probability import ProbabilityMap
+from wsiviewer.core.exports.colormaps import load_colormap
 from wsiviewer.core.model.cards import ModelCard, available_models
 from wsiviewer.core.slides import open_slide
 from wsiviewer.core.store.database import Store
 from wsiviewer.gui.main_window import MainWindow
 from wsiviewer.gui.model_panel import ModelPanel
-from wsiviewer.gui.plots import HIDDEN_BIN_COLOR
 
 #: Values of the stored map, each in the middle of a 0.02-wide histogram bin, and how many
 #: cells have each: bins 10 (0.20–0.22), 27 (0.54–0.56) and 49 (0.98–1.00); NaN is unscored.
@@ -94,25 +94,31 @@ def test_threshold_line_follows_the_control_and_dragging_it_moves_the_control(
     with qtbot.waitSignal(window.stored_analysis_shown):
         window.open_slide(generated_slide)
 
-    panel.threshold_slider.setValue(50)
+    panel.threshold_slider.setValue(500)
     assert histogram.threshold_line.value() == pytest.approx(0.5)
     assert histogram.above_threshold_count() == 9 + 4
-    assert "13 (30.2 %) at P ≥ 0.50" in histogram.summary_label.text()
-    panel.threshold_slider.setValue(73)
+    assert "13 (30.2 %) flagged at P ≥ 0.500" in histogram.summary_label.text()
+    panel.threshold_slider.setValue(730)
     assert histogram.threshold_line.value() == pytest.approx(0.73)
     assert histogram.above_threshold_count() == 4
-    # Bars the heatmap hides are grey; the rest take the colour map's colours.
+    # Bars below the threshold fade as the heatmap does; the rest take the colour map's.
     brushes = histogram.bars.opts["brushes"]
-    assert brushes[27].name().lower() == HIDDEN_BIN_COLOR.lower()
-    assert brushes[49].name().lower() != HIDDEN_BIN_COLOR.lower()
+    viridis = load_colormap("viridis")
+    assert brushes[49].getRgb()[:3] == tuple(int(c) for c in viridis[min(255, int(0.99 * 256))])
+    assert brushes[27].getRgb()[:3] != tuple(int(c) for c in viridis[int(0.55 * 256)])
+    assert brushes[27].lightness() > brushes[49].lightness()
 
-    # Dragging the line (it emits as it moves) sets the control, snapped to 0.01.
+    # Dragging the line (it emits as it moves) sets the control, to 0.001; letting go of it
+    # shows the region set at that threshold: one threshold for heatmap and regions.
     with qtbot.waitSignal(panel.style_changed):
         histogram.threshold_line.setValue(0.404)
-    assert panel.threshold_slider.value() == 40
-    assert panel.threshold == pytest.approx(0.40)
-    assert histogram.threshold_line.value() == pytest.approx(0.40)
-    assert "at P ≥ 0.40" in histogram.summary_label.text()
+    assert panel.threshold_slider.value() == 404
+    assert panel.threshold == pytest.approx(0.404)
+    assert histogram.threshold_line.value() == pytest.approx(0.404)
+    assert "at P ≥ 0.404" in histogram.summary_label.text()
+    with qtbot.waitSignal(window.review_panel.review_opened):
+        histogram.threshold_line.sigPositionChangeFinished.emit(histogram.threshold_line)
+    assert window.review_panel.state.threshold == pytest.approx(0.404)  # type: ignore[union-attr]
 
     histogram.log_box.setChecked(True)
     np.testing.assert_allclose(

@@ -15,6 +15,7 @@ from wsiviewer.core.model.cards import ModelCard
 from wsiviewer.core.review.log import RegionRef
 from wsiviewer.core.review.session import ReviewSession
 from wsiviewer.core.slides import open_slide
+from wsiviewer.core.slides.label import slide_label
 from wsiviewer.core.store.database import Store
 from wsiviewer.gui.main_window import MainWindow
 from wsiviewer.gui.region_items import STATUS_STYLES
@@ -34,8 +35,11 @@ HOT_CELLS: dict[tuple[int, int], float] = {
 }
 
 
-def _store_analysis(slide_path: Path, card_path: Path) -> int:
+def _store_analysis(slide_path: Path, card_path: Path, min_area_mm2: float | None = 0.0) -> int:
+    """Record an analysis of the map :data:`HOT_CELLS`, and (as ``analyze`` does) its region
+    set at the card's threshold and ``min_area_mm2`` (``None``: no set yet)."""
     from wsiviewer.core.analysis.pipeline import Analysis, SlideSummary
+    from wsiviewer.core.analysis.regions import find_regions
     from wsiviewer.core.analysis.tissue import TissueSettings
 
     card = ModelCard.from_file(card_path)
@@ -56,7 +60,11 @@ def _store_analysis(slide_path: Path, card_path: Path) -> int:
             started_at="2025-01-01T00:00:00+00:00",
         )
     with Store.open() as store:
-        return store.save_analysis(analysis)
+        analysis_id = store.save_analysis(analysis)
+        if min_area_mm2 is not None:
+            regions = find_regions(analysis.probability_map, card.threshold, min_area_mm2)
+            store.save_region_set(analysis_id, regions)
+        return analysis_id
 
 
 @pytest.fixture
@@ -247,7 +255,8 @@ def test_draw_a_manual_region_delete_and_undo(
     manual = state.items[-1]
     assert manual.ref.kind == "manual"
     assert manual.number == 4
-    assert manual.status == "pending"
+    # Issue 13, item 9: drawn by the pathologist, so accepted (by them) as drawn.
+    assert (manual.status, manual.reviewer, manual.origin) == ("accepted", REVIEWER, "drawn")
     assert manual.max_prob is None
     tolerance = 4 * view.l0_per_screen_px
     assert manual.polygon.area == pytest.approx(800 * 400, rel=2 * tolerance / 400)
@@ -307,20 +316,25 @@ def test_reopening_restores_the_review_and_the_name_is_asked_once(
         return "Dr Once"
 
     monkeypatch.setattr(ReviewPanel, "ask_reviewer", ask)
-    # Opening the slide never prompts; the review starts (and asks the name) on N.
+    # Opening the slide never prompts: the regions are listed and outlined at once, N steps
+    # through them, and the name is asked at the first decision (issue 13, items 1 and 9).
     with qtbot.waitSignal(window.stored_analysis_shown):
         window.open_slide(generated_slide)
     panel = window.review_panel
     assert asked == []
-    assert panel.state is None
-    assert panel.start_button.isVisible()
-    with qtbot.waitSignal(panel.review_opened):
-        panel.next_action.trigger()
-    assert asked == [""]
+    assert panel.state is not None
+    assert len(panel.state.items) == 3
+    assert panel.proxy.rowCount() == 3
+    assert len(panel.overlay.keys()) == 3
+    assert panel.reviewer_label.text() == "Reviewer: asked at your first decision"
+    panel.next_action.trigger()
+    assert asked == []
     assert panel.selected_item() is not None
-    assert not panel.start_button.isVisible()
-    assert settings.value(REVIEWER_KEY) == "Dr Once"
+    assert panel.session is None
     panel.accept_selected()
+    assert asked == [""]
+    assert settings.value(REVIEWER_KEY) == "Dr Once"
+    assert panel.selected_item() is not None
     panel.set_note("check margins")
     assert panel.note_edit.text() == "check margins"
     manual = panel.add_manual_region([(2000, 2000), (2800, 2000), (2800, 2400)], note="missed")
@@ -470,16 +484,65 @@ def test_import_qupath_annotations_and_export_the_review(
 
     panel.select_next()
     panel.accept_selected()  # region 1
+    out = tmp_path / "out"
     written = panel.export_to(
-        tmp_path / "out",
-        ["geojson", "mask", "csv", "report"],
-        accepted_only=True,
-        slide=window.slide,
+        out, ["geojson", "mask", "csv", "report"], accepted_only=True, slide=window.slide
     )
     assert written is not None
-    assert {"regions.geojson", "idc_mask.tif", "patches.csv", "report.html"} <= set(written)
-    features = json.loads((tmp_path / "out" / "regions.geojson").read_text())["features"]
+    with open_slide(reviewed_slide) as slide:
+        label = slide_label(slide.identity)
+    assert {
+        f"{label}_{name}" for name in ("regions.geojson", "mask.tif", "patches.csv", "report.html")
+    } <= set(written)
+    features = json.loads((out / f"{label}_regions.geojson").read_text())["features"]
     assert [f["properties"]["status"] for f in features] == ["accepted"]
-    report = (tmp_path / "out" / "report.html").read_text()
+    report = (out / f"{label}_report.html").read_text()
     assert "research use only" in report.lower()
     assert reviewed_slide.name not in report
+
+
+def test_a_second_export_asks_before_replacing_files(
+    qtbot, window: MainWindow, reviewed_slide: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
+    """Issue 13, item 3: the viewer never overwrites an export without asking; the dialog
+    starts in the folder used last."""
+    from wsiviewer.gui import review_export
+    from wsiviewer.gui.review_export import EXPORT_DIR_KEY, ExportChoice
+
+    panel = _open(qtbot, window, reviewed_slide)
+    out = tmp_path / "out"
+    first = panel.export_to(out, ["geojson"])
+    assert first is not None
+    geojson = next(path for path in first.values() if path.name.endswith("_regions.geojson"))
+    geojson.write_text("edited")
+    asked: list[list[str]] = []
+    answers = iter([False, True])
+
+    def confirm(self: ReviewPanel, paths: list[str]) -> bool:
+        asked.append([Path(p).name for p in paths])
+        return next(answers)
+
+    monkeypatch.setattr(ReviewPanel, "confirm_overwrite", confirm)
+    assert panel.export_to(out, ["geojson"]) is None  # the user said no
+    assert geojson.read_text() == "edited"
+    assert sorted(asked[0]) == sorted(path.name for path in first.values())
+    assert panel.export_to(out, ["geojson"]) is not None  # yes: replaced
+    assert geojson.read_text().startswith('{"type": "FeatureCollection"')
+    assert len(asked) == 2
+
+    # File › Export… opens in the folder used last, and writes there.
+    seen: list[str] = []
+
+    def ask_export(parent: object, settings: QSettings, slide_path: object) -> ExportChoice:
+        seen.append(review_export.last_export_folder(settings))
+        chosen = tmp_path / f"chosen-{len(seen)}"
+        chosen.mkdir()
+        settings.setValue(EXPORT_DIR_KEY, str(chosen))
+        return ExportChoice(chosen, ("csv",), False, None)
+
+    monkeypatch.setattr("wsiviewer.gui.review_panel.ask_export", ask_export)
+    window.settings.setValue(EXPORT_DIR_KEY, str(tmp_path))
+    window.export_review()
+    window.export_review()
+    assert seen == [str(tmp_path), str(tmp_path / "chosen-1")]
+    assert len(list((tmp_path / "chosen-2").iterdir())) == 2  # patches.csv and its sidecar

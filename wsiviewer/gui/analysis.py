@@ -11,6 +11,8 @@ into its own.
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from collections.abc import Generator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +30,7 @@ from wsiviewer.errors import ModelError, WsiViewerError
 if TYPE_CHECKING:
     # The pipeline and the workflow import torch: only the worker imports them, when it starts.
     from wsiviewer.core.analysis.pipeline import Analysis, AnalysisProgress
+    from wsiviewer.core.model.predictor import Predictor
     from wsiviewer.core.workflow import AnalysisParameters
 
 log = logging.getLogger(__name__)
@@ -43,6 +46,8 @@ class AnalysisJob:
     device: str = "auto"
     batch_size: int | None = None
     parameters: AnalysisParameters | None = None
+    #: Cells per patch side when ``parameters`` is ``None`` (2: the dense map).
+    subdivision: int = 1
 
 
 @dataclass(frozen=True)
@@ -77,18 +82,71 @@ def run_analysis(job: AnalysisJob) -> Generator[AnalysisUpdate, None, AnalysisOu
         raise ModelError(f"Analysis failed: {exc}") from exc
 
 
+#: While the model loads, the worker looks for a cancel this often (s).
+LOADING_POLL_S = 0.05
+
+#: Model loads run one at a time: a load that a cancel abandoned may still be running when the
+#: next analysis starts, and torch's ONNX export is not thread-safe.
+_LOAD_LOCK = threading.Lock()
+#: Loads still running (a cancelled one goes on in the background until it ends).
+_LOADERS: set[threading.Thread] = set()
+
+
+def _load_predictor(job: AnalysisJob) -> Generator[AnalysisUpdate, None, Predictor]:
+    """The job's predictor, loaded on a daemon thread while this generator yields every
+    :data:`LOADING_POLL_S`: importing torch and preparing the model take seconds, and a
+    cancel (Esc, or closing the window) must not wait for them. A cancelled load finishes
+    on its own in the background and is dropped (:func:`wait_for_model_loads`)."""
+    done = threading.Event()
+    outcome: list[object] = []
+
+    def load() -> None:
+        try:
+            with _LOAD_LOCK:
+                # Imported here, off the GUI thread: torch costs seconds.
+                from wsiviewer.core.model.predictor import Predictor
+
+                outcome.append(Predictor(job.card, device=job.device, batch_size=job.batch_size))
+        except BaseException as exc:  # noqa: BLE001 - handed to the worker, raised there
+            outcome.append(exc)
+        finally:
+            done.set()
+            _LOADERS.discard(threading.current_thread())
+
+    loader = threading.Thread(target=load, name="wsiviewer-model-load", daemon=True)
+    _LOADERS.add(loader)
+    loader.start()
+    while not done.wait(LOADING_POLL_S):
+        yield AnalysisUpdate("loading model", 0, 0)
+    (result,) = outcome
+    if isinstance(result, BaseException):
+        raise result
+    return result  # type: ignore[return-value]
+
+
+def wait_for_model_loads(timeout_s: float = 120.0) -> bool:
+    """Wait for model loads a cancel abandoned (the window is closed by then, so quitting
+    looks instant): one cut off by the interpreter's exit would abort the process inside
+    torch. ``True`` if none is left."""
+    deadline = time.monotonic() + timeout_s
+    for loader in list(_LOADERS):
+        loader.join(max(0.0, deadline - time.monotonic()))
+    return not _LOADERS
+
+
 def _run_analysis(job: AnalysisJob) -> Generator[AnalysisUpdate, None, AnalysisOutcome]:
     yield AnalysisUpdate("loading model", 0, 0)
-    # Imported here, on the worker, when first needed: torch costs seconds at startup.
-    from wsiviewer.core.model.predictor import Predictor
-    from wsiviewer.core.progress import relay
-    from wsiviewer.core.slides import open_slide
     from wsiviewer.core.store.database import Store
-    from wsiviewer.core.workflow import run_analysis as run_workflow
 
     # The database first: one that cannot be written fails before the model loads.
     with Store.open() as store:
-        predictor = Predictor(job.card, device=job.device, batch_size=job.batch_size)
+        predictor = yield from _load_predictor(job)
+        from wsiviewer.core.progress import relay
+        from wsiviewer.core.slides import open_slide
+        from wsiviewer.core.workflow import AnalysisParameters
+        from wsiviewer.core.workflow import run_analysis as run_workflow
+
+        parameters = job.parameters or AnalysisParameters(subdivision=job.subdivision)
         device = predictor.device_name
 
         def update(progress: AnalysisProgress) -> AnalysisUpdate:
@@ -103,7 +161,7 @@ def _run_analysis(job: AnalysisJob) -> Generator[AnalysisUpdate, None, AnalysisO
             )
 
         with open_slide(job.slide_path) as slide:
-            run = run_workflow(slide, predictor, job.mpp, job.parameters, store=store)
+            run = run_workflow(slide, predictor, job.mpp, parameters, store=store)
             result = yield from relay(run, update)
     assert result.analysis_id is not None
     assert result.region_set_id is not None

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from PySide6.QtCore import QObject
 
-from wsiviewer.core.analysis.grid import PatchGrid
+from wsiviewer.core.analysis.grid import DENSE_SUBDIVISION, PatchGrid
 from wsiviewer.core.model.cards import model_dirs
 from wsiviewer.core.slides import Mpp, Slide
 from wsiviewer.core.units import mpp_from_magnification
@@ -30,6 +30,8 @@ MPP_GUESS = mpp_from_magnification(40.0)
 #: Status bar messages for each stage of a run (inference names its counts).
 STAGE_MESSAGES = {
     "loading model": "Loading the model…",
+    # A slide without a level near the model's resolution is read once into one.
+    "reading": "Reading the slide at the model's resolution…",
     "saving": "Saving the analysis…",
 }
 
@@ -72,12 +74,22 @@ class AnalysisController(QObject):
         except ResolutionError as exc:
             window.show_error("Cannot analyse this slide", str(exc))
             return False
-        job = AnalysisJob(path, card, mpp, device=window.device, batch_size=window.batch_size)
+        dense = window.dense_action.isChecked()
+        job = AnalysisJob(
+            path,
+            card,
+            mpp,
+            device=window.device,
+            batch_size=window.batch_size,
+            subdivision=DENSE_SUBDIVISION if dense else 1,
+        )
         self.runner.start(job)
         window.display.show_running(card)
         window.progress_bar.setRange(0, 0)
         window.device_label.setText("loading model…")
-        window.statusBar().showMessage(f"Analysing with {card.name}…")
+        window.statusBar().showMessage(
+            f"Analysing with {card.name}{' (dense heatmap)' if dense else ''}…"
+        )
         window.update_actions()
         return True
 

@@ -9,7 +9,9 @@ from pathlib import Path
 from PySide6.QtCore import QTimer
 from PySide6.QtWidgets import QApplication
 
+from wsiviewer.gui.analysis import wait_for_model_loads
 from wsiviewer.gui.main_window import MainWindow
+from wsiviewer.gui.platform_check import platform_problem
 
 
 def application(argv: Sequence[str] | None = None) -> QApplication:
@@ -27,11 +29,21 @@ def application(argv: Sequence[str] | None = None) -> QApplication:
 def run(slide: str | Path | None = None) -> int:
     """Show the main window (and open ``slide`` once it is on screen); run until closed.
 
-    torch is not imported here: the window is up before the first analysis needs it.
+    A missing system library of Qt's platform plugin is said in one line (exit status 1)
+    before Qt would abort. torch is not imported here: the window is up before the first
+    analysis needs it.
     """
+    problem = platform_problem()
+    if problem is not None:
+        print(f"wsiviewer: error: {problem}", file=sys.stderr)
+        return 1
     app = application()
     window = MainWindow()
     window.show()
     if slide is not None:
         QTimer.singleShot(0, lambda: window.open_slide(slide))
-    return app.exec()
+    code = app.exec()
+    # The window is gone; a model load that Esc or quitting abandoned ends before the
+    # process does (cut off, it would abort inside torch).
+    wait_for_model_loads()
+    return code

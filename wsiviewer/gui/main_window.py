@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import threading
 from pathlib import Path
 
 from PySide6.QtCore import QByteArray, QSettings, Qt, QTimer, Signal
@@ -17,30 +18,36 @@ from PySide6.QtGui import QAction, QCloseEvent, QDragEnterEvent, QDropEvent, QKe
 from PySide6.QtWidgets import (
     QDockWidget,
     QFileDialog,
-    QInputDialog,
     QLabel,
     QMainWindow,
     QMessageBox,
     QProgressBar,
     QPushButton,
+    QVBoxLayout,
     QWidget,
 )
 
 from wsiviewer import WsiViewerError
 from wsiviewer.core.model.cards import ModelCard, available_models, model_dirs
 from wsiviewer.core.slides import Slide, open_slide
-from wsiviewer.core.units import PLAUSIBLE_MPP_RANGE, magnification_from_mpp, um_from_px
-from wsiviewer.errors import ModelError
+from wsiviewer.core.slides.formats import slide_file_filter
+from wsiviewer.core.slides.probe import ProbeVerdict
+from wsiviewer.core.units import magnification_from_mpp, um_from_px
+from wsiviewer.errors import ModelError, escape_control
 from wsiviewer.gui.analysis import AnalysisRunner
 from wsiviewer.gui.analysis_control import AnalysisController
 from wsiviewer.gui.analysis_display import AnalysisDisplay
+from wsiviewer.gui.case_list import CaseListPanel
 from wsiviewer.gui.images import rgb_to_qimage
 from wsiviewer.gui.model_panel import ModelPanel
+from wsiviewer.gui.mpp_dialog import MppDialog
 from wsiviewer.gui.overlay_panel import OverlayPanel
 from wsiviewer.gui.overview import OverviewWidget
 from wsiviewer.gui.panels import SlideInfoPanel, scroll_wrapped
 from wsiviewer.gui.review_panel import ReviewPanel
+from wsiviewer.gui.slide_probe import default_cache, probe, start_prober
 from wsiviewer.gui.slide_view import MAGNIFICATION_PRESETS, SlideView
+from wsiviewer.gui.view_tools import RulerTool, save_view_image
 from wsiviewer.gui.window_actions import (
     ShortcutsDialog,
     about_box,
@@ -51,13 +58,9 @@ from wsiviewer.gui.window_actions import (
 
 log = logging.getLogger(__name__)
 
-#: Every format OpenSlide 4 opens, for File › Open.
-SLIDE_FILTER = (
-    "Slides (*.svs *.tif *.tiff *.ndpi *.vms *.vmu *.scn *.mrxs *.svslide *.bif *.dcm *.czi);;"
-    "Aperio (*.svs *.tif);;Hamamatsu (*.ndpi *.vms *.vmu);;Leica (*.scn);;MIRAX (*.mrxs);;"
-    "Philips TIFF (*.tiff);;Sakura (*.svslide);;Ventana (*.bif *.tif);;DICOM (*.dcm);;"
-    "Zeiss (*.czi);;Generic tiled TIFF (*.tif *.tiff);;All files (*)"
-)
+#: Every format OpenSlide 4 opens, for File › Open (the list lives in core: folder search
+#: uses it too).
+SLIDE_FILTER = slide_file_filter()
 
 MAX_RECENT = 10
 
@@ -127,7 +130,23 @@ class MainWindow(QMainWindow):
         self.resize(1400, 900)
 
         self.view = SlideView(self)
-        self.setCentralWidget(self.view)
+        #: Above the slide, while the analysis shown carries a warning (a slide unlike the
+        #: model's training data): in view for as long as its heatmap is.
+        self.warning_banner = QLabel()
+        self.warning_banner.setObjectName("analysisWarning")
+        self.warning_banner.setWordWrap(True)
+        self.warning_banner.setStyleSheet(
+            "QLabel#analysisWarning { background: #fff3cd; color: #664d03; "
+            "border-bottom: 1px solid #e0c36a; padding: 6px 10px; }"
+        )
+        self.warning_banner.hide()
+        central = QWidget()
+        layout = QVBoxLayout(central)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.setSpacing(0)
+        layout.addWidget(self.warning_banner)
+        layout.addWidget(self.view, 1)
+        self.setCentralWidget(central)
         self.overview = OverviewWidget()
         self.info_panel = SlideInfoPanel()
         self.overlay_panel = OverlayPanel()
@@ -137,6 +156,7 @@ class MainWindow(QMainWindow):
             self.view, self.overview, self.overlay_panel, self.review_panel, self
         )
         self.runner = AnalysisRunner(self)
+        self.display.warnings_shown.connect(self._show_analysis_warnings)
 
         self._slide: Slide | None = None
         self._slide_path: Path | None = None
@@ -146,6 +166,9 @@ class MainWindow(QMainWindow):
         self.device = "auto"
         self.batch_size: int | None = None
         self.last_error_box: QMessageBox | None = None
+        self._probe_cache = default_cache()
+        # The probe's child process imports for half a second: started now, beside the window.
+        threading.Thread(target=start_prober, name="wsiviewer-probe-start", daemon=True).start()
 
         self._build_docks()
         self._build_status_bar()
@@ -178,6 +201,8 @@ class MainWindow(QMainWindow):
         )
         self.info_dock = self._dock("Slide", "slide_dock", self.info_panel)
         self.model_dock = self._dock("Model", "model_dock", self.model_panel)
+        self.case_list = CaseListPanel(self)
+        self.cases_dock = self._dock("Cases", "cases_dock", self.case_list)
         right = Qt.DockWidgetArea.RightDockWidgetArea
         self.addDockWidget(right, self.overview_dock)
         self.addDockWidget(right, self.overlay_dock)
@@ -185,6 +210,10 @@ class MainWindow(QMainWindow):
         self.tabifyDockWidget(self.info_dock, self.model_dock)
         self.overlay_dock.raise_()
         self.addDockWidget(Qt.DockWidgetArea.LeftDockWidgetArea, self.review_dock)
+        # Below the review, hidden until File › Open folder… (not tabified: Qt 6 then keeps a
+        # second, stale tab bar of the left area drawn over the panel).
+        self.addDockWidget(Qt.DockWidgetArea.LeftDockWidgetArea, self.cases_dock)
+        self.cases_dock.hide()
         self.resizeDocks(
             [self.overview_dock, self.review_dock], [380, 420], Qt.Orientation.Horizontal
         )
@@ -201,6 +230,7 @@ class MainWindow(QMainWindow):
             self.info_dock,
             self.model_dock,
             self.review_dock,
+            self.cases_dock,
         )
 
     def _build_status_bar(self) -> None:
@@ -230,6 +260,13 @@ class MainWindow(QMainWindow):
         standard = QKeySequence.StandardKey
         view = self.view
         self.open_action = make_action(self, "&Open…", self.choose_slide, standard.Open)
+        self.open_folder_action = make_action(
+            self,
+            "Open &folder…",
+            self.choose_folder,
+            "Ctrl+Shift+O",
+            "List a folder's slides with their analysis and review status",
+        )
         self.close_action = make_action(self, "&Close slide", self.close_slide, standard.Close)
         self.quit_action = make_action(self, "&Quit", self.close, standard.Quit)
         self.fit_action = make_action(self, "&Fit slide", view.fit, "0")
@@ -257,6 +294,14 @@ class MainWindow(QMainWindow):
             "Ctrl+R",
             "Score the slide's tissue with the model",
         )
+        self.dense_action = make_action(
+            self,
+            "&Dense heatmap",
+            lambda _=False: None,
+            tip="Analyse with patches every half patch: 100 µm cells, each from the 4 patches "
+            "covering it; about 4 times slower",
+        )
+        self.dense_action.setCheckable(True)
         self.cancel_action = make_action(
             self, "&Cancel analysis", self.runner.cancel, "Esc", "Stop the running analysis"
         )
@@ -277,6 +322,22 @@ class MainWindow(QMainWindow):
         )
         for action in self.review_panel.review_actions:
             self.addAction(action)
+        self.ruler = RulerTool(self.view)
+        self.ruler_action = make_action(
+            self, "&Ruler", self.ruler.set_active, "L", "Measure a length on the slide (µm)"
+        )
+        self.ruler_action.setCheckable(True)
+        self.ruler.active_changed.connect(self.ruler_action.setChecked)
+        self.ruler.measured.connect(
+            lambda _length: self.statusBar().showMessage(f"Length: {self.ruler.text}", 10_000)
+        )
+        self.save_view_action = make_action(
+            self,
+            "Save &view as image…",
+            self.save_view_image,
+            "Ctrl+Shift+S",
+            "A PNG of the view with its scale bar and legend",
+        )
 
     def _connect(self) -> None:
         self.view.view_changed.connect(self._on_view_changed)
@@ -316,9 +377,11 @@ class MainWindow(QMainWindow):
             self.analyze_action.setToolTip(f"Analyse with {card.name} (Ctrl+R)")
         self.cancel_action.setEnabled(running)
         self.close_action.setEnabled(has_slide)
-        has_review = self.review_panel.session is not None
+        has_review = self.review_panel.state is not None
         self.export_action.setEnabled(has_review)
         self.import_action.setEnabled(has_review)
+        self.save_view_action.setEnabled(has_slide)
+        self.ruler_action.setEnabled(has_slide)
         for action in (self.fit_action, self.zoom_in_action, self.zoom_out_action):
             action.setEnabled(has_slide)
         for widget in (self.device_label, self.progress_bar, self.cancel_button):
@@ -336,24 +399,23 @@ class MainWindow(QMainWindow):
         colormap = self.settings.value("overlay/colormap")
         if isinstance(colormap, str):
             self.overlay_panel.set_colormap(colormap)
-        for key, slider in (
-            ("overlay/opacity", self.overlay_panel.opacity_slider),
-            ("overlay/threshold", self.overlay_panel.threshold_slider),
-        ):
+        # The threshold is not a preference: it belongs to the slide's region set.
+        for key, slider in (("overlay/opacity", self.overlay_panel.opacity_slider),):
             value = self.settings.value(key)
             if isinstance(value, int | str):
                 try:
                     slider.setValue(int(value))
                 except ValueError:
                     pass
+        self.dense_action.setChecked(self.settings.value("analysis/dense") in (True, "true"))
         self.display.apply_style()
 
     def _save_settings(self) -> None:
+        self.settings.setValue("analysis/dense", self.dense_action.isChecked())
         self.settings.setValue("window/geometry", self.saveGeometry())
         self.settings.setValue("window/state", self.saveState())
         self.settings.setValue("overlay/colormap", self.overlay_panel.colormap)
         self.settings.setValue("overlay/opacity", self.overlay_panel.opacity_slider.value())
-        self.settings.setValue("overlay/threshold", self.overlay_panel.threshold_slider.value())
         card = self.model_panel.card
         if card is not None:
             self.settings.setValue("model/name", card.name)
@@ -399,21 +461,43 @@ class MainWindow(QMainWindow):
         if path:
             self.open_slide(path)
 
+    def choose_folder(self) -> None:
+        start = str(self.case_list.folder or "")
+        folder = QFileDialog.getExistingDirectory(self, "Open folder of slides", start)
+        if folder:
+            self.open_folder(folder)
+
+    def open_folder(self, folder: str | Path) -> None:
+        """Show the case list of ``folder``: its slides and their status."""
+        self.case_list.set_folder(folder)
+        self.cases_dock.show()
+        self.cases_dock.raise_()
+        self.resizeDocks([self.review_dock, self.cases_dock], [300, 600], Qt.Orientation.Vertical)
+
     def open_slide(self, path: str | Path) -> bool:
-        """Open and show a slide; a dialog names the problem if it cannot be shown."""
+        """Open and show a slide; a dialog names the problem if it cannot be shown.
+
+        The file is first opened in a child process (:mod:`wsiviewer.gui.slide_probe`;
+        verdicts are remembered), so a reader that crashes on it takes down the child, not
+        the viewer. Any error opening it, ours or not, ends in a dialog.
+        """
         path = Path(path)
+        name = escape_control(path.name)
+        verdict = self.probe_slide(path)
+        if verdict.crashed:
+            self.show_error("Cannot open slide", f"{name} cannot be opened.\n\n{verdict.message}")
+            return False
         try:
             slide = open_slide(path)
-        except (WsiViewerError, OSError) as exc:
-            self.show_error("Cannot open slide", f"{path.name} cannot be opened.\n\n{exc}")
+        except Exception as exc:  # noqa: BLE001 -- any failure is a dialog, never a dead action
+            self._report_unexpected(exc, "Cannot open slide", f"{name} cannot be opened.")
             return False
         try:
             base_image, base_level = read_base_image(slide)
-        except (WsiViewerError, OSError) as exc:
+        except Exception as exc:  # noqa: BLE001 -- as above
             slide.close()
-            self.show_error(
-                "Cannot read slide",
-                f"{path.name} opens, but its pixels cannot be read.\n\n{exc}",
+            self._report_unexpected(
+                exc, "Cannot read slide", f"{name} opens, but its pixels cannot be read."
             )
             return False
         self._close_current()
@@ -438,6 +522,23 @@ class MainWindow(QMainWindow):
         )
         self.slide_opened.emit(str(path))
         return True
+
+    def probe_slide(self, path: Path) -> ProbeVerdict:
+        """The child process's verdict on ``path`` (remembered by path, size and time)."""
+        self.setCursor(Qt.CursorShape.WaitCursor)
+        try:
+            return probe(path, self._probe_cache)
+        finally:
+            self.unsetCursor()
+
+    def _report_unexpected(self, exc: Exception, title: str, what: str) -> None:
+        """A dialog for a failed action; anything but our errors is logged with its traceback."""
+        if not isinstance(exc, WsiViewerError | OSError):
+            log.error("%s", title, exc_info=exc)
+            detail = f"Unexpected error: {type(exc).__name__}: {exc}"
+        else:
+            detail = str(exc)
+        self.show_error(title, f"{what}\n\n{escape_control(detail)}")
 
     def close_slide(self) -> None:
         if self._slide is None:
@@ -476,6 +577,13 @@ class MainWindow(QMainWindow):
         if self.last_error_box is box:
             self.last_error_box = None
         box.deleteLater()
+
+    def _show_analysis_warnings(self, notes: list[str]) -> None:
+        """The shown analysis's warnings above the slide (none: the banner hides)."""
+        text = " ".join(notes)
+        self.warning_banner.setText(f"⚠ {text}" if text else "")
+        self.warning_banner.setToolTip(text)
+        self.warning_banner.setVisible(bool(text))
 
     def _on_tile_failed(self, message: str) -> None:
         self.statusBar().showMessage(f"Some tiles cannot be read: {message}", 10000)
@@ -517,11 +625,11 @@ class MainWindow(QMainWindow):
                 "This slide's metadata has neither µm/px nor objective power. Enter the scan "
                 "resolution (about 0.25 at 40x, 0.5 at 20x)."
             )
-        low, high = PLAUSIBLE_MPP_RANGE
-        value, ok = QInputDialog.getDouble(
-            self, "Slide resolution", f"{why}\n\nµm per pixel:", guess, low, high, 4
-        )
-        return float(value) if ok else None
+        # No value typed in for the user unless the objective power gives one (issue 13).
+        dialog = MppDialog(why, guess if guessed_from_power else None, self)
+        if dialog.exec() != MppDialog.DialogCode.Accepted:
+            return None
+        return dialog.value
 
     # -- drag and drop ----------------------------------------------------------------------
 
@@ -583,7 +691,13 @@ class MainWindow(QMainWindow):
     # -- analyses ---------------------------------------------------------------------------
 
     def analyze(self) -> bool:
-        """Start analysing the open slide with the chosen model; ``False`` if it did not."""
+        """Start analysing the open slide with the chosen model; ``False`` if it did not
+        (or the user kept the reviewed set shown)."""
+        if self._slide is None or self.runner.running:
+            return False
+        if not self.display.confirm_reanalysis(self):
+            self.statusBar().showMessage("Not analysed: the reviewed region set stays shown", 6000)
+            return False
         return self.analysis_control.analyze()
 
     def show_stored_analysis(self, for_slide: Slide | None = None) -> None:
@@ -646,6 +760,31 @@ class MainWindow(QMainWindow):
         """File › Export…: the reviewed regions into a chosen folder."""
         self.review_panel.choose_export(self._slide, self._slide_path, self.model_panel.card)
 
+    def save_view_image(self, path: str | Path | None = None) -> Path | None:
+        """File › Save view as image…: a PNG of the view as shown, with its scale bar and
+        legend, in the folder used last for exports; never replaces a file unasked (the
+        file dialog asks)."""
+        from wsiviewer.gui.review_export import EXPORT_DIR_KEY, last_export_folder
+
+        if self._slide is None:
+            return None
+        if path is None:
+            start = str(Path(last_export_folder(self.settings)) / "view.png")
+            chosen, _ = QFileDialog.getSaveFileName(
+                self, "Save view as image", start, "PNG (*.png)"
+            )
+            if not chosen:
+                return None
+            path = chosen if chosen.lower().endswith(".png") else chosen + ".png"
+        try:
+            written = save_view_image(self.view, path)
+        except (WsiViewerError, OSError) as exc:
+            self.show_error("Cannot save the view", str(exc))
+            return None
+        self.settings.setValue(EXPORT_DIR_KEY, str(written.parent))
+        self.statusBar().showMessage(f"Saved the view as {written}", 6000)
+        return written
+
     def choose_qupath_import(self) -> None:
         start = str(self._slide_path.parent) if self._slide_path is not None else ""
         path, _ = QFileDialog.getOpenFileName(
@@ -667,6 +806,7 @@ class MainWindow(QMainWindow):
     # -- closing ----------------------------------------------------------------------------
 
     def closeEvent(self, event: QCloseEvent) -> None:
+        self.case_list.shutdown()
         self.runner.cancel()
         self.runner.wait()
         self._save_settings()

@@ -54,6 +54,15 @@ _CARD_METRICS = (
 )
 
 
+#: Parts of the card's metrics, in display order, with their column heading.
+_PART_NAMES = {
+    "validation": "validation",
+    "test": "test",
+    "out_of_fold": "out of fold",
+    "out_of_fold_map": "map with context, out of fold",
+}
+
+
 def _metrics_html(metrics: object) -> str:
     """A table of the card's metrics: flat ``{name: value}``, or by part with 95% intervals."""
     if not isinstance(metrics, dict) or not metrics:
@@ -67,11 +76,12 @@ def _metrics_html(metrics: object) -> str:
             )
             + "</table>"
         )
-    parts = [part for part in ("validation", "test") if isinstance(metrics.get(part), dict)]
+    parts = [part for part in _PART_NAMES if isinstance(metrics.get(part), dict)]
     if not parts:
         return ""
     head = "".join(
-        f"<th align=left>{part} ({metrics[part].get('patients', '?')} patients)</th>"
+        f"<th align=left>{_PART_NAMES[part]} ({metrics[part].get('patients', '?')} "
+        f"{'complete ' if part == 'out_of_fold_map' else ''}patients)</th>"
         for part in parts
     )
     rows = []
@@ -87,7 +97,8 @@ def _metrics_html(metrics: object) -> str:
         rows.append(f"<tr><td>{label}</td>{''.join(cells)}</tr>")
     return (
         f"<table cellspacing=2><tr><th></th>{head}</tr>{''.join(rows)}</table>"
-        "<small>Patients never seen in training; 95% intervals bootstrapped over patients."
+        "<small>Patients never seen in training (out of fold: each patient scored by a "
+        "cross-validation model that never saw it); 95% intervals bootstrapped over patients."
         "</small>"
     )
 
@@ -95,8 +106,10 @@ def _metrics_html(metrics: object) -> str:
 def _operating_points_html(points: object) -> str:
     """``P ≥ threshold`` of each operating point the card names, in words."""
     names = {
-        "balanced_accuracy": "best balanced accuracy on validation",
+        "balanced_accuracy": "best balanced accuracy (the threshold regions are drawn at)",
         "sensitivity_0.90": "≥ 0.90 sensitivity on validation",
+        "patch_balanced_accuracy": "best balanced accuracy of single patches, out of fold",
+        "patch_sensitivity_0.90": "≥ 0.90 sensitivity of single patches, out of fold",
     }
     if not isinstance(points, dict) or not points:
         return ""
@@ -109,6 +122,8 @@ def _operating_points_html(points: object) -> str:
 
 def _training_data_text(data: dict[str, object]) -> str:
     text = str(data.get("dataset", ""))
+    if isinstance(data.get("patients"), str | int):
+        return f"{text}; patients: {data['patients']}"
     patients = data.get("patients")
     patches = data.get("patches")
     if isinstance(patients, dict) and isinstance(patches, dict):

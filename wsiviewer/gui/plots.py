@@ -18,7 +18,8 @@ from PySide6.QtCore import Qt, Signal
 from PySide6.QtGui import QColor, QPalette
 from PySide6.QtWidgets import QCheckBox, QHBoxLayout, QLabel, QVBoxLayout, QWidget
 
-from wsiviewer.core.exports.colormaps import DEFAULT_COLORMAP, load_colormap
+from wsiviewer.core.exports.colormaps import DEFAULT_COLORMAP, load_colormap, ramp_alpha
+from wsiviewer.core.review.wording import format_threshold
 from wsiviewer.training.report_tables import ModelEvaluation, PartMetrics
 
 # Arrays are (H, W[, C]) everywhere in wsiviewer (STYLE.md): set once, here.
@@ -37,14 +38,21 @@ OKABE_ITO = {
 }
 #: The threshold line: vermillion, like nothing else in a viridis/cividis heatmap.
 THRESHOLD_COLOR = OKABE_ITO["vermillion"]
-#: Bins the heatmap hides (below the threshold): grey, as on the colour bar.
-HIDDEN_BIN_COLOR = "#BDBDBD"
+#: What bins below the threshold fade towards, as the heatmap fades over the slide.
+FADED_BIN_COLOR = "#E0E0E0"
 #: Guides (chance, perfect calibration): grey dotted.
 GUIDE_PEN_STYLE = Qt.PenStyle.DotLine
 #: Marker per split part: shape tells them apart as well as colour.
 PART_STYLES = {
     "validation": ("o", OKABE_ITO["bluish_green"]),
     "test": ("s", OKABE_ITO["blue"]),
+    "out_of_fold": ("s", OKABE_ITO["blue"]),
+    "out_of_fold_map": ("t", OKABE_ITO["vermillion"]),
+}
+#: How a part is named in legends.
+PART_LABELS = {
+    "out_of_fold": "out of fold",
+    "out_of_fold_map": "map with context, complete",
 }
 
 
@@ -78,19 +86,22 @@ def make_plot_widget(parent: QWidget, x_label: str, y_label: str) -> pg.PlotWidg
 
 
 class ProbabilityHistogramWidget(QWidget):
-    """How many scored patches the shown map has at each P(IDC), with the heatmap's
-    threshold as a line: drag the line to move the threshold.
+    """How many scored patches the shown map has at each P(IDC), with the threshold as a
+    line: drag the line to move the threshold.
 
-    Bars are coloured as the heatmap colours them, and grey below the threshold (hidden on the
-    slide). Unscored cells (NaN: no tissue, or not scored yet) are not counted.
+    Bars are coloured as the heatmap colours them, faded below the threshold by the same alpha
+    ramp. Unscored cells (NaN: no tissue, or not scored yet) are not counted.
 
     Signals
     -------
     threshold_dragged(float)
-        The user dragged the threshold line to this P(IDC) (0–1, two decimals).
+        The user is dragging the threshold line: this P(IDC) (0–1, three decimals).
+    threshold_released(float)
+        The user let go of the line here.
     """
 
     threshold_dragged = Signal(float)
+    threshold_released = Signal(float)
 
     #: Bin edges: 50 bins of 0.02 from 0 to 1 (1.0 falls in the last bin).
     BIN_EDGES = np.linspace(0.0, 1.0, 51)
@@ -118,10 +129,12 @@ class ProbabilityHistogramWidget(QWidget):
             bounds=(0.0, 1.0),
             pen=pg.mkPen(THRESHOLD_COLOR, width=2),
             hoverPen=pg.mkPen(THRESHOLD_COLOR, width=4),
-            label="hide below {value:.2f}",
+            label="threshold {value:.3f}",
             labelOpts={"position": 0.92, "color": THRESHOLD_COLOR, "movable": True},
         )
-        self.threshold_line.setToolTip("Drag to change the threshold below which P is hidden")
+        self.threshold_line.setToolTip(
+            "Drag to change the threshold: patches at or above it are flagged and outlined"
+        )
         self.plot_widget.addItem(self.threshold_line)
         self.log_box = QCheckBox("Log scale")
         self.log_box.setToolTip("Count axis in powers of ten: shows rare high-P bins")
@@ -135,6 +148,7 @@ class ProbabilityHistogramWidget(QWidget):
         layout.addWidget(self.plot_widget, 1)
         layout.addLayout(row)
         self.threshold_line.sigPositionChanged.connect(self._on_line_moved)
+        self.threshold_line.sigPositionChangeFinished.connect(self._on_line_released)
         self.log_box.toggled.connect(self._redraw)
         self._redraw()
 
@@ -156,8 +170,11 @@ class ProbabilityHistogramWidget(QWidget):
         values = np.empty(0) if probabilities is None else np.asarray(probabilities).ravel()
         values = values[np.isfinite(values)]
         self._counts, _ = np.histogram(np.clip(values, 0.0, 1.0), bins=self.BIN_EDGES)
+        self._sorted = np.sort(values.astype(np.float32))
         self._scored = int(values.size)
         self._redraw()
+
+    _sorted: np.ndarray = np.empty(0, dtype=np.float32)
 
     def set_style(self, colormap: str, threshold: float) -> None:
         """Follow the heatmap's colour map and threshold (the line moves, bars recolour)."""
@@ -172,25 +189,33 @@ class ProbabilityHistogramWidget(QWidget):
         self._redraw()
 
     def above_threshold_count(self) -> int:
-        """Scored patches in the bins at or above the threshold (shown on the slide)."""
-        return int(self._counts[self.BIN_EDGES[:-1] >= self._threshold - 1e-9].sum())
+        """Scored patches at or above the threshold (flagged), exactly."""
+        first = np.searchsorted(self._sorted, np.float32(self._threshold), side="left")
+        return int(self._sorted.size - first)
 
     def _on_line_moved(self) -> None:
         if self._syncing:
             return
-        self.threshold_dragged.emit(round(float(self.threshold_line.value()), 2))
+        self.threshold_dragged.emit(round(float(self.threshold_line.value()), 3))
+
+    def _on_line_released(self) -> None:
+        if self._syncing:
+            return
+        self.threshold_released.emit(round(float(self.threshold_line.value()), 3))
 
     def _bar_brushes(self) -> list[QColor]:
         lut = load_colormap(self._colormap)
         centres = (self.BIN_EDGES[:-1] + self.BIN_EDGES[1:]) / 2
-        shown = self.BIN_EDGES[:-1] >= self._threshold - 1e-9
+        # Opaque from the threshold up, fading below it like the heatmap (never invisible:
+        # a count must stay readable).
+        weights = np.maximum(ramp_alpha(centres, self._threshold), 0.15)
+        grey = QColor(FADED_BIN_COLOR)
+        faded = np.array([grey.red(), grey.green(), grey.blue()], dtype=np.float64)
         brushes = []
-        for centre, visible in zip(centres, shown, strict=True):
-            if visible:
-                r, g, b = (int(c) for c in lut[min(255, int(centre * 256))])
-                brushes.append(QColor(r, g, b))
-            else:
-                brushes.append(QColor(HIDDEN_BIN_COLOR))
+        for centre, weight in zip(centres, weights, strict=True):
+            colour = lut[min(255, int(centre * 256))].astype(np.float64)
+            r, g, b = (round(float(c)) for c in colour * weight + faded * (1 - weight))
+            brushes.append(QColor(r, g, b))
         return brushes
 
     def _redraw(self) -> None:
@@ -212,7 +237,7 @@ class ProbabilityHistogramWidget(QWidget):
         above = self.above_threshold_count()
         self.summary_label.setText(
             f"{self._scored:,} patches scored; {above:,} ({100 * above / self._scored:.1f} %) "
-            f"at P ≥ {self._threshold:.2f}"
+            f"flagged at P ≥ {format_threshold(self._threshold)}"
         )
 
 
@@ -330,7 +355,8 @@ class RocPlotWidget(EvaluationPlotWidget):
                 pen=pg.mkPen(color, width=1.5),
             )
             self.plot_widget.addItem(bars)
-        name = part.part if part.patients is None else f"{part.part} ({part.patients} patients)"
+        label = PART_LABELS.get(part.part, part.part)
+        name = label if part.patients is None else f"{label} ({part.patients} patients)"
         auc = part.value("roc_auc")
         if auc is not None:
             name += f": AUC {auc:.3f}"
@@ -365,7 +391,7 @@ class RocPlotWidget(EvaluationPlotWidget):
     @staticmethod
     def _caption(evaluation: ModelEvaluation) -> str:
         intervals = "; ".join(
-            f"{part.part} {low:.3f}–{high:.3f}"
+            f"{PART_LABELS.get(part.part, part.part)} {low:.3f}–{high:.3f}"
             for part in evaluation.parts
             if (interval := part.interval("roc_auc")) is not None
             for low, high in [interval]

@@ -40,6 +40,7 @@ from PySide6.QtWidgets import (
 from shapely.geometry import Polygon
 
 from wsiviewer.core.review.status import STATUS_COLORS
+from wsiviewer.core.review.wording import STATUS_WORDS
 
 
 @dataclass(frozen=True)
@@ -53,7 +54,9 @@ class StatusStyle:
 
 #: Outline style by review status (``ReviewStatus``).
 STATUS_STYLES: dict[str, StatusStyle] = {
-    "pending": StatusStyle("Pending", QColor(255, 255, 255), Qt.PenStyle.DashLine),
+    "pending": StatusStyle(
+        STATUS_WORDS["pending"].capitalize(), QColor(255, 255, 255), Qt.PenStyle.DashLine
+    ),
     "accepted": StatusStyle(
         "Accepted (IDC)", QColor(*STATUS_COLORS["accepted"]), Qt.PenStyle.SolidLine
     ),
@@ -180,8 +183,11 @@ class RegionOutlineItem(QGraphicsPathItem):
         font.setBold(True)
         font.setPointSizeF(font.pointSizeF() * 1.3)
         self.label_item.setFont(font)
-        left, top, _, _ = polygon.bounds
-        self.label_item.setPos(left, top)
+        # At the outline's top vertex (leftmost of ties): on the region, even a concave one
+        # whose bounding box's corner lies far off it.
+        top_x, top_y = min(polygon.exterior.coords, key=lambda xy: (xy[1], xy[0]))
+        self.label_anchor = QPointF(top_x, top_y)
+        self.label_item.setPos(top_x, top_y)
         # Just above the top-left corner, in screen px (the label ignores the zoom).
         height = self.label_item.boundingRect().height()
         self.label_item.setTransform(QTransform.fromTranslate(0, -height - 3))
@@ -309,10 +315,30 @@ class RegionOverlay:
         self._items.clear()
         self._selected = None
 
+    def arrange_labels(self, view: QGraphicsView) -> None:
+        """Hide the labels that would overlap one already shown, so dozens of small regions
+        never pile their numbers up: the selected region's label first, then by size."""
+        placed: list[QRectF] = []
+        order = sorted(
+            self._items.items(),
+            key=lambda pair: (pair[0] != self._selected, -pair[1].polygon.area),
+        )
+        for _, item in order:
+            label = item.label_item
+            # The label ignores the zoom: its screen rect is its size at its anchor's screen
+            # position, just above it.
+            anchor = view.mapFromScene(item.label_anchor)
+            size = label.boundingRect().size()
+            rect = QRectF(anchor.x(), anchor.y() - size.height() - 3, size.width(), size.height())
+            visible = not any(rect.intersects(other) for other in placed)
+            label.setVisible(visible)
+            if visible:
+                placed.append(rect.adjusted(-2, -2, 2, 2))
+
 
 class PolygonDrawTool(QObject):
-    """Draw a polygon on a view: click adds a vertex, double-click or Enter closes it,
-    Backspace removes the last vertex, Esc cancels.
+    """Draw a polygon (or, with ``closed=False``, a line) on a view: click adds a vertex,
+    double-click or Enter finishes it, Backspace removes the last vertex, Esc cancels.
 
     While active it takes the view's left clicks (no panning; the wheel still zooms) and the
     Esc/Enter/Backspace keys before any window shortcut.
@@ -320,7 +346,8 @@ class PolygonDrawTool(QObject):
     Signals
     -------
     polygon_drawn(object)
-        The closed polygon's vertices, a list of level-0 ``(x, y)`` px (3 or more).
+        The vertices, a list of level-0 ``(x, y)`` px (3 or more for a polygon, 2 or more
+        for a line).
     drawing_cancelled()
     active_changed(bool)
     hint_changed(str)
@@ -335,9 +362,12 @@ class PolygonDrawTool(QObject):
     #: Clicks closer than this to the previous vertex (screen px) add nothing.
     MIN_STEP_PX = 3.0
 
-    def __init__(self, view: QGraphicsView) -> None:
+    def __init__(self, view: QGraphicsView, *, closed: bool = True, what: str = "a region") -> None:
         super().__init__(view)
         self._view = view
+        self._closed = closed
+        self._what = what
+        self._min_vertices = 3 if closed else 2
         self._vertices: list[QPointF] = []
         self._hover: QPointF | None = None
         self._active = False
@@ -402,8 +432,11 @@ class PolygonDrawTool(QObject):
         """Close the polygon; ``False`` (and still drawing) with fewer than 3 vertices."""
         if not self._active:
             return False
-        if len(self._vertices) < 3:
-            self.hint_changed.emit("A region needs at least 3 vertices; Esc cancels")
+        if len(self._vertices) < self._min_vertices:
+            self.hint_changed.emit(
+                f"{self._what[0].upper()}{self._what[1:]} needs at least {self._min_vertices} "
+                "points; Esc cancels"
+            )
             return False
         vertices = self.vertices
         self._stop()
@@ -424,9 +457,10 @@ class PolygonDrawTool(QObject):
 
     def _hint(self) -> None:
         count = len(self._vertices)
+        finish = "close" if self._closed else "finish"
         self.hint_changed.emit(
-            f"Drawing a region: {count} vertices. Click to add, double-click or Enter to close, "
-            "Backspace to remove the last, Esc to cancel."
+            f"Drawing {self._what}: {count} points. Click to add, double-click or Enter to "
+            f"{finish}, Backspace to remove the last, Esc to cancel."
         )
 
     def _update_preview(self) -> None:
@@ -436,7 +470,7 @@ class PolygonDrawTool(QObject):
             path.moveTo(points[0])
             for point in points[1:]:
                 path.lineTo(point)
-            if len(points) >= 3:
+            if self._closed and len(points) >= 3:
                 path.lineTo(points[0])
         self._preview.setPath(path)
 

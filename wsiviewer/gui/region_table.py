@@ -21,6 +21,7 @@ from PySide6.QtCore import (
 from PySide6.QtGui import QIcon
 from PySide6.QtWidgets import QAbstractItemView, QHeaderView, QTableView, QWidget
 
+from wsiviewer.core.review.wording import STATUS_WORDS, format_probability
 from wsiviewer.gui.region_items import STATUS_STYLES, status_icon
 
 if TYPE_CHECKING:
@@ -46,7 +47,7 @@ SORT_CHOICES: tuple[tuple[str, int, Qt.SortOrder], ...] = (
 
 def region_label(item: ReviewItem) -> str:
     """A region's short name: its number, ``M`` before a manual one's."""
-    return f"M{item.number}" if item.ref.kind == "manual" else str(item.number)
+    return item.label
 
 
 _ICONS: dict[str, QIcon] = {}
@@ -59,7 +60,17 @@ def _status_icons() -> dict[str, QIcon]:
 
 
 def _probability_text(value: float | None) -> str:
-    return "—" if value is None else f"{value:.2f}"
+    """Two decimals, never rounded up to 1.00 (0.998 is 0.99)."""
+    return "—" if value is None else format_probability(value)
+
+
+#: How each origin of a region reads in its tooltip.
+_ORIGIN_TEXT = {
+    "model": "flagged by the model",
+    "drawn": "drawn by a reviewer",
+    "imported": "imported from QuPath",
+    "edit": "made by a region edit",
+}
 
 
 class RegionTableModel(QAbstractTableModel):
@@ -104,7 +115,8 @@ class RegionTableModel(QAbstractTableModel):
             return COLUMNS[section]
         if orientation == Qt.Orientation.Horizontal and role == Qt.ItemDataRole.ToolTipRole:
             return {
-                NUMBER_COLUMN: "Region number (M: drawn or imported by a reviewer)",
+                NUMBER_COLUMN: "Region number (M: drawn, imported or edited by a reviewer)",
+                STATUS_COLUMN: "candidate: flagged, not reviewed; accepted; rejected",
                 MAX_COLUMN: "Highest P(IDC) of the region's patches (model output)",
                 MEAN_COLUMN: "Mean P(IDC) of the region's patches (model output)",
             }.get(section)
@@ -123,7 +135,7 @@ class RegionTableModel(QAbstractTableModel):
                 f"{item.area_mm2:.3f}",
                 _probability_text(item.max_prob),
                 _probability_text(item.mean_prob),
-                item.status,
+                STATUS_WORDS[item.status],
                 item.note,
             )[column]
         if role == SORT_ROLE:
@@ -144,7 +156,15 @@ class RegionTableModel(QAbstractTableModel):
         ):
             return int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
         if role == Qt.ItemDataRole.ToolTipRole:
-            lines = [f"Region {region_label(item)} ({item.ref.kind}): {item.status}"]
+            lines = [
+                f"Region {region_label(item)}, {_ORIGIN_TEXT[item.origin]}: "
+                f"{STATUS_WORDS[item.status]}"
+            ]
+            if item.edit_kind:
+                sources = ", ".join(str(number) for number in item.derived_from)
+                lines.append(f"{item.edit_kind} of {sources}")
+            if item.classification:
+                lines.append(f"QuPath class: {item.classification}")
             if item.reviewer:
                 lines.append(f"by {item.reviewer} at {item.decided_at or '?'}")
             if item.note:

@@ -39,7 +39,9 @@ from PySide6.QtWidgets import (
 )
 
 from wsiviewer.core.analysis.grid import PatchGrid
-from wsiviewer.core.exports.colormaps import DEFAULT_COLORMAP, apply_colormap
+from wsiviewer.core.exports.colormaps import DEFAULT_COLORMAP, apply_colormap, legend_rgba
+from wsiviewer.core.exports.legend import checkerboard, format_length_um, nice_scale_length, over
+from wsiviewer.core.review.wording import format_threshold
 from wsiviewer.core.slides import Slide
 from wsiviewer.core.units import (
     magnification_from_mpp,
@@ -61,8 +63,10 @@ BACKGROUND = QColor(48, 48, 48)
 #: Zoom steps: a wheel notch and a +/- key.
 ZOOM_STEP = 1.25
 
-#: Closest zoom, in screen px per level-0 px.
-MAX_SCREEN_PER_L0 = 8.0
+#: Closest zoom, in screen px per level-0 px: twice the scan's own resolution (an 80x view of a
+#: 40x scan), as QuPath allows. Past 1:1 the px are drawn as blocks, never smoothed, so tiles
+#: meet without seams.
+MAX_SCREEN_PER_L0 = 2.0
 
 #: Shortest time between two paints of newly arrived tiles, ms (a 60 Hz display's frame):
 #: tiles that arrive within it are painted together, so a refill of 40 tiles is painted a
@@ -78,24 +82,10 @@ MAGNIFICATION_PRESETS = (2.5, 5.0, 10.0, 20.0, 40.0)
 #: Research-use notice drawn on the view while the heatmap is shown.
 HEATMAP_NOTICE = "IDC probability heatmap · research use only, not a diagnosis"
 
+#: The heatmap legend on the view: its colour bar, screen px.
+LEGEND_BAR_SIZE = (150, 10)
 
-def nice_scale_length(max_um: float) -> float:
-    """The largest 1, 2 or 5 × 10^k µm not longer than ``max_um``."""
-    if max_um <= 0 or not math.isfinite(max_um):
-        return 0.0
-    exponent = math.floor(math.log10(max_um))
-    for mantissa in (5.0, 2.0, 1.0):
-        value = mantissa * 10.0**exponent
-        if value <= max_um:
-            return value
-    return 10.0 ** (exponent - 1) * 5.0
-
-
-def format_length_um(um: float) -> str:
-    if um >= 1000:
-        mm = um / 1000
-        return f"{mm:g} mm"
-    return f"{um:g} µm"
+__all__ = ["SlideView", "format_length_um", "nice_scale_length"]
 
 
 class HeatmapItem(QGraphicsItem):
@@ -212,6 +202,7 @@ class SlideView(QGraphicsView):
         self._probabilities: np.ndarray | None = None
         self._colormap = DEFAULT_COLORMAP
         self._threshold = 0.5
+        self._legend_image: QImage | None = None
 
     # -- slide ----------------------------------------------------------------------------
 
@@ -504,6 +495,10 @@ class SlideView(QGraphicsView):
         cache = self.loader.cache
         box = (exposed.x(), exposed.y(), exposed.width(), exposed.height())
         level, reduction = self.target_grid
+        # Past 1:1 the tiles are enlarged: blocks, not a blur, and no seams where they meet.
+        painter.setRenderHint(
+            QPainter.RenderHint.SmoothPixmapTransform, self.transform().m11() <= 1.0
+        )
         cached: list[tuple[TileKey, QImage]] = []
         missing: list[QRectF] = []
         for key in layout.tiles_in(level, box, reduction):
@@ -599,6 +594,8 @@ class SlideView(QGraphicsView):
             self._colormap = colormap
         if threshold is not None:
             self._threshold = threshold
+        if colormap is not None or threshold is not None:
+            self._legend_image = None
         if opacity is not None:
             self.heatmap.setOpacity(opacity)
         if visible is not None:
@@ -628,8 +625,9 @@ class SlideView(QGraphicsView):
         if self._grid is None or self._probabilities is None or self._grid.cell_count == 0:
             self.heatmap.set_image(None, QRectF())
             return
+        # Opaque from the threshold up, fading below it: the tissue stays readable.
         rgba = np.ascontiguousarray(
-            apply_colormap(self._probabilities, self._colormap, hide_below=self._threshold)
+            apply_colormap(self._probabilities, self._colormap, ramp_to=self._threshold)
         )
         rows, cols = rgba.shape[:2]
         image = QImage(rgba.data, cols, rows, 4 * cols, QImage.Format.Format_RGBA8888).copy()
@@ -643,6 +641,12 @@ class SlideView(QGraphicsView):
             return
         painter.save()
         painter.resetTransform()
+        # Items may leave their state on the painter (DontSavePainterState: an opacity, a
+        # brush that would fill the legend's frame): the scale bar, legend and notice are
+        # always drawn whole.
+        painter.setOpacity(1.0)
+        painter.setClipping(False)
+        painter.setBrush(Qt.BrushStyle.NoBrush)
         painter.setRenderHint(QPainter.RenderHint.Antialiasing, True)
         viewport = self.viewport().rect()
         font = QFont(self.font())
@@ -691,7 +695,44 @@ class SlideView(QGraphicsView):
             painter.fillRect(notice_box, QColor(255, 255, 255, 215))
             painter.setPen(QColor(150, 0, 0))
             painter.drawText(notice_box, Qt.AlignmentFlag.AlignCenter, HEATMAP_NOTICE)
+            self._draw_legend(painter, notice_box.top() - 6)
         painter.restore()
+
+    def _draw_legend(self, painter: QPainter, bottom: float) -> None:
+        """The heatmap's colour bar with its alpha ramp over checks, and the threshold, at
+        the bottom right above the research notice."""
+        metrics = painter.fontMetrics()
+        bar_width, bar_height = LEGEND_BAR_SIZE
+        if self._legend_image is None:
+            pixels = np.ascontiguousarray(
+                over(
+                    checkerboard(bar_height, bar_width, 4),
+                    legend_rgba(bar_width, bar_height, self._threshold, self._colormap),
+                )
+            )
+            self._legend_image = QImage(
+                pixels.data, bar_width, bar_height, 3 * bar_width, QImage.Format.Format_RGB888
+            ).copy()
+        caption = f"P(IDC) 0–1 · threshold {format_threshold(self._threshold)}"
+        width = max(bar_width, metrics.horizontalAdvance(caption)) + 16
+        height = bar_height + metrics.height() + 14
+        viewport = self.viewport().rect()
+        box = QRectF(viewport.width() - width - 10, bottom - height, width, height)
+        painter.fillRect(box, QColor(255, 255, 255, 215))
+        bar = QRectF(box.x() + 8, box.y() + 6, bar_width, bar_height)
+        painter.drawImage(bar, self._legend_image)
+        painter.setPen(QPen(QColor(80, 80, 80), 1))
+        painter.drawRect(bar)
+        cut = bar.x() + bar.width() * min(max(self._threshold, 0.0), 1.0)
+        painter.setPen(QPen(QColor(213, 94, 0), 2))
+        painter.drawLine(QPointF(cut, bar.top() - 3), QPointF(cut, bar.bottom() + 3))
+        painter.setPen(QColor(0, 0, 0))
+        painter.drawText(QPointF(box.x() + 8, bar.bottom() + 4 + metrics.ascent()), caption)
+
+    def render_image(self) -> QImage:
+        """The view as it is on screen: tiles, heatmap, outlines, scale bar, legend and
+        notice (what "Save view as image" writes)."""
+        return self.viewport().grab().toImage()
 
     # -- lifetime -------------------------------------------------------------------------
 

@@ -37,14 +37,18 @@ Shortcut = str | QKeySequence | QKeySequence.StandardKey
 #: (keys, what they do): the Help › Keyboard shortcuts table.
 SHORTCUTS: tuple[tuple[str, str], ...] = (
     ("Ctrl+O", "Open a slide"),
+    ("Ctrl+Shift+O", "Open a folder of slides: the case list"),
     ("Ctrl+W", "Close the slide"),
     ("Mouse wheel", "Zoom in or out at the cursor"),
     ("Drag", "Pan"),
     ("Arrow keys", "Pan by a quarter of the view"),
     ("+ / -", "Zoom in / out"),
     ("0", "Fit the whole slide"),
-    ("1 2 3 4 5", "2.5x, 5x, 10x, 20x, 40x (where the slide has the resolution)"),
+    ("1 2 3 4 5", "2.5x, 5x, 10x, 20x, 40x (up to the scan's own magnification)"),
+    ("Wheel past 1:1", "Up to twice the scan's magnification, px drawn as blocks"),
     ("H", "Show or hide the heatmap"),
+    ("L", "Ruler: drag on the slide to measure a length in µm (Esc or L again ends it)"),
+    ("Ctrl+Shift+S", "Save the view as an image (PNG with scale bar and legend)"),
     ("Ctrl+R", "Analyse the slide with the chosen model"),
     ("Esc", "Cancel the running analysis"),
     ("Ctrl+I", "Slide information"),
@@ -79,11 +83,13 @@ def build_menus(window: MainWindow) -> QMenu:
     menus = window.menuBar()
     file_menu = menus.addMenu("&File")
     file_menu.addAction(window.open_action)
+    file_menu.addAction(window.open_folder_action)
     recent_menu = file_menu.addMenu("Open &recent")
     file_menu.addAction(window.close_action)
     file_menu.addSeparator()
     file_menu.addAction(window.export_action)
     file_menu.addAction(window.import_action)
+    file_menu.addAction(window.save_view_action)
     file_menu.addSeparator()
     file_menu.addAction(window.quit_action)
 
@@ -94,18 +100,24 @@ def build_menus(window: MainWindow) -> QMenu:
     for action in window.magnification_actions:
         magnification_menu.addAction(action)
     view_menu.addAction(window.heatmap_action)
+    view_menu.addAction(window.ruler_action)
     view_menu.addSeparator()
     for dock in window.docks:
         view_menu.addAction(dock.toggleViewAction())
 
     analysis_menu = menus.addMenu("&Analysis")
-    for action in (window.analyze_action, window.cancel_action, window.model_action):
+    for action in (
+        window.analyze_action,
+        window.dense_action,
+        window.cancel_action,
+        window.model_action,
+    ):
         analysis_menu.addAction(action)
 
     review_panel = window.review_panel
     review_menu = menus.addMenu("&Review")
     for action in review_panel.review_actions:
-        if action is review_panel.draw_action:
+        if action in (review_panel.draw_action, review_panel.delete_action):
             review_menu.addSeparator()
         review_menu.addAction(action)
 
@@ -116,7 +128,7 @@ def build_menus(window: MainWindow) -> QMenu:
 
 
 def build_toolbar(window: MainWindow) -> None:
-    """Open, Fit, Analyze, Cancel | Draw region."""
+    """Open, Fit, Analyze, Cancel | region edits | Ruler."""
     toolbar = window.addToolBar("Main")
     toolbar.setObjectName("main_toolbar")
     toolbar.setMovable(False)
@@ -128,7 +140,10 @@ def build_toolbar(window: MainWindow) -> None:
     ):
         toolbar.addAction(action)
     toolbar.addSeparator()
-    toolbar.addAction(window.review_panel.draw_action)
+    for action in window.review_panel.edit_actions:
+        toolbar.addAction(action)
+    toolbar.addSeparator()
+    toolbar.addAction(window.ruler_action)
 
 
 class ShortcutsDialog(QDialog):

@@ -26,13 +26,17 @@ class PatchSet:
     patients: np.ndarray
     #: Files that could not be decoded, with the reason (reported, never fatal).
     unreadable: list[tuple[Path, str]] = field(default_factory=list)
+    #: ``(N, 2)`` top-left ``(x, y)`` of each patch on its patient's downsampled slide, as in
+    #: the file names (the dataset's 50 px grid, offset by 1); ``None`` when not known.
+    xy: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def subset(self, patients: Sequence[str]) -> PatchSet:
         keep = np.isin(self.patients, np.asarray(list(patients), dtype=self.patients.dtype))
-        return PatchSet(self.pixels[keep], self.labels[keep], self.patients[keep])
+        xy = None if self.xy is None else self.xy[keep]
+        return PatchSet(self.pixels[keep], self.labels[keep], self.patients[keep], xy=xy)
 
     @property
     def patient_ids(self) -> list[str]:
@@ -62,7 +66,8 @@ def load_patch_set(folder: Path, patients: Sequence[str] | None = None) -> Patch
             unreadable.append((patch.path, str(exc)))
     labels = np.array([p.label for p in files], dtype=np.int64)
     patient_ids = np.array([p.patient for p in files])
-    return PatchSet(pixels[ok], labels[ok], patient_ids[ok], unreadable)
+    xy = np.array([(p.x, p.y) for p in files], dtype=np.int64).reshape(-1, 2)
+    return PatchSet(pixels[ok], labels[ok], patient_ids[ok], unreadable, xy[ok])
 
 
 @dataclass(frozen=True)
@@ -149,11 +154,43 @@ def split_patients(
             f"{len(ids)} patients are too few to split into training, validation and test"
         )
     return PatientSplit(
-        tuple(sorted(train, key=_patient_key)),
-        tuple(sorted(validation, key=_patient_key)),
-        tuple(sorted(test, key=_patient_key)),
+        tuple(sorted(train, key=patient_key)),
+        tuple(sorted(validation, key=patient_key)),
+        tuple(sorted(test, key=patient_key)),
         seed,
     )
+
+
+def standard_split(split_csv: Path, patch_set: PatchSet) -> PatientSplit:
+    """The dataset's standard patient split (``patient,part,...`` with parts ``train``,
+    ``validation``, ``test``), restricted to the patients ``patch_set`` holds.
+
+    Raises
+    ------
+    DatasetError
+        If the file cannot be read, names an unknown part, or leaves a part empty.
+    """
+    import csv
+
+    present = set(patch_set.patient_ids)
+    parts: dict[str, list[str]] = {"train": [], "validation": [], "test": []}
+    try:
+        with split_csv.open(newline="") as handle:
+            for row in csv.DictReader(handle):
+                part = row["part"]
+                if part not in parts:
+                    raise DatasetError(f"Unknown part {part!r} in {split_csv}")
+                if row["patient"] in present:
+                    parts[part].append(row["patient"])
+    except (OSError, KeyError) as exc:
+        raise DatasetError(f"Cannot read the standard split {split_csv}: {exc}") from exc
+    empty = [part for part, patients in parts.items() if not patients]
+    if empty:
+        raise DatasetError(f"The standard split leaves {', '.join(empty)} without patients here")
+    train, validation, test = (
+        tuple(sorted(parts[part], key=patient_key)) for part in ("train", "validation", "test")
+    )
+    return PatientSplit(train, validation, test, seed=-1)
 
 
 def read_complete_patients(patients_csv: Path) -> set[str]:
@@ -177,8 +214,8 @@ def iter_batches(
 
 def sorted_patients(patients: np.ndarray) -> list[str]:
     """The distinct patient IDs of a per-patch array, numerically where they are numbers."""
-    return sorted(set(patients.tolist()), key=_patient_key)
+    return sorted(set(patients.tolist()), key=patient_key)
 
 
-def _patient_key(patient: str) -> tuple[int, str]:
+def patient_key(patient: str) -> tuple[int, str]:
     return (int(patient), patient) if patient.isdigit() else (0, patient)

@@ -21,8 +21,10 @@ from typing import Any
 from wsiviewer.core.model.cards import ModelCard
 from wsiviewer.errors import ModelError
 
-#: The parts of a split a card may carry metrics for, in display order.
-PARTS = ("validation", "test")
+#: The parts a card may carry metrics for, in display order: a split's validation and test
+#: patients, or the out-of-fold scores of cross-validation (every patient) and the spatial
+#: context's out-of-fold figures on the complete patients.
+PARTS = ("validation", "test", "out_of_fold", "out_of_fold_map")
 
 #: ``patients.csv`` columns the viewer needs.
 PATIENT_COLUMNS = (

@@ -9,10 +9,12 @@ scores the test patients once, and writes the weights and card.
 from __future__ import annotations
 
 import copy
+import io
+import json
 import math
 import time
 from collections.abc import Generator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +22,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from wsiviewer.core.atomic import atomic_write_bytes
+from wsiviewer.core.model.colour import ColourReference
 from wsiviewer.core.model.networks import build_model
 from wsiviewer.core.model.predictor import device_label
 from wsiviewer.core.model.weights import write_model
@@ -55,6 +59,10 @@ class TrainingSettings:
     stain_jitter: float = 0.05
     #: Brightness and contrast each scaled by 1 ± this (0: off).
     brightness_contrast: float = 0.0
+    #: HSV jitter: hue shifted by ± this / 10 of the circle, saturation scaled by 1 ± this.
+    hsv_jitter: float = 0.0
+    #: Fraction of patches JPEG-compressed at a random quality from 50 to 95 (0: off).
+    jpeg_probability: float = 0.0
     seed: int = 0
 
 
@@ -79,15 +87,23 @@ class TrainingResult:
     best_epoch: int = 0
 
 
+#: JPEG qualities of the compression augmentation, inclusive.
+JPEG_QUALITIES = (50, 95)
+
+
 def augment(
     batch: torch.Tensor,
     generator: torch.Generator,
     stain_jitter: float,
     brightness_contrast: float = 0.0,
+    hsv_jitter: float = 0.0,
+    jpeg_probability: float = 0.0,
 ) -> torch.Tensor:
-    """Flips, 90° rotations, H&E stain jitter, brightness and contrast jitter on
-    ``(N, 3, H, W)`` floats in [0, 1]."""
+    """JPEG compression, flips, 90° rotations, H&E stain, brightness, contrast and HSV jitter
+    on ``(N, 3, H, W)`` floats in [0, 1]."""
     n = batch.shape[0]
+    if jpeg_probability > 0:
+        batch = _jpeg(batch, generator, jpeg_probability)
     flip = torch.rand(n, generator=generator) < 0.5
     batch = torch.where(flip.view(-1, 1, 1, 1), batch.flip(3), batch)
     turns = torch.randint(0, 4, (n,), generator=generator)
@@ -106,7 +122,41 @@ def augment(
         contrast = 1 + (torch.rand(n, 1, 1, 1, generator=generator) * 2 - 1) * brightness_contrast
         mean = batch.mean(dim=(1, 2, 3), keepdim=True)
         batch = ((batch - mean) * contrast + mean * brightness).clamp(0, 1)
+    if hsv_jitter > 0:
+        batch = _hsv_jitter(batch, generator, hsv_jitter)
     return batch
+
+
+def _jpeg(batch: torch.Tensor, generator: torch.Generator, probability: float) -> torch.Tensor:
+    """A random ``probability`` of the patches JPEG-compressed (imagecodecs' libjpeg) at a
+    random quality in :data:`JPEG_QUALITIES`: the artefacts of a scanner's compressed levels."""
+    import imagecodecs
+
+    n = batch.shape[0]
+    chosen = torch.rand(n, generator=generator) < probability
+    qualities = torch.randint(JPEG_QUALITIES[0], JPEG_QUALITIES[1] + 1, (n,), generator=generator)
+    if not chosen.any():
+        return batch
+    pixels = (batch.permute(0, 2, 3, 1).numpy() * 255.0 + 0.5).astype(np.uint8)
+    for index in np.flatnonzero(chosen.numpy()):
+        encoded = imagecodecs.jpeg8_encode(pixels[index], level=int(qualities[index]))
+        pixels[index] = imagecodecs.jpeg8_decode(encoded)
+    return torch.from_numpy(pixels).permute(0, 3, 1, 2).float().div_(255.0)
+
+
+def _hsv_jitter(batch: torch.Tensor, generator: torch.Generator, amount: float) -> torch.Tensor:
+    """Hue shifted by up to ± ``amount`` / 10 of the colour circle and saturation scaled by
+    1 ± ``amount``, per patch (scikit-image's HSV conversions)."""
+    from skimage.color import hsv2rgb, rgb2hsv
+
+    n = batch.shape[0]
+    hue = (torch.rand(n, generator=generator) * 2 - 1).numpy() * amount / 10
+    saturation = 1 + (torch.rand(n, generator=generator) * 2 - 1).numpy() * amount
+    hsv = rgb2hsv(batch.permute(0, 2, 3, 1).numpy(), channel_axis=-1)
+    hsv[..., 0] = (hsv[..., 0] + hue[:, None, None]) % 1.0
+    hsv[..., 1] = np.clip(hsv[..., 1] * saturation[:, None, None], 0.0, 1.0)
+    rgb = hsv2rgb(hsv, channel_axis=-1).astype(np.float32)
+    return torch.from_numpy(rgb).permute(0, 3, 1, 2).contiguous()
 
 
 def _to_float(pixels: np.ndarray, device: torch.device) -> torch.Tensor:
@@ -132,13 +182,22 @@ def predict_logits(
 
 def train(
     train_set: PatchSet,
-    validation_set: PatchSet,
+    validation_set: PatchSet | None,
     settings: TrainingSettings,
     device: torch.device,
+    *,
+    checkpoint: Path | None = None,
 ) -> Generator[EpochReport, None, TrainingResult]:
     """Train with class-weighted cross-entropy, AdamW and a one-cycle schedule.
 
-    Early stopping keeps the weights of the epoch with the best validation ROC AUC.
+    Early stopping keeps the weights of the epoch with the best validation ROC AUC. Without a
+    validation set every epoch runs and the last one's weights are kept (its validation AUC
+    and loss are NaN): the final model of a cross-validated recipe, whose number of epochs was
+    chosen on the folds.
+
+    With ``checkpoint``, everything the run needs to go on (weights, optimiser, schedule,
+    random states, history) is written there, atomically, after every epoch, and a run that
+    finds the file resumes after its last epoch: an interrupted run loses one epoch at most.
     """
     torch.manual_seed(settings.seed)
     generator = torch.Generator().manual_seed(settings.seed)
@@ -149,17 +208,26 @@ def train(
     std_values = floats.std(axis=0)
     trainer = _Trainer.start(model, train_set, settings, device, mean_values, std_values)
     result = TrainingResult(model, settings, tuple(mean_values), tuple(std_values))
-    best_auc, best_state, stale = -1.0, copy.deepcopy(model.state_dict()), 0
-    for epoch in range(1, settings.epochs + 1):
+    state = _RunState(best_auc=-1.0, best_state=copy.deepcopy(model.state_dict()))
+    if checkpoint is not None and checkpoint.is_file():
+        state = _resume(checkpoint, trainer, result, rng, generator)
+    for epoch in range(len(result.history) + 1, settings.epochs + 1):
+        if state.stale >= settings.patience:
+            break
         start = time.perf_counter()
         train_loss = trainer.train_epoch(train_set, rng, generator)
-        validation_auc, validation_loss = trainer.validate(validation_set)
-        improved = validation_auc > best_auc
+        if validation_set is None:
+            validation_auc, validation_loss = math.nan, math.nan
+            improved = True
+        else:
+            validation_auc, validation_loss = trainer.validate(validation_set)
+            improved = validation_auc > state.best_auc
         if improved:
-            best_auc, best_state, stale = validation_auc, copy.deepcopy(model.state_dict()), 0
+            state.best_auc, state.stale = validation_auc, 0
+            state.best_state = copy.deepcopy(model.state_dict())
             result.best_epoch = epoch
         else:
-            stale += 1
+            state.stale += 1
         report = EpochReport(
             epoch,
             settings.epochs,
@@ -170,12 +238,69 @@ def train(
             improved,
         )
         result.history.append(report)
+        if checkpoint is not None:
+            _save_checkpoint(checkpoint, trainer, result, state, rng, generator)
         yield report
-        if stale >= settings.patience:
-            break
-    model.load_state_dict(best_state)
+    model.load_state_dict(state.best_state)
     model.eval()
     return result
+
+
+@dataclass
+class _RunState:
+    """Early stopping's memory: the best validation AUC, its weights, epochs since."""
+
+    best_auc: float
+    best_state: dict[str, torch.Tensor]
+    stale: int = 0
+
+
+def _save_checkpoint(
+    path: Path,
+    trainer: _Trainer,
+    result: TrainingResult,
+    state: _RunState,
+    rng: np.random.Generator,
+    generator: torch.Generator,
+) -> None:
+    payload = {
+        "model": trainer.model.state_dict(),
+        "optimizer": trainer.optimizer.state_dict(),
+        "schedule": trainer.schedule.state_dict(),
+        "scaler": trainer.scaler.state_dict(),
+        "best_state": state.best_state,
+        "best_auc": state.best_auc,
+        "stale": state.stale,
+        "best_epoch": result.best_epoch,
+        "history": [list(asdict(report).values()) for report in result.history],
+        "numpy_rng": json.dumps(rng.bit_generator.state),
+        "torch_generator": generator.get_state(),
+        "torch_rng": torch.get_rng_state(),
+    }
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def _resume(
+    path: Path,
+    trainer: _Trainer,
+    result: TrainingResult,
+    rng: np.random.Generator,
+    generator: torch.Generator,
+) -> _RunState:
+    """Load a checkpoint written by :func:`_save_checkpoint` into the run."""
+    payload = torch.load(path, map_location=trainer.device, weights_only=True)
+    trainer.model.load_state_dict(payload["model"])
+    trainer.optimizer.load_state_dict(payload["optimizer"])
+    trainer.schedule.load_state_dict(payload["schedule"])
+    trainer.scaler.load_state_dict(payload["scaler"])
+    rng.bit_generator.state = json.loads(payload["numpy_rng"])
+    generator.set_state(payload["torch_generator"])
+    torch.set_rng_state(payload["torch_rng"])
+    result.best_epoch = int(payload["best_epoch"])
+    result.history = [EpochReport(*values) for values in payload["history"]]
+    return _RunState(float(payload["best_auc"]), payload["best_state"], int(payload["stale"]))
 
 
 @dataclass
@@ -247,7 +372,14 @@ class _Trainer:
             if len(index) < 2:
                 continue  # batch norm cannot train on a single patch
             x = _to_float(train_set.pixels[index], torch.device("cpu"))
-            x = augment(x, generator, settings.stain_jitter, settings.brightness_contrast)
+            x = augment(
+                x,
+                generator,
+                settings.stain_jitter,
+                settings.brightness_contrast,
+                settings.hsv_jitter,
+                settings.jpeg_probability,
+            )
             x = ((x.to(device) - self.mean) / self.std).contiguous(
                 memory_format=torch.channels_last
             )
@@ -295,8 +427,12 @@ def finish(
     device: torch.device,
     default: bool = False,
     training_summary: dict[str, Any] | None = None,
+    colour: ColourReference | None = None,
 ) -> Path:
     """Calibrate and choose on validation, score test once, write weights, card and split.
+
+    With ``colour``, the parts were standardised to that reference (patient by patient), and
+    the card tells the analysis to do the same to every slide.
 
     Calibration is Platt scaling (a temperature and a bias on the IDC log-odds), which also
     undoes the shift that class-weighted training puts into the log-odds. The probabilities
@@ -323,6 +459,8 @@ def finish(
         default=default,
         training_summary=training_summary,
     )
+    if colour is not None:
+        card["colour"] = colour.to_dict()
     model = result.model.cpu()
     predictor = Predictor(ModelCard.from_file(write_model(model, out_dir, card)), device="cpu")
     validation_p = predictor.predict(validation_set.pixels)

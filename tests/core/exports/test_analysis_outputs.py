@@ -29,7 +29,11 @@ from wsiviewer.core.exports.analysis_outputs import (
     write_run_json,
 )
 from wsiviewer.core.exports.colormaps import COLORMAP_NAMES, apply_colormap, load_colormap
-from wsiviewer.core.exports.geojson import IDC_COLOR, regions_feature_collection, write_geojson
+from wsiviewer.core.exports.geojson import (
+    CANDIDATE_COLOR,
+    regions_feature_collection,
+    write_geojson,
+)
 from wsiviewer.core.exports.heatmaps import (
     heatmap_cell_px,
     heatmap_rgba,
@@ -37,7 +41,13 @@ from wsiviewer.core.exports.heatmaps import (
     write_heatmap_png,
     write_overlay_png,
 )
-from wsiviewer.core.exports.masks import write_mask_png, write_mask_tiff
+from wsiviewer.core.exports.legend import LEGEND_HEIGHT, LEGEND_MIN_WIDTH
+from wsiviewer.core.exports.masks import (
+    mask_l0_per_px,
+    rasterize_regions,
+    write_mask_png,
+    write_mask_tiff,
+)
 from wsiviewer.core.exports.pyramid_tiff import write_pyramid_tiff
 from wsiviewer.core.exports.tables import write_patch_csv
 from wsiviewer.core.model.cards import ModelSummary
@@ -153,8 +163,12 @@ def test_geojson_follows_qupath_conventions(tmp_path: Path, region_set: RegionSe
         assert feature["geometry"]["type"] == "Polygon"
         properties = feature["properties"]
         assert properties["objectType"] == "annotation"
-        assert properties["name"] == f"IDC region {number}"
-        assert properties["classification"] == {"name": "IDC", "color": list(IDC_COLOR)}
+        # Flagged, not reviewed: a candidate, never "IDC".
+        assert properties["name"] == f"Region {number} (candidate)"
+        assert properties["classification"] == {
+            "name": "IDC (candidate)",
+            "color": list(CANDIDATE_COLOR),
+        }
         assert properties["isLocked"] is False
         measurements = properties["measurements"]
         assert isinstance(measurements, dict)
@@ -213,9 +227,9 @@ def test_geojson_never_writes_a_multipolygon(tmp_path: Path) -> None:
     data = regions_feature_collection(region_set)
     assert [f["geometry"]["type"] for f in data["features"]] == ["Polygon"] * 3
     assert [f["properties"]["name"] for f in data["features"]] == [
-        "IDC region 1 part 1",
-        "IDC region 1 part 2",
-        "IDC region 2",
+        "Region 1 part 1 (candidate)",
+        "Region 1 part 2 (candidate)",
+        "Region 2 (candidate)",
     ]
     assert len({f["id"] for f in data["features"]}) == 3
 
@@ -231,10 +245,17 @@ def test_geojson_without_regions_is_an_empty_collection(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- mask
 
 
+def _region_mask(region_set: RegionSet):  # type: ignore[no-untyped-def]
+    grid = _grid()
+    return rasterize_regions(
+        (region.polygon for region in region_set.regions), grid.l0_dimensions, grid.slide_mpp
+    )
+
+
 def test_mask_tiff_overlays_the_slide(tmp_path: Path, region_set: RegionSet) -> None:
     grid = _grid()
-    mask = region_set.mask(grid.shape)
-    path = write_mask_tiff(tmp_path / "mask.tif", mask, grid, tile=256)
+    cells = region_set.mask(grid.shape)
+    path = write_mask_tiff(tmp_path / "mask.tif", _region_mask(region_set), tile=256)
     size = grid.l0_patch_size
     with openslide.OpenSlide(path) as slide:
         assert slide.dimensions == L0_SIZE
@@ -246,13 +267,13 @@ def test_mask_tiff_overlays_the_slide(tmp_path: Path, region_set: RegionSet) -> 
         for row, col in [(1, 1), (2, 2), (6, 5), (7, 10), (0, 0), (4, 4)]:
             centre = (int((col + 0.5) * size), int((row + 0.5) * size))
             if centre[0] < L0_SIZE[0] and centre[1] < L0_SIZE[1]:
-                assert level0[centre[1], centre[0]] == (255 if mask[row, col] else 0)
+                assert level0[centre[1], centre[0]] == (255 if cells[row, col] else 0)
         assert set(np.unique(level0)) <= {0, 255}
-        # The masked px cover the regions' area to within a px along their outlines.
+        # The masked px cover the regions' area to within a mask px along their outlines.
         polygons = [region.polygon for region in region_set.regions]
         area = sum(p.area for p in polygons)
         perimeter = sum(p.length for p in polygons)
-        assert abs(int((level0 == 255).sum()) - area) <= perimeter
+        assert abs(int((level0 == 255).sum()) - area) <= perimeter * mask_l0_per_px(SLIDE_MPP)
         coarsest = np.asarray(
             slide.read_region((0, 0), slide.level_count - 1, slide.level_dimensions[-1]).convert(
                 "L"
@@ -261,20 +282,43 @@ def test_mask_tiff_overlays_the_slide(tmp_path: Path, region_set: RegionSet) -> 
         assert set(np.unique(coarsest)) == {0, 255}  # reduced levels stay binary
 
 
-def test_mask_tiff_rejects_a_mask_of_another_grid(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="does not match"):
-        write_mask_tiff(tmp_path / "m.tif", np.zeros((2, 2), bool), _grid())
+def test_masks_are_rasterised_at_4_um_per_px_or_finer() -> None:
+    assert mask_l0_per_px(0.25) == 16
+    assert mask_l0_per_px(0.499) == 8  # 3.99 µm
+    assert mask_l0_per_px(SLIDE_MPP) == 2
+    assert mask_l0_per_px(4.0) == 1
+    assert mask_l0_per_px(8.0) == 1  # coarser slides: their own px
+    with pytest.raises(ValueError, match="positive"):
+        mask_l0_per_px(0.0)
+    # A polygon too small to hold a px centre still marks its px.
+    tiny = rasterize_regions([box(10.1, 10.1, 10.3, 10.3)], (100, 100), 0.25)
+    assert tiny.set_count == 1
+    # Holes stay holes.
+    ring = box(0, 0, 400, 400).difference(box(100, 100, 300, 300))
+    holed = rasterize_regions([ring], (400, 400), 0.25)
+    assert holed.pixels.shape == (25, 25)
+    assert not holed.pixels[12, 12]
+    assert holed.pixels[2, 2]
+    assert holed.set_count == 25 * 25 - (200 // 16 + 1) ** 2 or holed.set_count == pytest.approx(
+        ring.area / 256, rel=0.1
+    )
 
 
-def test_mask_png_has_one_px_per_cell(tmp_path: Path, region_set: RegionSet) -> None:
-    grid = _grid()
-    mask = region_set.mask(grid.shape)
+def test_mask_png_is_the_mask_at_4_um_per_px_or_finer(
+    tmp_path: Path, region_set: RegionSet
+) -> None:
+    mask = _region_mask(region_set)
     path = write_mask_png(tmp_path / "mask.png", mask)
     with Image.open(path) as image:
         assert image.mode == "L"
-        assert image.size == (grid.cols, grid.rows)
-        assert (np.asarray(image) == np.where(mask, 255, 0)).all()
+        assert image.size == (mask.pixels.shape[1], mask.pixels.shape[0])
+        assert image.size == (515, 365)  # 2 level-0 px per px at 1.99 µm/px: 3.98 µm
+        assert (np.asarray(image) == np.where(mask.pixels, 255, 0)).all()
         assert image.text["Disclaimer"] == RESEARCH_USE_NOTICE
+        assert float(image.text["Micrometres per image px"]) == pytest.approx(3.98)
+    # Many px per 200 µm patch now, not one.
+    polygons = [region.polygon for region in region_set.regions]
+    assert mask.set_count * 4 == pytest.approx(sum(p.area for p in polygons), rel=0.05)
 
 
 @pytest.mark.parametrize(
@@ -295,9 +339,9 @@ def test_png_pixels_and_text_round_trip(shape: tuple[int, ...], mode: str) -> No
 def test_patch_csv_lists_every_scored_cell(tmp_path: Path, probability_map: ProbabilityMap) -> None:
     path = write_patch_csv(tmp_path / "patches.csv", probability_map)
     lines = path.read_text(encoding="utf-8").splitlines()
-    assert lines[0].startswith("# Research use only")
-    assert lines[1] == "minx,miny,width,height,prob_idc"
-    rows = list(csv.reader(lines[2:]))
+    # The header row first: pandas, R and spreadsheets read it with their defaults.
+    assert lines[0] == "minx,miny,width,height,prob_idc"
+    rows = list(csv.reader(lines[1:]))
     assert len(rows) == probability_map.scored_count == 77
     size = _grid().l0_patch_size
     by_cell = {
@@ -326,23 +370,49 @@ def _lut_index(probability: float) -> int:
     return int(np.rint(float(np.float32(probability)) * 255))
 
 
-def test_heatmap_png_is_transparent_where_unscored(
+def test_heatmap_png_fades_below_the_threshold_and_carries_a_legend(
     tmp_path: Path, probability_map: ProbabilityMap
 ) -> None:
-    path = write_heatmap_png(tmp_path / "heatmap.png", probability_map)
+    """Issue 13, item 7: low probabilities are (nearly) transparent, flagged cells opaque, and
+    the picture has a colour bar and a scale bar below the map."""
+    path = write_heatmap_png(tmp_path / "heatmap.png", probability_map, threshold=THRESHOLD)
     with Image.open(path) as image:
         assert image.mode == "RGBA"
         pixels = np.asarray(image)
         assert "Research use only" in image.text["Disclaimer"]
+        assert "legend" in image.text["Map"]
+        um_per_px = float(image.text["Micrometres per image px"])
     cell_px = 32  # 11 cells across is far below the 2048 px target: the cap applies
     assert heatmap_cell_px(probability_map.grid) == cell_px
-    assert pixels.shape == (8 * cell_px, 11 * cell_px, 4)
-    assert (pixels[:cell_px, :, 3] == 0).all()  # row 0: not scored
+    map_height, map_width = 8 * cell_px, 11 * cell_px
+    assert pixels.shape == (map_height + LEGEND_HEIGHT, max(map_width, LEGEND_MIN_WIDTH), 4)
+    assert um_per_px == pytest.approx(probability_map.grid.l0_patch_size / cell_px * SLIDE_MPP)
+    assert (pixels[:cell_px, :map_width, 3] == 0).all()  # row 0: not scored
     viridis = load_colormap("viridis")
-    hole = pixels[2 * cell_px + 3, 2 * cell_px + 3]
-    assert tuple(hole) == (*viridis[_lut_index(0.2)], 255)
+    tissue = pixels[5 * cell_px + 3, 3]  # P = 0.1: a fifth of the threshold
+    assert tuple(tissue[:3]) == tuple(viridis[_lut_index(0.1)])
+    assert tissue[3] == round(255 * (0.1 / THRESHOLD) ** 2)  # 4 %: the tissue shows through
+    hole = pixels[2 * cell_px + 3, 2 * cell_px + 3]  # P = 0.2
+    assert tissue[3] < hole[3] < 255
     region = pixels[3 * cell_px + 15, 3 * cell_px]
     assert tuple(region) == (*viridis[_lut_index(0.9)], 255)
+    # The legend band: opaque, with the colour bar's ends in the map's colours (low end over
+    # the checkerboard) and black ink for the ticks, words and scale bar.
+    band = pixels[map_height:]
+    assert (band[..., 3] == 255).all()
+    assert (band[..., :3] == 0).all(axis=-1).sum() > 100
+    right_end = band[15, 10 + int((LEGEND_MIN_WIDTH * 0.7) - 30) - 3, :3]
+    assert np.abs(right_end.astype(int) - viridis[-1]).max() < 40
+
+
+def test_apply_colormap_ramps_opacity_up_to_the_threshold() -> None:
+    rgba = apply_colormap(np.array([0.0002, 0.069, 0.138, 0.5, np.nan]), ramp_to=0.138)
+    assert rgba[0, 3] == 0  # P = 0.0002 tints nothing
+    assert rgba[1, 3] == round(255 * 0.25)  # half the threshold: a quarter
+    assert rgba[2, 3] == 255
+    assert rgba[3, 3] == 255
+    assert rgba[4, 3] == 0
+    assert (apply_colormap(np.array([0.01]), ramp_to=0.0)[..., 3] == 255).all()
 
 
 def test_heatmap_cell_px_aims_at_the_target_size() -> None:
@@ -357,8 +427,8 @@ def test_overlay_blends_the_heatmap_over_the_slide(
 ) -> None:
     slide = ArraySource(_slide_pixels(), mpp=SLIDE_MPP, downsamples=(1, 4))
     grid = probability_map.grid
-    heatmap = heatmap_rgba(probability_map)
-    overlay = overlay_rgb(slide, probability_map)
+    heatmap = heatmap_rgba(probability_map, threshold=THRESHOLD)
+    overlay = overlay_rgb(slide, probability_map, threshold=THRESHOLD, alpha=0.5)
     assert overlay.shape == (*heatmap.shape[:2], 3)
     l0_width = grid.cols * grid.l0_patch_size
     # A picture may come from a slightly coarser level than the output needs.
@@ -370,12 +440,16 @@ def test_overlay_blends_the_heatmap_over_the_slide(
     ).astype(float)
     unscored = heatmap[..., 3] == 0
     assert (overlay[unscored] == background[unscored]).all()
-    expected = np.rint(background * 0.5 + heatmap[..., :3] * 0.5)
+    weight = heatmap[..., 3:] / 255 * 0.5  # the ramp, times the overlay's opacity
+    expected = np.rint(background * (1 - weight) + heatmap[..., :3] * weight)
     assert np.abs(overlay[~unscored] - expected[~unscored]).max() <= 1
-    path = write_overlay_png(tmp_path / "overlay.png", slide, probability_map)
+    path = write_overlay_png(tmp_path / "overlay.png", slide, probability_map, threshold=0.5)
     with Image.open(path) as image:
         assert image.mode == "RGB"
-        assert image.size == (heatmap.shape[1], heatmap.shape[0])
+        assert image.size == (
+            max(heatmap.shape[1], LEGEND_MIN_WIDTH),
+            heatmap.shape[0] + LEGEND_HEIGHT,
+        )
 
 
 # --------------------------------------------------------------------------- run record
@@ -462,8 +536,13 @@ def test_write_outputs_writes_every_file_and_no_slide_name(
         assert SECRET_NAME.encode() not in data
         assert str(slide_file.parent).encode() not in data
         assert b"slides" not in data
-    for kind in ("regions", "patches", "run"):
+    for kind in ("regions", "run"):
         assert "Research use only" in written[kind].read_text(encoding="utf-8")
+    # The CSV is plain; run.json names it, with the notice and its columns.
+    assert written["patches"].read_text(encoding="utf-8").startswith("minx,")
+    tables = json.loads(written["run"].read_text(encoding="utf-8"))["tables"]
+    assert tables["patches.csv"]["notice"] == RESEARCH_USE_NOTICE
+    assert list(tables["patches.csv"]["columns"]) == ["minx", "miny", "width", "height", "prob_idc"]
     with openslide.OpenSlide(written["mask_tiff"]) as mask:
         assert mask.dimensions == L0_SIZE
 
@@ -531,13 +610,14 @@ def _check_empty_outputs(written: dict[str, Path], l0_size: tuple[int, int]) -> 
     geojson = json.loads(written["regions"].read_text(encoding="utf-8"))
     assert geojson["features"] == []
     lines = written["patches"].read_text(encoding="utf-8").splitlines()
-    assert lines[1:] == ["minx,miny,width,height,prob_idc"]
+    assert lines == ["minx,miny,width,height,prob_idc"]
     with openslide.OpenSlide(written["mask_tiff"]) as mask:
         assert mask.dimensions == l0_size
         pixels = np.asarray(mask.read_region((0, 0), 0, l0_size).convert("L"))
         assert (pixels == 0).all()
     with Image.open(written["heatmap"]) as heatmap:
-        assert (np.asarray(heatmap)[..., 3] == 0).all()
+        map_part = np.asarray(heatmap) if "Empty" in heatmap.text else np.asarray(heatmap)[:-64]
+        assert (map_part[..., 3] == 0).all()
     with Image.open(written["mask_png"]) as mask_png:
         assert (np.asarray(mask_png) == 0).all()
     run = json.loads(written["run"].read_text(encoding="utf-8"))
@@ -569,7 +649,7 @@ def test_no_scored_cells_writes_valid_empty_files(tmp_path: Path) -> None:
     written = write_outputs(tmp_path, _analysis(probability_map), region_set, slide)
     _check_empty_outputs(written, L0_SIZE)
     with Image.open(written["mask_png"]) as mask_png:
-        assert mask_png.size == (grid.cols, grid.rows)
+        assert mask_png.size == (515, 365)  # the slide at 3.98 µm/px
 
 
 # --------------------------------------------------------------------------- colour maps

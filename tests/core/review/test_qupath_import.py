@@ -11,7 +11,7 @@ import pytest
 from shapely.geometry import box, mapping
 
 from tests.core.exports.test_analysis_outputs import THRESHOLD, _analysis, _probability_map
-from wsiviewer.core.exports.geojson import IDC_COLOR, write_review_geojson
+from wsiviewer.core.exports.geojson import CANDIDATE_COLOR, write_review_geojson
 from wsiviewer.core.review.qupath_import import (
     ImportedAnnotation,
     import_annotations,
@@ -73,11 +73,14 @@ def test_export_follows_qupath_conventions(session: ReviewSession, tmp_path: Pat
         assert max(xs) > 100
     by_status = {f["properties"]["status"]: f for f in data["features"]}
     assert by_status["rejected"]["properties"]["classification"]["name"] == "IDC (rejected)"
-    assert by_status["pending"]["properties"]["classification"]["color"] == list(IDC_COLOR)
+    assert by_status["pending"]["properties"]["classification"] == {
+        "name": "IDC (candidate)",
+        "color": list(CANDIDATE_COLOR),
+    }
 
 
 def test_export_round_trips_through_the_reader(session: ReviewSession, tmp_path: Path) -> None:
-    session.add_manual_region(box(500, 100, 700, 300), note="drawn")
+    session.add_manual_region(box(500, 100, 700, 300), note="drawn", status="pending")
     state = session.state()
     path = write_review_geojson(tmp_path / "regions.geojson", state)
     imported = read_qupath_geojson(path)
@@ -88,11 +91,9 @@ def test_export_round_trips_through_the_reader(session: ReviewSession, tmp_path:
         # Coordinates are rounded to 1/1000 px.
         difference = annotation.polygon.symmetric_difference(item.polygon).area
         assert difference <= 1e-3 * item.polygon.length
-        assert annotation.classification == "IDC"
-        assert annotation.color == IDC_COLOR
-        assert annotation.name == f"{'IDC' if item.ref.kind == 'model' else 'Manual'} region " + (
-            f"{item.number} (pending)"
-        )
+        assert annotation.classification == "IDC (candidate)"
+        assert annotation.color == CANDIDATE_COLOR
+        assert annotation.name == f"Region {item.label} (candidate)"
         assert annotation.measurements["area_mm2"] == pytest.approx(item.area_mm2)
 
 
@@ -195,7 +196,9 @@ def test_import_annotations_adds_manual_regions(session: ReviewSession, tmp_path
             feature({"type": "Point", "coordinates": [1, 1]}, objectType="annotation"),
         ],
     )
-    assert import_annotations(session, path) == 2
+    result = import_annotations(session, path)
+    assert (result.added, result.already_present, dict(result.skipped)) == (2, 0, {"Point": 1})
+    assert result.text == "2 annotations imported; 1 skipped (1 Point)"
     manual = [item for item in session.state().items if item.ref.kind == "manual"]
     assert [item.note for item in manual] == [
         "imported from QuPath: A/Tumor",
@@ -217,3 +220,52 @@ def test_import_is_all_or_nothing_when_a_polygon_cannot_be_added(
     with pytest.raises(ReviewError, match="outside the slide"):
         import_annotations(session, path)
     assert session.history() == []
+
+
+def test_imported_annotations_keep_their_class_and_re_import_adds_nothing(
+    session: ReviewSession, tmp_path: Path
+) -> None:
+    """Issue 13, item 5: an imported "Stroma" annotation exports as Stroma (with its colour),
+    whatever its status; importing the same file again, or our own export, adds nothing."""
+    path = write_json(
+        tmp_path / "qupath.geojson",
+        [
+            feature(
+                SQUARE,
+                objectType="annotation",
+                name="fibrous band",
+                classification={"name": "Stroma", "color": [150, 200, 150]},
+            ),
+            feature(mapping(box(300, 300, 400, 400)), objectType="annotation", name="focus"),
+        ],
+    )
+    first = import_annotations(session, path)
+    assert (first.added, first.already_present) == (2, 0)
+    stroma = next(item for item in session.state().items if item.source_name == "fibrous band")
+    assert (stroma.origin, stroma.classification, stroma.color) == (
+        "imported",
+        "Stroma",
+        (150, 200, 150),
+    )
+    session.accept(stroma.ref)
+    again = import_annotations(session, path)
+    assert (again.added, again.already_present) == (0, 2)
+    assert again.text == "0 annotations imported; 2 already in the review"
+    state = session.state()
+    assert len(state.items) == 5  # three model regions, two imported once
+    exported = json.loads(write_review_geojson(tmp_path / "out.geojson", state).read_text())[
+        "features"
+    ]
+    by_name = {f["properties"]["name"]: f["properties"] for f in exported}
+    assert by_name["fibrous band (accepted)"]["classification"] == {
+        "name": "Stroma",
+        "color": [150, 200, 150],
+    }
+    assert by_name["focus (candidate)"]["classification"]["name"] == "IDC (candidate)"
+    # Our own export of this review, imported back: every outline is already there.
+    round_trip = import_annotations(session, tmp_path / "out.geojson")
+    assert (round_trip.added, round_trip.already_present) == (0, 5)
+    # After the imported region is deleted, importing brings it back (once).
+    session.delete(stroma.ref)
+    assert import_annotations(session, path).added == 1
+    assert import_annotations(session, path).added == 0

@@ -151,12 +151,19 @@ def test_manual_regions(store: Store, session: ReviewSession) -> None:
     assert manual.ref == ref
     assert manual.area_mm2 == pytest.approx(0.04)
     assert (manual.max_prob, manual.mean_prob) == (None, None)
-    assert manual.status == "pending"
+    # Issue 13, item 9: a region the reviewer drew is their judgement: accepted, by them, in
+    # the one decision that added it.
+    assert (manual.status, manual.reviewer, manual.origin) == ("accepted", "dr-a", "drawn")
+    assert [row["action"] for row in session.history()] == ["add"]
+    assert session.state().progress_text == "1 of 3 reviewed"
     assert manual.note == "missed by the model"
     assert manual.polygon.equals(square)
     assert store.region_set(session.region_set_id).frozen
+    session.reject(ref)
+    assert session.state().items[2].status == "rejected"
     session.accept(ref)
     assert session.state().items[2].status == "accepted"
+
     session.delete(ref)
     assert len(session.state().items) == 2
     session.undo()  # the delete
@@ -171,6 +178,8 @@ def test_manual_regions(store: Store, session: ReviewSession) -> None:
     third = session.add_manual_region(box(0, 0, 50, 50))
     numbers = {item.ref: item.number for item in session.state().items}
     assert numbers[third] == 5
+    pending = session.add_manual_region(box(0, 0, 10, 10), status="pending")
+    assert session.state().item(pending).status == "pending"
 
 
 @pytest.mark.parametrize(
@@ -266,7 +275,7 @@ def test_the_log_is_append_only(store: Store, session: ReviewSession) -> None:
             connection.execute("DELETE FROM review_decisions")
     with sqlite3.connect(store.path) as raw:
         version = raw.execute("SELECT max(version) FROM schema_version").fetchone()[0]
-    assert version == 2
+    assert version == 3
 
 
 def test_a_review_killed_midway_keeps_every_committed_decision(

@@ -1,9 +1,11 @@
 """The patch grid: the one place that turns grid cells into level-0 coordinates.
 
-A :class:`PatchGrid` has its origin at level-0 (0, 0) and square cells of ``l0_patch_size``
-level-0 px (a float: ``input_size * model_mpp / slide_mpp``, e.g. 400.8 at 0.499 µm/px).
-Cell ``(row, col)`` covers ``[col * size, row * size, size, size]`` in level-0 px. Cells that
-run past the slide's edge are read padded with white.
+A :class:`PatchGrid` has its origin at level-0 (0, 0). The model sees square patches of
+``l0_patch_size`` level-0 px (a float: ``input_size * model_mpp / slide_mpp``, e.g. 400.8 at
+0.499 µm/px). The grid's cells are that size (``subdivision`` 1, the default analysis) or a
+``subdivision``-th of it (a dense map: at 2, cells of 25 model px, 100 µm, each scored from
+the 4 patches that cover it). Cell ``(row, col)`` covers ``[col * s, row * s, s, s]`` with
+``s = l0_cell_size``. Cells that run past the slide's edge are read padded with white.
 """
 
 from __future__ import annotations
@@ -16,13 +18,17 @@ import numpy as np
 from wsiviewer.core.units import MPP_TOLERANCE, finest_level_within, mm2_from_px2
 from wsiviewer.errors import ResolutionError
 
+#: Cells per patch side of the dense map: patches every half patch (25 px at 4 µm/px, 100 µm),
+#: each cell scored by the 4 patches that cover it, at 4 times the inference.
+DENSE_SUBDIVISION = 2
+
 
 @dataclass(frozen=True)
 class PatchGrid:
     """A grid of model-sized patches over a slide, in level-0 px."""
 
-    #: Side of one cell in level-0 px.
-    l0_patch_size: float
+    #: Side of one cell in level-0 px: the model's patch, or a ``subdivision``-th of it.
+    l0_cell_size: float
     #: ``(rows, cols)``; ``(0, 0)`` when the slide is smaller than one patch.
     shape: tuple[int, int]
     #: µm/px of the model input; one cell is ``input_size`` px at this resolution.
@@ -33,6 +39,9 @@ class PatchGrid:
     input_size: int
     #: Level-0 ``(width, height)`` of the slide.
     l0_dimensions: tuple[int, int]
+    #: Cells per patch side: 1 (a cell is a patch) or more (a dense map; must divide
+    #: ``input_size``).
+    subdivision: int = 1
 
     @classmethod
     def for_slide(
@@ -41,13 +50,17 @@ class PatchGrid:
         slide_mpp: float,
         model_mpp: float,
         input_size: int,
+        subdivision: int = 1,
     ) -> PatchGrid:
-        """The grid of ``input_size``-px model patches at ``model_mpp`` over a slide.
+        """The grid of ``input_size``-px model patches at ``model_mpp`` over a slide, with
+        cells of a ``subdivision``-th of a patch.
 
         Raises
         ------
         ResolutionError
             If the slide is coarser than the model's input resolution.
+        ValueError
+            If ``subdivision`` does not divide ``input_size``.
         """
         if slide_mpp > model_mpp * (1 + MPP_TOLERANCE):
             raise ResolutionError(
@@ -55,13 +68,34 @@ class PatchGrid:
                 f"{model_mpp:.3g} µm/px; it cannot be analysed at the scale the model was "
                 "trained on"
             )
+        if subdivision < 1 or input_size % subdivision:
+            raise ValueError(
+                f"A subdivision of {subdivision} does not divide the {input_size} px patch"
+            )
         size = input_size * model_mpp / slide_mpp
+        cell = size / subdivision
         width, height = l0_dimensions
         if width < size or height < size:
             shape = (0, 0)
         else:
-            shape = (math.ceil(height / size), math.ceil(width / size))
-        return cls(size, shape, model_mpp, slide_mpp, input_size, (int(width), int(height)))
+            shape = (math.ceil(height / cell), math.ceil(width / cell))
+        dimensions = (int(width), int(height))
+        return cls(cell, shape, model_mpp, slide_mpp, input_size, dimensions, subdivision)
+
+    @property
+    def l0_patch_size(self) -> float:
+        """Side of one model patch in level-0 px (``subdivision`` cells)."""
+        return self.l0_cell_size * self.subdivision
+
+    @property
+    def input_cell_px(self) -> int:
+        """Side of one cell in model input px (50 for a patch, 25 at subdivision 2)."""
+        return self.input_size // self.subdivision
+
+    @property
+    def cell_um(self) -> float:
+        """Side of one cell in µm."""
+        return self.l0_cell_size * self.slide_mpp
 
     @property
     def rows(self) -> int:
@@ -78,12 +112,12 @@ class PatchGrid:
     @property
     def cell_area_mm2(self) -> float:
         """Area of one whole cell in mm²."""
-        return self.mm2_from_l0_px2(self.l0_patch_size**2)
+        return self.mm2_from_l0_px2(self.l0_cell_size**2)
 
     @property
     def l0_extent(self) -> tuple[float, float]:
         """Level-0 ``(width, height)`` the cells cover (a little past the slide's edge)."""
-        return (self.cols * self.l0_patch_size, self.rows * self.l0_patch_size)
+        return (self.cols * self.l0_cell_size, self.rows * self.l0_cell_size)
 
     @property
     def l0_per_input_px(self) -> float:
@@ -102,7 +136,7 @@ class PatchGrid:
     def l0_box(self, grid_rc: tuple[int, int]) -> tuple[float, float, float, float]:
         """Level-0 ``(x, y, width, height)`` of cell ``(row, col)``."""
         row, col = grid_rc
-        size = self.l0_patch_size
+        size = self.l0_cell_size
         return (col * size, row * size, size, size)
 
     def l0_block_box(
@@ -111,12 +145,12 @@ class PatchGrid:
         """Level-0 ``(x, y, width, height)`` of the ``(rows, cols)`` block of cells whose
         top-left cell is ``grid_rc``."""
         (row, col), (rows, cols) = grid_rc, shape
-        size = self.l0_patch_size
+        size = self.l0_cell_size
         return (col * size, row * size, cols * size, rows * size)
 
     def l0_centres(self, grid_rows: np.ndarray, grid_cols: np.ndarray) -> np.ndarray:
         """Level-0 ``(x, y)`` centres of many cells, as an ``(N, 2)`` float array."""
-        size = self.l0_patch_size
+        size = self.l0_cell_size
         centres = np.empty((np.size(grid_rows), 2), dtype=np.float64)
         centres[:, 0] = (np.asarray(grid_cols).ravel() + 0.5) * size
         centres[:, 1] = (np.asarray(grid_rows).ravel() + 0.5) * size
@@ -126,7 +160,7 @@ class PatchGrid:
         """Level-0 x edges (``cols + 1``) and y edges (``rows + 1``) of the cells, clipped to
         the slide: the last cells' edges are the slide's edges."""
         width, height = self.l0_dimensions
-        size = self.l0_patch_size
+        size = self.l0_cell_size
         x_edges = np.minimum(np.arange(self.cols + 1) * size, float(width))
         y_edges = np.minimum(np.arange(self.rows + 1) * size, float(height))
         return x_edges, y_edges
@@ -136,7 +170,7 @@ class PatchGrid:
     ) -> tuple[slice, slice]:
         """``(rows, cols)`` slices of the cells that overlap the level-0 bounds
         ``(minx, miny, maxx, maxy)``; empty slices when none does."""
-        size = self.l0_patch_size
+        size = self.l0_cell_size
         minx, miny, maxx, maxy = l0_bounds
         row_0 = min(max(0, math.floor(miny / size)), self.rows)
         col_0 = min(max(0, math.floor(minx / size)), self.cols)
@@ -146,7 +180,7 @@ class PatchGrid:
 
     def l0_boxes(self, grid_rows: np.ndarray, grid_cols: np.ndarray) -> np.ndarray:
         """Level-0 ``(x, y, width, height)`` of many cells, as an ``(N, 4)`` float array."""
-        size = self.l0_patch_size
+        size = self.l0_cell_size
         boxes = np.empty((len(grid_rows), 4), dtype=np.float64)
         boxes[:, 0] = np.asarray(grid_cols) * size
         boxes[:, 1] = np.asarray(grid_rows) * size
@@ -155,14 +189,16 @@ class PatchGrid:
 
     def grid_rc_at(self, l0_xy: tuple[float, float]) -> tuple[int, int] | None:
         """The cell under a level-0 point, or ``None`` outside the grid."""
-        row = math.floor(l0_xy[1] / self.l0_patch_size)
-        col = math.floor(l0_xy[0] / self.l0_patch_size)
+        row = math.floor(l0_xy[1] / self.l0_cell_size)
+        col = math.floor(l0_xy[0] / self.l0_cell_size)
         if 0 <= row < self.rows and 0 <= col < self.cols:
             return row, col
         return None
 
     def to_dict(self) -> dict[str, object]:
         return {
+            "l0_cell_size": self.l0_cell_size,
+            "subdivision": self.subdivision,
             "l0_patch_size": self.l0_patch_size,
             "shape": list(self.shape),
             "model_mpp": self.model_mpp,
@@ -173,15 +209,20 @@ class PatchGrid:
 
     @classmethod
     def from_dict(cls, data: dict[str, object]) -> PatchGrid:
+        """The grid :meth:`to_dict` wrote; one written before dense maps (no
+        ``l0_cell_size``) has cells of one patch."""
         shape = data["shape"]
         dims = data["l0_dimensions"]
         assert isinstance(shape, list)
         assert isinstance(dims, list)
+        subdivision = int(data.get("subdivision", 1))  # type: ignore[call-overload]
+        cell = data.get("l0_cell_size", data["l0_patch_size"])
         return cls(
-            float(data["l0_patch_size"]),  # type: ignore[arg-type]
+            float(cell),  # type: ignore[arg-type]
             (int(shape[0]), int(shape[1])),
             float(data["model_mpp"]),  # type: ignore[arg-type]
             float(data["slide_mpp"]),  # type: ignore[arg-type]
             int(data["input_size"]),  # type: ignore[call-overload]
             (int(dims[0]), int(dims[1])),
+            subdivision,
         )

@@ -20,6 +20,9 @@ class ProbabilityMap:
     grid: PatchGrid
     probabilities: np.ndarray
     tissue: np.ndarray
+    #: The patches' own probabilities before spatial context (the card's ``context``), when
+    #: the map has context; ``None`` when :attr:`probabilities` are the patches' own.
+    patch_probabilities: np.ndarray | None = None
 
     @classmethod
     def empty(cls, grid: PatchGrid, tissue: np.ndarray | None = None) -> ProbabilityMap:
@@ -47,5 +50,67 @@ class ProbabilityMap:
         with np.errstate(invalid="ignore"):
             return np.nan_to_num(self.probabilities, nan=-1.0) >= threshold
 
+    @property
+    def patch_level(self) -> np.ndarray:
+        """The patches' own probabilities (before context, if any)."""
+        return self.probabilities if self.patch_probabilities is None else self.patch_probabilities
+
     def copy(self) -> ProbabilityMap:
-        return ProbabilityMap(self.grid, self.probabilities.copy(), self.tissue.copy())
+        patch = None if self.patch_probabilities is None else self.patch_probabilities.copy()
+        return ProbabilityMap(self.grid, self.probabilities.copy(), self.tissue.copy(), patch)
+
+
+class CellLogOdds:
+    """The scores of overlapping patches gathered into the cells they cover (a dense map).
+
+    On a grid with ``subdivision`` k, a patch named by its top-left cell ``(r, c)`` covers
+    cells ``r..r+k-1 × c..c+k-1``; a cell's probability is the sigmoid of the mean log-odds of
+    the patches added so far that cover it (``NaN`` while none has). With k = 1 a cell's
+    probability is its patch's.
+    """
+
+    def __init__(self, grid: PatchGrid) -> None:
+        self.grid = grid
+        self._sums = np.zeros(grid.shape, dtype=np.float64)
+        self._counts = np.zeros(grid.shape, dtype=np.int32)
+
+    def add(self, grid_rc: np.ndarray, probabilities: np.ndarray) -> None:
+        """Add patches (``(N, 2)`` top-left cells) with their P(IDC)."""
+        from wsiviewer.core.model.context import log_odds
+
+        z = log_odds(probabilities)
+        k = self.grid.subdivision
+        rows, cols = self.grid.shape
+        for dr in range(k):
+            for dc in range(k):
+                r = grid_rc[:, 0] + dr
+                c = grid_rc[:, 1] + dc
+                inside = (r >= 0) & (r < rows) & (c >= 0) & (c < cols)
+                np.add.at(self._sums, (r[inside], c[inside]), z[inside])
+                np.add.at(self._counts, (r[inside], c[inside]), 1)
+
+    def fill(self, probabilities: np.ndarray, grid_rc: np.ndarray, cells: np.ndarray) -> None:
+        """Write into ``probabilities`` (``(rows, cols)``) the cells that patches with top-left
+        cells ``grid_rc`` cover and ``cells`` (bool) wants: the map as far as it is scored."""
+        k = self.grid.subdivision
+        rows, cols = self.grid.shape
+        r = (grid_rc[:, :1] + np.arange(k)[None, :]).repeat(k, axis=1).ravel()
+        c = np.tile(grid_rc[:, 1:] + np.arange(k)[None, :], (1, k)).ravel()
+        inside = (r >= 0) & (r < rows) & (c >= 0) & (c < cols)
+        r, c = r[inside], c[inside]
+        keep = cells[r, c]
+        r, c = r[keep], c[keep]
+        mean = self._sums[r, c] / self._counts[r, c]
+        with np.errstate(over="ignore"):
+            probabilities[r, c] = 1.0 / (1.0 + np.exp(-mean))
+
+    def probabilities(self, cells: np.ndarray | None = None) -> np.ndarray:
+        """``(rows, cols) float32``: each cell's probability, ``NaN`` where no patch has
+        covered it yet, or where ``cells`` (bool) is False."""
+        covered = self._counts > 0
+        if cells is not None:
+            covered &= cells
+        mean = np.divide(self._sums, self._counts, out=np.zeros_like(self._sums), where=covered)
+        with np.errstate(over="ignore"):
+            p = 1.0 / (1.0 + np.exp(-mean))
+        return np.where(covered, p, np.nan).astype(np.float32)

@@ -155,10 +155,14 @@ class TissueMask:
         mask_y_edges = np.clip(l0_y_edges / self.l0_downsample, 0.0, float(height))
 
         # Summed-area table; the integral of a piecewise-constant image is bilinear inside
-        # each pixel, so interpolating the table at fractional edges is exact.
-        table = np.zeros((height + 1, width + 1), dtype=np.float64)
-        np.cumsum(np.cumsum(self.mask, axis=0, dtype=np.float64), axis=1, out=table[1:, 1:])
-        table = _interpolate_along(table, mask_y_edges, axis=0)
+        # each pixel, so interpolating the table at fractional edges is exact. Only the
+        # table's rows next to the cells' y edges are made (the whole table would be 8 bytes
+        # per mask px).
+        index = np.minimum(np.floor(mask_y_edges).astype(np.intp), height - 1)
+        frac = (mask_y_edges - index)[:, None]
+        table_rows = _summed_area_rows(self.mask, np.concatenate([index, index + 1]))
+        below, above = table_rows[: len(index)], table_rows[len(index) :]
+        table = below + frac * (above - below)
         table = _interpolate_along(table, mask_x_edges, axis=1)
         tissue_area = np.diff(np.diff(table, axis=0), axis=1)
         cell_area = np.outer(np.diff(mask_y_edges), np.diff(mask_x_edges))
@@ -166,6 +170,36 @@ class TissueMask:
             tissue_area, cell_area, out=np.zeros_like(tissue_area), where=cell_area > 0
         )
         return np.clip(coverage, 0.0, 1.0).astype(np.float32)
+
+
+def _summed_area_rows(mask: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """Rows ``rows`` (each in ``0..H``) of the ``(H + 1, W + 1)`` float64 summed-area table of
+    ``mask``: row ``i`` holds the px of mask rows ``< i`` left of each column edge.
+
+    Built strip by strip with a running column sum; its values are whole numbers below 2**53,
+    exactly those of the whole table.
+    """
+    height, width = mask.shape
+    wanted = np.unique(rows)
+    found: dict[int, np.ndarray] = {}
+    column_sums = np.zeros(width, dtype=np.float64)
+    if wanted[0] == 0:
+        found[0] = np.zeros(width + 1, dtype=np.float64)
+    strip = max(1, 4_000_000 // max(width, 1))
+    for start in range(0, height, strip):
+        stop = min(start + strip, height)
+        needed = wanted[(wanted > start) & (wanted <= stop)]
+        if needed.size:
+            partial = np.cumsum(mask[start:stop], axis=0, dtype=np.float64)
+            partial += column_sums
+            for row in needed:
+                line = np.zeros(width + 1, dtype=np.float64)
+                np.cumsum(partial[row - start - 1], out=line[1:])
+                found[int(row)] = line
+            column_sums = partial[-1].copy()
+        else:
+            column_sums += mask[start:stop].sum(axis=0, dtype=np.float64)
+    return np.stack([found[int(row)] for row in rows])
 
 
 def _interpolate_along(values: np.ndarray, positions: np.ndarray, axis: int) -> np.ndarray:
@@ -247,44 +281,69 @@ def tissue_cells(mask: TissueMask, grid: PatchGrid, settings: TissueSettings) ->
     return mask.cell_coverage(grid) >= settings.min_cell_coverage
 
 
+#: Overview px processed at a time by the per-px steps of :func:`tissue_from_rgb`: they work
+#: on row strips, so no full-size float RGB image is ever made (12 bytes a px).
+STRIP_PIXELS = 1_000_000
+
+
 def tissue_from_rgb(rgb: np.ndarray, mpp: float, settings: TissueSettings) -> np.ndarray:
-    """The tissue mask of an ``(H, W, 3) uint8`` overview at ``mpp`` µm per px."""
+    """The tissue mask of an ``(H, W, 3) uint8`` overview at ``mpp`` µm per px.
+
+    Memory: the per-px steps run on row strips and the neighbourhood ones on 2-D planes (the
+    texture on strips with a margin), so the peak is about 13 bytes per overview px besides
+    ``rgb`` itself (an 8192 x 8192 overview: under 1 GB), with exactly the result of the same
+    steps on whole images.
+    """
     from scipy.ndimage import gaussian_filter
 
-    # In-place arithmetic throughout: every full-size temporary saved is memory the kernel
-    # need not fault in (a fresh process pays for each first touch).
-    pixels = rgb.astype(np.float32)
-    pixels /= np.float32(255.0)
-    dark = _channel_max(pixels) < settings.dark_value
-    corrected = _flat_field(pixels, ~dark, mpp, settings)
-    artefact = dark
-    if settings.pen_margin is not None:
-        # Haematoxylin and eosin both absorb green more than red; inks that do not are pen.
-        artefact = dark | (corrected[..., 1] - corrected[..., 0] > settings.pen_margin)
+    height, width = rgb.shape[:2]
+    strips = _row_strips(height, width)
+    dark = np.empty((height, width), dtype=bool)
+    for rows in strips:
+        dark[rows] = _channel_max(_unit_float(rgb[rows])) < settings.dark_value
+    background = _Background.estimate(rgb, ~dark, mpp, settings)
 
-    saturation = _saturation(corrected)
+    # Corrected px, strip by strip: artefacts (dark, pen), saturation and the H&E hue.
+    artefact = dark
+    saturation = np.empty((height, width), dtype=np.float32)
+    stained = np.empty((height, width), dtype=bool)
+    for rows in strips:
+        corrected = background.correct(rgb, rows)
+        if settings.pen_margin is not None:
+            # Haematoxylin and eosin both absorb green more than red; inks that do not are pen.
+            artefact[rows] |= corrected[..., 1] - corrected[..., 0] > settings.pen_margin
+        saturation[rows] = _saturation(corrected)
+        # Faint px count only with the hue of H&E (green the most absorbed channel): that
+        # keeps pink fat membranes and drops grey or yellowish glass edges, dust and fibres.
+        hue_limit = np.minimum(corrected[..., 0], corrected[..., 2])
+        hue_limit += settings.hue_tolerance
+        stained[rows] = corrected[..., 1] <= hue_limit
+    del background
+
     # A mask finer than the target resolution (slide without µm/px) is noisier: average the
     # saturation to about the target scale.
     smoothing_px = 0.4 * settings.target_mpp / mpp
     if smoothing_px >= 0.5:
         saturation = gaussian_filter(saturation, smoothing_px, mode="nearest")
     saturation[artefact] = 0.0
-    usable = ~artefact
-    strong = _strong_threshold(saturation[usable], settings.strong_saturation_bounds)
+    usable = np.logical_not(artefact, out=artefact)
+    strong = _strong_threshold_of(saturation, usable, settings.strong_saturation_bounds)
     weak = min(settings.weak_saturation, strong)
-    texture = _local_std(
-        saturation, usable & (saturation < strong), max(settings.texture_sigma_um / mpp, 0.5)
-    )
-    textured = (texture > settings.texture_threshold) & (saturation > settings.texture_floor)
-    # Faint px count only with the hue of H&E (green the most absorbed channel): that keeps
-    # pink fat membranes and drops grey or yellowish glass edges, dust and fibres.
-    hue_limit = np.minimum(corrected[..., 0], corrected[..., 2])
-    hue_limit += settings.hue_tolerance
-    stained = corrected[..., 1] <= hue_limit
-    faint = stained & ((saturation > weak) | textured)
-    seeds = usable & ((saturation > strong) | (textured & stained))
-    grow = usable & ((saturation > strong) | faint)
+    textured = _textured(saturation, usable, strong, mpp, settings)
+    above_strong = saturation > strong
+    faint = saturation > weak
+    del saturation
+    faint |= textured
+    faint &= stained
+    seeds = np.logical_and(textured, stained, out=textured)
+    del stained
+    seeds |= above_strong
+    seeds &= usable
+    grow = np.logical_or(above_strong, faint, out=above_strong)
+    del faint
+    grow &= usable
     tissue = _hysteresis(grow, seeds)
+    del grow, seeds
     if not tissue.any():
         return tissue
 
@@ -302,14 +361,207 @@ def tissue_from_rgb(rgb: np.ndarray, mpp: float, settings: TissueSettings) -> np
     return tissue
 
 
-def _strong_threshold(values: np.ndarray, bounds: tuple[float, float]) -> float:
-    """Otsu's threshold of ``values`` clipped to ``bounds``; the upper bound if degenerate."""
+def _row_strips(height: int, width: int, multiple: int = 1) -> list[slice]:
+    """Slices of rows covering ``height``, each about :data:`STRIP_PIXELS` px and (but the
+    last) a multiple of ``multiple`` rows."""
+    rows = max(multiple, (STRIP_PIXELS // max(width, 1)) // multiple * multiple)
+    return [slice(start, min(start + rows, height)) for start in range(0, height, rows)]
+
+
+def _unit_float(rgb: np.ndarray) -> np.ndarray:
+    """``uint8`` px as float32 in 0–1."""
+    pixels = rgb.astype(np.float32)
+    pixels /= np.float32(255.0)
+    return pixels
+
+
+def _brightness(pixels: np.ndarray) -> np.ndarray:
+    """Mean of the 3 channels of float px."""
+    brightness = pixels[..., 0] + pixels[..., 1]
+    brightness += pixels[..., 2]
+    brightness /= np.float32(3.0)
+    return brightness
+
+
+@dataclass
+class _Background:
+    """The local glass colour of an overview (flat-field correction), estimated once and
+    applied strip by strip (:meth:`correct`).
+
+    Glass is taken to be the usable px that are bright and barely more coloured than the
+    brightest quarter of the image (the glass tint). Its colour is averaged with a wide
+    Gaussian normalised by the glass weight (so tissue does not darken the estimate); where
+    no glass is near, the slide's median glass colour is used. With too little glass (or too
+    few usable px) px are left as they are.
+    """
+
+    #: ``None``: no correction.
+    coarse: np.ndarray | None
+    factor: int
+    shape: tuple[int, int]
+    #: Below a sigma of one px, glass px keep their own colour, others the median's.
+    glass: np.ndarray | None = None
+    global_colour: np.ndarray | None = None
+
+    @classmethod
+    def estimate(
+        cls, rgb: np.ndarray, usable: np.ndarray, mpp: float, settings: TissueSettings
+    ) -> _Background:
+        from scipy.ndimage import gaussian_filter
+
+        height, width = rgb.shape[:2]
+        shape = (height, width)
+        none = cls(None, 1, shape)
+        if usable.sum() < 16:
+            return none
+        strips = _row_strips(height, width)
+        # The brightest px are glass on any slide that is not wall-to-wall tissue: their
+        # saturation is the glass tint, which a tinted scan raises for all glass alike.
+        usable_brightness = np.concatenate(
+            [_brightness(_unit_float(rgb[rows]))[usable[rows]] for rows in strips]
+        )
+        quarter = np.percentile(usable_brightness, 75, overwrite_input=True)
+        del usable_brightness
+        tint_values = []
+        for rows in strips:
+            pixels = _unit_float(rgb[rows])
+            bright = usable[rows] & (_brightness(pixels) >= quarter)
+            tint_values.append(_saturation(pixels)[bright])
+        tint = float(np.median(np.concatenate(tint_values), overwrite_input=True))
+        del tint_values
+        glass = np.empty(shape, dtype=bool)
+        for rows in strips:
+            glass[rows] = usable[rows] & (
+                _saturation(_unit_float(rgb[rows])) < tint + settings.weak_saturation
+            )
+        if glass.sum() < 16:
+            return none
+        # Grey debris and fibres are not glass; vignetting may darken glass a little.
+        glass_brightness = np.concatenate(
+            [_brightness(_unit_float(rgb[rows]))[glass[rows]] for rows in strips]
+        )
+        median_glass = np.percentile(glass_brightness, 50, overwrite_input=True)
+        del glass_brightness
+        for rows in strips:
+            glass[rows] &= _brightness(_unit_float(rgb[rows])) >= median_glass - 0.25
+        # Channel by channel, on contiguous copies: medians run along memory.
+        global_colour = np.array(
+            [
+                np.median(
+                    _unit_float(np.ascontiguousarray(rgb[..., c])[glass]), overwrite_input=True
+                )
+                for c in range(3)
+            ]
+        )
+        sigma = settings.background_sigma_um / mpp
+        if sigma < 1.0:
+            return cls(None, 1, shape, glass, global_colour)
+        # The glass colour varies slowly: blur a block-averaged copy, upsample it per strip.
+        factor = max(1, int(sigma / 4))
+        prior = np.float32(1e-3)
+        # Three glass-weighted colour planes and the weight, block-averaged strip by strip.
+        coarse_sums: list[list[np.ndarray]] = [[] for _ in range(4)]
+        for rows in _row_strips(height, width, multiple=factor):
+            weight = glass[rows].astype(np.float32)
+            pixels = _unit_float(rgb[rows])
+            for channel in range(3):
+                coarse_sums[channel].append(
+                    block_mean(pixels[..., channel] * weight, factor, edge="replicate")
+                )
+            coarse_sums[3].append(block_mean(weight, factor, edge="replicate"))
+        coarse = [np.concatenate(parts) for parts in coarse_sums]
+        coarse_weight = gaussian_filter(coarse[3], sigma / factor, mode="nearest")
+        coarse_colour = np.stack(
+            [
+                (gaussian_filter(plane, sigma / factor, mode="nearest") + prior * colour)
+                / (coarse_weight + prior)
+                for plane, colour in zip(coarse[:3], global_colour, strict=True)
+            ],
+            axis=2,
+        )
+        return cls(coarse_colour, factor, shape)
+
+    def correct(self, rgb: np.ndarray, rows: slice) -> np.ndarray:
+        """The corrected float px of ``rgb[rows]`` (divided by the glass colour, clipped)."""
+        pixels = _unit_float(rgb[rows])
+        if self.coarse is None and self.glass is None:
+            return pixels
+        if self.coarse is None:
+            assert self.glass is not None
+            assert self.global_colour is not None
+            background = np.where(self.glass[rows][..., None], pixels, self.global_colour)
+        else:
+            background = _upsample_rows(self.coarse, self.factor, self.shape, rows)
+        background = np.clip(background, 0.5, 1.0, out=background)
+        corrected = np.divide(pixels, background, out=background)
+        return np.clip(corrected, 0.0, 1.0, out=corrected)
+
+
+def _textured(
+    saturation: np.ndarray,
+    usable: np.ndarray,
+    strong: float,
+    mpp: float,
+    settings: TissueSettings,
+) -> np.ndarray:
+    """``(H, W) bool``: fat found by its texture, a high local spread of the saturation over
+    faint usable px (:func:`_local_std`), where the saturation is also above the floor.
+
+    Computed on row strips with a margin as wide as the Gaussian's reach, so each strip's
+    values are exactly the whole image's.
+    """
+    sigma = max(settings.texture_sigma_um / mpp, 0.5)
+    margin = int(_GAUSSIAN_TRUNCATE * sigma + 0.5) + 1
+    height, width = saturation.shape
+    textured = np.empty((height, width), dtype=bool)
+    for rows in _row_strips(height, width):
+        top, bottom = max(0, rows.start - margin), min(height, rows.stop + margin)
+        values = saturation[top:bottom]
+        texture = _local_std(values, usable[top:bottom] & (values < strong), sigma)
+        inside = slice(rows.start - top, rows.stop - top)
+        textured[rows] = (texture[inside] > settings.texture_threshold) & (
+            saturation[rows] > settings.texture_floor
+        )
+    return textured
+
+
+#: scipy's Gaussian filters reach ``int(truncate * sigma + 0.5)`` px, truncate 4 by default.
+_GAUSSIAN_TRUNCATE = 4.0
+
+
+def _strong_threshold_of(
+    values: np.ndarray, usable: np.ndarray, bounds: tuple[float, float]
+) -> float:
+    """Otsu's threshold of ``values[usable]`` clipped to ``bounds``; the upper bound if
+    degenerate.
+
+    Without copying the values: the histogram Otsu's method works on is counted strip by
+    strip, over the same 256 bins between the same extremes as scikit-image's
+    ``threshold_otsu(values[usable])``, so the threshold is the same."""
     from skimage.filters import threshold_otsu
 
     low, high = bounds
-    if values.size < 2 or float(np.ptp(values)) < 1e-6:
+    strips = _row_strips(*values.shape)
+    lowest = highest = None
+    count = 0
+    for rows in strips:
+        strip = values[rows][usable[rows]]
+        if strip.size:
+            count += strip.size
+            lowest = strip.min() if lowest is None else min(lowest, strip.min())
+            highest = strip.max() if highest is None else max(highest, strip.max())
+    if count < 2 or lowest is None or highest is None or float(highest - lowest) < 1e-6:
         return high
-    return float(np.clip(threshold_otsu(values), low, high))
+    counts = np.zeros(256, dtype=np.int64)
+    edges = None
+    for rows in strips:
+        strip_counts, edges = np.histogram(
+            values[rows][usable[rows]], bins=256, range=(lowest, highest)
+        )
+        counts += strip_counts
+    assert edges is not None
+    centres = (edges[:-1] + edges[1:]) / 2.0
+    return float(np.clip(threshold_otsu(hist=(counts, centres)), low, high))
 
 
 def _saturation(pixels: np.ndarray) -> np.ndarray:
@@ -327,71 +579,19 @@ def _channel_max(pixels: np.ndarray) -> np.ndarray:
     return np.maximum(brightest, pixels[..., 2], out=brightest)
 
 
-def _flat_field(
-    pixels: np.ndarray, usable: np.ndarray, mpp: float, settings: TissueSettings
+def _upsample_rows(
+    values: np.ndarray, factor: int, shape: tuple[int, int], rows: slice
 ) -> np.ndarray:
-    """``pixels`` divided by a local estimate of the glass colour (white glass stays white).
-
-    Glass is taken to be the usable px that are bright and barely more coloured than the
-    brightest quarter of the image (the glass tint). Its colour is averaged with a wide
-    Gaussian normalised by the glass weight (so tissue does not darken the estimate); where
-    no glass is near, the slide's median glass colour is used.
-    """
-    from scipy.ndimage import gaussian_filter
-
-    saturation = _saturation(pixels)
-    brightness = pixels[..., 0] + pixels[..., 1]
-    brightness += pixels[..., 2]
-    brightness /= np.float32(3.0)
-    if usable.sum() < 16:
-        return pixels
-    # The brightest px are glass on any slide that is not wall-to-wall tissue: their
-    # saturation is the glass tint, which a tinted scan raises for all glass alike.
-    brightest_quarter = usable & (brightness >= np.percentile(brightness[usable], 75))
-    tint = float(np.median(saturation[brightest_quarter]))
-    glass = usable & (saturation < tint + settings.weak_saturation)
-    if glass.sum() < 16:
-        return pixels
-    # Grey debris and fibres are not glass; vignetting may darken glass a little.
-    glass &= brightness >= np.percentile(brightness[glass], 50) - 0.25
-    # Channel by channel: 2-D products whose block sums and medians run along memory,
-    # several times faster than reducing interleaved channels.
-    planes = [pixels[..., channel] for channel in range(3)]
-    global_colour = np.array([np.median(plane[glass]) for plane in planes])
-    sigma = settings.background_sigma_um / mpp
-    prior = np.float32(1e-3)
-    if sigma < 1.0:
-        background = np.where(glass[..., None], pixels, global_colour)
-    else:
-        # The glass colour varies slowly: blur a block-averaged copy, then upsample.
-        factor = max(1, int(sigma / 4))
-        weight = glass.astype(np.float32)
-        coarse = [block_mean(plane * weight, factor, edge="replicate") for plane in planes]
-        coarse_weight = gaussian_filter(
-            block_mean(weight, factor, edge="replicate"), sigma / factor, mode="nearest"
-        )
-        coarse_colour = np.stack(
-            [
-                (gaussian_filter(plane, sigma / factor, mode="nearest") + prior * colour)
-                / (coarse_weight + prior)
-                for plane, colour in zip(coarse, global_colour, strict=True)
-            ],
-            axis=2,
-        )
-        background = _upsample(coarse_colour, factor, pixels.shape[:2])
-    background = np.clip(background, 0.5, 1.0, out=background)
-    corrected = np.divide(pixels, background, out=background)
-    return np.clip(corrected, 0.0, 1.0, out=corrected)
-
-
-def _upsample(values: np.ndarray, factor: int, shape: tuple[int, ...]) -> np.ndarray:
-    """Bilinear upsampling of block means back to ``shape`` (the inverse of a block mean)."""
+    """Rows ``rows`` of the bilinear upsampling of block means back to ``shape`` (the inverse
+    of a block mean): each row is computed exactly as for the whole image."""
     if factor == 1:
-        return values[: shape[0], : shape[1]]
+        return values[rows, : shape[1]].copy()
     for axis in (0, 1):
         n_coarse = values.shape[axis]
         # Centre of fine px i in coarse px units; block centres sit at integer coordinates.
         position = np.clip((np.arange(shape[axis]) + 0.5) / factor - 0.5, 0.0, n_coarse - 1.0)
+        if axis == 0:
+            position = position[rows]
         below = np.minimum(np.floor(position).astype(np.intp), max(n_coarse - 2, 0))
         above = np.minimum(below + 1, n_coarse - 1)
         frac = (position - below).astype(np.float32)
@@ -471,42 +671,65 @@ def _disk_half_widths(radius: float) -> list[int]:
     return [int(count) - 1 for count in inside.sum(axis=1)]
 
 
+#: 8-connected neighbours (4-connected is scipy's default structure).
+_EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
+
+
+def _label(mask: np.ndarray, eight: bool) -> tuple[np.ndarray, int]:
+    """Connected components of ``mask`` as int32 labels (half the memory of int64)."""
+    from scipy.ndimage import label
+
+    labels, count = label(mask, structure=_EIGHT_CONNECTED if eight else None, output=np.int32)
+    return labels, int(count)
+
+
 def _hysteresis(grow: np.ndarray, seeds: np.ndarray) -> np.ndarray:
     """The 8-connected components of ``grow`` that contain a ``seeds`` px."""
-    from skimage.measure import label
-
-    components, count = label(grow | seeds, connectivity=2, return_num=True)
+    components, count = _label(grow | seeds, eight=True)
     if count == 0:
         return np.zeros_like(grow)
     keep = np.zeros(count + 1, dtype=bool)
-    keep[np.unique(components[seeds])] = True
+    keep[components[seeds]] = True
     keep[0] = False
-    return keep[components]
+    return _lookup(keep, components)
 
 
 def _fill_holes(mask: np.ndarray, max_area_px: float) -> np.ndarray:
     """Fill background components not touching the border of at most ``max_area_px`` px."""
-    from skimage.measure import label
-
-    holes, count = label(~mask, connectivity=1, return_num=True)
+    holes, count = _label(~mask, eight=False)
     if count == 0:
         return mask
-    sizes = np.bincount(holes.ravel())
+    sizes = _label_sizes(holes, count)
     border = np.unique(np.concatenate([holes[0], holes[-1], holes[:, 0], holes[:, -1]]))
     fill = sizes <= max_area_px
     fill[0] = False
     fill[border] = False
-    return mask | fill[holes]
+    filled = _lookup(fill, holes)
+    filled |= mask
+    return filled
 
 
 def _remove_small_objects(mask: np.ndarray, min_area_px: float) -> np.ndarray:
     """Drop 8-connected tissue components smaller than ``min_area_px`` px."""
-    from skimage.measure import label
-
-    objects, count = label(mask, connectivity=2, return_num=True)
+    objects, count = _label(mask, eight=True)
     if count == 0:
         return mask
-    sizes = np.bincount(objects.ravel())
-    keep = sizes >= min_area_px
+    keep = _label_sizes(objects, count) >= min_area_px
     keep[0] = False
-    return keep[objects]
+    return _lookup(keep, objects)
+
+
+def _label_sizes(labels: np.ndarray, count: int) -> np.ndarray:
+    """Px per label (``np.bincount``), strip by strip: bincount casts its input to int64."""
+    sizes = np.zeros(count + 1, dtype=np.int64)
+    for rows in _row_strips(*labels.shape):
+        sizes += np.bincount(labels[rows].ravel(), minlength=count + 1)
+    return sizes
+
+
+def _lookup(table: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """``table[labels]``, strip by strip (indexing casts the labels to int64)."""
+    out = np.empty(labels.shape, dtype=table.dtype)
+    for rows in _row_strips(*labels.shape):
+        out[rows] = table[labels[rows]]
+    return out

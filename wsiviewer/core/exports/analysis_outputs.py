@@ -35,8 +35,9 @@ from wsiviewer.core.exports.files import (
 )
 from wsiviewer.core.exports.geojson import rounded_coordinate, write_geojson
 from wsiviewer.core.exports.heatmaps import write_heatmap_png, write_overlay_png
-from wsiviewer.core.exports.masks import write_mask_png, write_mask_tiff
-from wsiviewer.core.exports.tables import write_patch_csv
+from wsiviewer.core.exports.masks import rasterize_regions, write_mask_png, write_mask_tiff
+from wsiviewer.core.exports.tables import PATCH_COLUMNS, write_patch_csv
+from wsiviewer.core.review.wording import format_threshold
 
 if TYPE_CHECKING:
     from wsiviewer.core.analysis.pipeline import Analysis
@@ -84,19 +85,27 @@ def write_outputs(
     """
     probability_map = analysis.probability_map
     grid = probability_map.grid
-    region_mask = region_set.mask(grid.shape)
+    threshold = region_set.threshold
+    region_mask = rasterize_regions(
+        (region.polygon for region in region_set.regions),
+        grid.l0_dimensions,
+        grid.slide_mpp,
+        what=f"the regions flagged at P >= {format_threshold(threshold)} (not reviewed)",
+    )
     # The two slow writers first, so that they run side by side from the start.
     writers: dict[str, Callable[[Path], object]] = {}
     if slide is not None:
         writers["overlay"] = lambda path: write_overlay_png(
-            path, slide, probability_map, colormap=colormap
+            path, slide, probability_map, colormap=colormap, threshold=threshold
         )
     writers |= {
-        "mask_tiff": lambda path: write_mask_tiff(path, region_mask, grid),
+        "mask_tiff": lambda path: write_mask_tiff(path, region_mask),
         "regions": lambda path: write_geojson(path, region_set, analysis_key=analysis.key),
         "mask_png": lambda path: write_mask_png(path, region_mask),
         "patches": lambda path: write_patch_csv(path, probability_map),
-        "heatmap": lambda path: write_heatmap_png(path, probability_map, colormap=colormap),
+        "heatmap": lambda path: write_heatmap_png(
+            path, probability_map, colormap=colormap, threshold=threshold
+        ),
         "probabilities": lambda path: write_probabilities_npy(path, probability_map),
         "run": lambda path: write_run_json(path, analysis, region_set),
     }
@@ -173,6 +182,14 @@ def run_summary(analysis: Analysis, region_set: RegionSet) -> dict[str, Any]:
         ],
         "timings_s": {key: float(value) for key, value in analysis.timings_s.items()},
         "warnings": list(analysis.warnings),
+        # The CSV stays plain (header row first); what it holds is said here.
+        "tables": {
+            OUTPUT_NAMES["patches"]: {
+                "notice": RESEARCH_USE_NOTICE,
+                "rows": "one per scored patch, in grid order (row by row)",
+                "columns": PATCH_COLUMNS,
+            }
+        },
     }
 
 

@@ -14,25 +14,22 @@ from wsiviewer import RESEARCH_USE_NOTICE, __version__
 from wsiviewer.core.analysis.regions import Region, RegionSet
 from wsiviewer.core.exports.files import finite_or_none, write_text
 from wsiviewer.core.review.status import STATUS_COLORS
+from wsiviewer.core.review.wording import STATUS_CLASSES, STATUS_WORDS
 
 if TYPE_CHECKING:
     from wsiviewer.core.review.log import ReviewItem, ReviewState
 
 
-#: QuPath classification of exported regions.
-IDC_CLASS_NAME = "IDC"
+#: QuPath classification of each review status: pending regions are candidates, only accepted
+#: ones are "IDC", rejected ones have a class of their own (QuPath users can hide, count or
+#: delete them by class, and never mistake them for IDC).
+CANDIDATE_CLASS_NAME = STATUS_CLASSES["pending"]
+IDC_CLASS_NAME = STATUS_CLASSES["accepted"]
+REJECTED_CLASS_NAME = STATUS_CLASSES["rejected"]
 
-
-#: Okabe-Ito vermillion: distinct from the heatmap's viridis and for colour-blind readers.
+#: The colour of each class: the status colours of the viewer and the report.
+CANDIDATE_COLOR = STATUS_COLORS["pending"]
 IDC_COLOR = STATUS_COLORS["accepted"]
-
-
-#: QuPath classification of regions a reviewer rejected: a class of its own, so QuPath users
-#: can hide, count or delete them by class, and never mistake them for IDC.
-REJECTED_CLASS_NAME = "IDC (rejected)"
-
-
-#: Sky blue, the viewer's and the report's colour for rejected regions.
 REJECTED_COLOR = STATUS_COLORS["rejected"]
 
 
@@ -44,7 +41,9 @@ def regions_feature_collection(region_set: RegionSet, *, analysis_key: str = "")
     """The regions as a QuPath-style GeoJSON FeatureCollection (a JSON-ready dict).
 
     Each region is a Feature with a closed ``Polygon`` (holes as interior rings) in level-0 px,
-    ``objectType: "annotation"``, an ``IDC`` classification with its colour, the measurements
+    ``objectType: "annotation"``, the classification ``IDC (candidate)`` with its colour (no
+    one has reviewed it: it is flagged, not diagnosed), the name ``Region 3 (candidate)``,
+    the measurements
     ``area_mm2``, ``max_prob`` and ``mean_prob`` as a map (QuPath ≥ 0.4), and a UUID ``id``
     derived from ``analysis_key``, the threshold, the minimum area and the region number, so
     the same regions always export the same ids. The research-use notice and the threshold
@@ -54,7 +53,7 @@ def regions_feature_collection(region_set: RegionSet, *, analysis_key: str = "")
     for region in region_set.regions:
         parts = _polygons(region)
         for part_number, polygon in enumerate(parts, start=1):
-            name = f"IDC region {region.number}"
+            name = f"Region {region.number}"
             id_text = f"{analysis_key}:{region_set.threshold!r}:{region_set.min_area_mm2!r}"
             id_text += f":{region.number}"
             if len(parts) > 1:
@@ -67,8 +66,11 @@ def regions_feature_collection(region_set: RegionSet, *, analysis_key: str = "")
                     "geometry": _polygon_geometry(polygon),
                     "properties": {
                         "objectType": "annotation",
-                        "name": name,
-                        "classification": {"name": IDC_CLASS_NAME, "color": list(IDC_COLOR)},
+                        "name": f"{name} ({STATUS_WORDS['pending']})",
+                        "classification": {
+                            "name": CANDIDATE_CLASS_NAME,
+                            "color": list(CANDIDATE_COLOR),
+                        },
                         "isLocked": False,
                         "measurements": {
                             "area_mm2": finite_or_none(region.area_mm2),
@@ -144,12 +146,14 @@ def review_feature_collection(
     "annotation"``, measurements as a map, research-use notice), for every region of the
     review that is not deleted, manual regions included, with:
 
-    - ``classification``: ``IDC`` (vermillion) for accepted and pending regions,
-      ``IDC (rejected)`` (grey) for rejected ones;
-    - ``name``: ``"IDC region 3 (accepted)"``, ``"Manual region 32 (pending)"``;
+    - ``classification``: ``IDC (candidate)`` (grey) for pending regions, ``IDC``
+      (vermillion) for accepted ones, ``IDC (rejected)`` (sky blue) for rejected ones; an
+      annotation imported from QuPath keeps its own class and colour;
+    - ``name``: ``"Region 3 (accepted)"``, ``"Region M32 (candidate)"``, or an imported
+      annotation's own name with its status;
     - ``status`` (``accepted`` / ``rejected`` / ``pending``), ``note``, ``reviewer``,
-      ``decided_at``, ``source`` (``model`` / ``manual``) and ``number`` as properties, which
-      QuPath ignores on import;
+      ``decided_at``, ``source`` (``model`` / ``manual``), ``origin`` (``model``, ``drawn``,
+      ``imported``, ``edit``) and ``number`` as properties, which QuPath ignores on import;
     - measurements ``area_mm2`` and, for model regions, ``max_prob`` and ``mean_prob``.
 
     ``accepted_only`` keeps only accepted regions. Feature ids are UUIDs derived from the
@@ -170,24 +174,32 @@ def review_feature_collection(
 
 
 def _review_feature(item: ReviewItem, state: ReviewState, analysis_key: str) -> dict[str, Any]:
-    rejected = item.status == "rejected"
-    kind = "IDC region" if item.ref.kind == "model" else "Manual region"
     measurements: dict[str, float | None] = {"area_mm2": finite_or_none(item.area_mm2)}
     if item.max_prob is not None and item.mean_prob is not None:
         measurements["max_prob"] = finite_or_none(item.max_prob)
         measurements["mean_prob"] = finite_or_none(item.mean_prob)
     id_text = f"{analysis_key}:{state.region_set_id}:{item.ref.kind}:{item.ref.id}"
+    status_word = STATUS_WORDS[item.status]
+    if item.classification is not None:
+        # Imported from QuPath: its own class (a "Stroma" annotation stays Stroma).
+        classification = {
+            "name": item.classification,
+            "color": list(item.color or STATUS_COLORS[item.status]),
+        }
+    else:
+        classification = {
+            "name": STATUS_CLASSES[item.status],
+            "color": list(STATUS_COLORS[item.status]),
+        }
+    name = f"{item.source_name or 'Region ' + item.label} ({status_word})"
     return {
         "type": "Feature",
         "id": str(uuid.uuid5(_REGION_ID_NAMESPACE, id_text)),
         "geometry": _polygon_geometry(item.polygon),
         "properties": {
             "objectType": "annotation",
-            "name": f"{kind} {item.number} ({item.status})",
-            "classification": {
-                "name": REJECTED_CLASS_NAME if rejected else IDC_CLASS_NAME,
-                "color": list(REJECTED_COLOR if rejected else IDC_COLOR),
-            },
+            "name": name,
+            "classification": classification,
             "isLocked": False,
             "measurements": measurements,
             "status": item.status,
@@ -195,6 +207,7 @@ def _review_feature(item: ReviewItem, state: ReviewState, analysis_key: str) -> 
             "reviewer": item.reviewer,
             "decided_at": item.decided_at,
             "source": item.ref.kind,
+            "origin": item.origin,
             "number": item.number,
         },
     }

@@ -1,93 +1,148 @@
-"""IDC masks: regions as a pyramidal TIFF in the slide's frame and as a PNG."""
+"""Region masks: the regions' polygons rasterised at 4 µm/px or finer, written as a pyramidal
+TIFF in the slide's level-0 frame and as a PNG.
+
+A mask is drawn from the outlines (model regions, and the regions a reviewer drew, imported
+or edited), never from the patch grid: a drawn region of 0.01 mm² (100 µm a side) covers at
+least 25 × 25 px of the mask and is there, whatever the 200 µm patches beneath it. The TIFF
+enlarges the mask to the slide's level-0 size with nearest neighbour, so it overlays the slide
+pixel for pixel in QuPath and OpenSlide; the PNG is the mask itself.
+"""
 
 from __future__ import annotations
 
+import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
-import shapely
+from shapely.geometry import Polygon
 
 from wsiviewer import RESEARCH_USE_NOTICE, __version__
-from wsiviewer.core.analysis.grid import PatchGrid
-from wsiviewer.core.analysis.probability import ProbabilityMap
 from wsiviewer.core.exports.png import write_png
 from wsiviewer.core.exports.pyramid_tiff import UpsampledSource, write_pyramid_tiff
+from wsiviewer.core.units import um_from_px
 
-if TYPE_CHECKING:
-    from wsiviewer.core.review.log import ReviewItem
+#: Coarsest µm per mask px.
+MASK_MAX_UM_PER_PX = 4.0
 
 
-def review_grid_mask(
-    items: Sequence[ReviewItem],
-    grid: PatchGrid,
-    region_cells: Mapping[int, np.ndarray],
-) -> np.ndarray:
-    """``(rows, cols) bool``: the grid cells of ``items``.
+@dataclass(frozen=True)
+class RegionMask:
+    """Polygons rasterised on a grid of square px, each ``l0_per_px`` level-0 px a side.
 
-    A model region contributes its own cells (``region_cells[ref.id]``, ``(N, 2)`` row/col),
-    so the mask matches the GeoJSON outline exactly. A manual region is rasterised onto the
-    grid: a cell is in it when the cell's centre lies inside the polygon (level-0 px), so a
-    manual region is exported at the analysis's resolution, like everything in the mask.
+    Mask px ``(row, col)`` covers level-0 px ``[col * l0_per_px, (col + 1) * l0_per_px)`` (and
+    likewise rows); it is set when its centre lies inside a polygon (or, for a polygon too
+    small to hold a px centre, the px under its representative point).
     """
-    out = np.zeros(grid.shape, dtype=bool)
-    if grid.cell_count == 0:
-        return out
-    for item in items:
-        if item.ref.kind == "model":
-            cells = np.asarray(region_cells[item.ref.id]).reshape(-1, 2)
-            out[cells[:, 0], cells[:, 1]] = True
-            continue
-        rows, cols = grid.cells_overlapping(item.polygon.bounds)
-        grid_rows, grid_cols = (axis.ravel() for axis in np.mgrid[rows, cols])
-        if not len(grid_rows):
-            continue
-        l0_x, l0_y = grid.l0_centres(grid_rows, grid_cols).T
-        inside = shapely.contains_xy(item.polygon, l0_x, l0_y)
-        out[grid_rows[inside], grid_cols[inside]] = True
-    return out
+
+    #: ``(rows, cols) bool``.
+    pixels: np.ndarray
+    #: Level-0 px per mask px (a whole number, so the TIFF's levels stay aligned).
+    l0_per_px: int
+    #: Level-0 ``(width, height)`` of the slide.
+    l0_dimensions: tuple[int, int]
+    #: µm per level-0 px of the slide.
+    slide_mpp: float
+    #: What the mask shows, for the files' descriptions.
+    what: str = "regions"
+
+    @property
+    def um_per_px(self) -> float:
+        return um_from_px(self.l0_per_px, self.slide_mpp)
+
+    @property
+    def set_count(self) -> int:
+        return int(self.pixels.sum())
 
 
-def idc_grid_mask(probability_map: ProbabilityMap, threshold: float) -> np.ndarray:
-    """``(rows, cols) bool``: scored cells with P(IDC) ≥ ``threshold``."""
-    return probability_map.above(threshold)
+def mask_l0_per_px(slide_mpp: float, max_um_per_px: float = MASK_MAX_UM_PER_PX) -> int:
+    """The most level-0 px per mask px that stays at or finer than ``max_um_per_px`` (at
+    least 1: a slide coarser than that is rasterised at its own resolution)."""
+    if not (math.isfinite(slide_mpp) and slide_mpp > 0):
+        raise ValueError(f"Slide µm/px {slide_mpp!r} must be a positive number")
+    return max(1, math.floor(max_um_per_px / slide_mpp * (1 + 1e-9)))
 
 
-def write_mask_tiff(
-    path: str | os.PathLike[str],
-    grid_mask: np.ndarray,
-    grid: PatchGrid,
+def rasterize_regions(
+    polygons: Iterable[Polygon],
+    l0_dimensions: tuple[int, int],
+    slide_mpp: float,
     *,
-    tile: int = 512,
-) -> Path:
-    """Write a grid mask as a tiled pyramidal TIFF at the slide's level-0 size and µm/px.
+    max_um_per_px: float = MASK_MAX_UM_PER_PX,
+    what: str = "regions",
+) -> RegionMask:
+    """Rasterise level-0 px polygons (holes respected) at ``max_um_per_px`` or finer."""
+    from skimage.draw import polygon as fill_polygon  # not at import: the Store needs none
 
-    Level 0 is ``grid.l0_dimensions`` px at ``grid.slide_mpp`` µm/px, 255 where a level-0
-    px's centre lies in a masked cell and 0 elsewhere (uint8, deflate), so OpenSlide opens it
-    at the slide's µm/px and it overlays the slide pixel for pixel in QuPath. Reduced levels
-    sample the same way and stay binary. A grid of shape (0, 0) writes an all-zero mask.
+    scale = mask_l0_per_px(slide_mpp, max_um_per_px)
+    width, height = l0_dimensions
+    rows, cols = max(1, math.ceil(height / scale)), max(1, math.ceil(width / scale))
+    out = np.zeros((rows, cols), dtype=bool)
+    for polygon in polygons:
+        if polygon.is_empty:
+            continue
+        left, top, right, bottom = polygon.bounds
+        col0, row0 = max(0, math.floor(left / scale)), max(0, math.floor(top / scale))
+        col1 = min(cols, math.ceil(right / scale) + 1)
+        row1 = min(rows, math.ceil(bottom / scale) + 1)
+        if col1 <= col0 or row1 <= row0:
+            continue
+        local = np.zeros((row1 - row0, col1 - col0), dtype=bool)
+        for ring, value in (
+            (polygon.exterior, True),
+            *((interior, False) for interior in polygon.interiors),
+        ):
+            xy = np.asarray(ring.coords, dtype=np.float64)
+            # Mask px (r, c) has its centre at level-0 ((c + 0.5) * scale, (r + 0.5) * scale).
+            ring_rows = xy[:, 1] / scale - 0.5 - row0
+            ring_cols = xy[:, 0] / scale - 0.5 - col0
+            filled_rows, filled_cols = fill_polygon(ring_rows, ring_cols, local.shape)
+            local[filled_rows, filled_cols] = value
+        if not local.any():
+            point = polygon.representative_point()
+            row = min(rows - 1, max(0, int(point.y // scale)))
+            col = min(cols - 1, max(0, int(point.x // scale)))
+            out[row, col] = True
+            continue
+        out[row0:row1, col0:col1] |= local
+    return RegionMask(out, scale, (int(width), int(height)), float(slide_mpp), what)
+
+
+class _MaskSource(UpsampledSource):
+    """A 0/1 mask enlarged to 0/255 tile by tile, never as a full-size 0/255 copy."""
+
+    def read_level(self, downsample: int, lv_box: tuple[int, int, int, int]) -> np.ndarray:
+        return super().read_level(downsample, lv_box) * np.uint8(255)
+
+    def uniform_value(
+        self, downsample: int, lv_box: tuple[int, int, int, int]
+    ) -> np.ndarray | None:
+        value = super().uniform_value(downsample, lv_box)
+        return None if value is None else value * np.uint8(255)
+
+
+def write_mask_tiff(path: str | os.PathLike[str], mask: RegionMask, *, tile: int = 512) -> Path:
+    """Write a mask as a tiled pyramidal TIFF at the slide's level-0 size and µm/px.
+
+    Level 0 is the slide's level-0 size at its µm/px, 255 where a level-0 px lies in a set
+    mask px and 0 elsewhere (uint8, deflate), so OpenSlide opens it at the slide's µm/px and
+    it overlays the slide pixel for pixel in QuPath. Reduced levels sample the same way and
+    stay binary.
     """
-    grid_mask = np.asarray(grid_mask, dtype=bool)
-    if grid_mask.shape != grid.shape:
-        raise ValueError(f"Mask {grid_mask.shape} does not match grid {grid.shape}")
-    l0_size = grid.l0_dimensions
-    if grid_mask.size:
-        small = np.where(grid_mask, np.uint8(255), np.uint8(0))
-        factor = grid.l0_patch_size
-    else:
-        small = np.zeros((1, 1), dtype=np.uint8)
-        factor = float(max(l0_size))
-    source = UpsampledSource(small, factor, l0_size=l0_size, reduce="nearest")
+    source = _MaskSource(
+        mask.pixels.view(np.uint8), mask.l0_per_px, l0_size=mask.l0_dimensions, reduce="nearest"
+    )
     description = (
-        f"wsiviewer {__version__} IDC mask: 255 = IDC cell, 0 = other; level 0 matches the "
-        f"slide's level 0 at {grid.slide_mpp:.6g} um/px. {RESEARCH_USE_NOTICE}"
+        f"wsiviewer {__version__} mask of {mask.what}: 255 inside, 0 outside; rasterised at "
+        f"{mask.um_per_px:.4g} um/px; level 0 matches the slide's level 0 at "
+        f"{mask.slide_mpp:.6g} um/px. {RESEARCH_USE_NOTICE}"
     )
     return write_pyramid_tiff(
         path,
         source,
-        mpp=grid.slide_mpp,
+        mpp=mask.slide_mpp,
         tile=tile,
         compression="deflate",
         description=description,
@@ -95,12 +150,14 @@ def write_mask_tiff(
     )
 
 
-def write_mask_png(path: str | os.PathLike[str], grid_mask: np.ndarray) -> Path:
-    """Write a grid mask as an 8-bit PNG, one px per grid cell, 255 = masked.
-
-    A grid of shape (0, 0) cannot be a PNG: it writes one 0 px with an ``Empty`` text chunk.
-    """
-    grid_mask = np.asarray(grid_mask, dtype=bool)
-    empty = grid_mask.size == 0
-    pixels = np.zeros((1, 1), np.uint8) if empty else np.where(grid_mask, 255, 0).astype(np.uint8)
-    return write_png(path, pixels, empty=empty)
+def write_mask_png(path: str | os.PathLike[str], mask: RegionMask) -> Path:
+    """Write a mask as an 8-bit PNG, 255 inside, one px per mask px (4 µm or finer)."""
+    return write_png(
+        path,
+        mask.pixels,
+        extra={
+            "Mask": f"{mask.what}: 255 inside, 0 outside",
+            "Level-0 px per image px": str(mask.l0_per_px),
+            "Micrometres per image px": f"{mask.um_per_px:.6g}",
+        },
+    )

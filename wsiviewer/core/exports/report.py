@@ -17,9 +17,11 @@ from PIL import Image, ImageDraw, ImageFont
 
 from wsiviewer import RESEARCH_USE_NOTICE, __version__
 from wsiviewer.core.exports.heatmaps import heatmap_cell_px, heatmap_rgba, overlay_rgb
+from wsiviewer.core.exports.legend import checkerboard, over
 from wsiviewer.core.exports.png import png_bytes
 from wsiviewer.core.review.log import ReviewState
 from wsiviewer.core.review.status import STATUS_COLORS
+from wsiviewer.core.review.wording import STATUS_WORDS, format_probability, format_threshold
 
 if TYPE_CHECKING:
     from wsiviewer.core.exports.review_outputs import ReviewExport
@@ -56,18 +58,32 @@ def report_images(
     base = slide.thumbnail(longest) if slide is not None else _white_canvas((l0_w, l0_h), longest)
     if slide is not None:
         images["thumbnail"] = base
+    threshold = export.state.threshold
     if grid.cell_count:
         cell_px = heatmap_cell_px(grid, longest)
         if slide is not None:
-            images["overlay"] = overlay_rgb(slide, pmap, cell_px=cell_px)
+            images["overlay"] = overlay_rgb(slide, pmap, cell_px=cell_px, threshold=threshold)
         else:
-            rgba = heatmap_rgba(pmap, cell_px=cell_px).astype(np.float32)
-            weight = rgba[..., 3:4] / 255.0
-            images["overlay"] = np.rint(255 * (1 - weight) + rgba[..., :3] * weight).astype(
-                np.uint8
-            )
+            rgba = heatmap_rgba(pmap, cell_px=cell_px, threshold=threshold)
+            images["overlay"] = over(np.full((*rgba.shape[:2], 3), 255, np.uint8), rgba)
+        images["legend"] = over(
+            checkerboard(16, 256),
+            np.repeat(
+                heatmap_rgba(_ramp_map(threshold), cell_px=1, threshold=threshold), 16, axis=0
+            ),
+        )
     images["outlines"] = _outlines(base, export.state, (l0_w, l0_h))
     return images
+
+
+def _ramp_map(threshold: float) -> Any:
+    """A one-row probability map from 0 to 1 (256 cells): the legend's colour bar."""
+    from wsiviewer.core.analysis.grid import PatchGrid
+    from wsiviewer.core.analysis.probability import ProbabilityMap
+
+    values = np.linspace(0.0, 1.0, 256, dtype=np.float32)[None, :]
+    grid = PatchGrid.for_slide((256 * 50, 50), 1.0, 1.0, 50)
+    return ProbabilityMap(grid, values, np.ones(values.shape, bool))
 
 
 def _outlines(base: np.ndarray, state: ReviewState, l0_dimensions: tuple[int, int]) -> np.ndarray:
@@ -89,7 +105,7 @@ def _outlines(base: np.ndarray, state: ReviewState, l0_dimensions: tuple[int, in
             if len(points) >= 2:
                 draw.line(points, fill=color, width=line, joint="curve")
         point = item.polygon.representative_point()
-        label = str(item.number)
+        label = item.label
         x, y = point.x * scale, point.y * scale
         box = draw.textbbox((x, y), label, anchor="mm", font=font)
         pad = line
@@ -109,6 +125,8 @@ body { font-family: -apple-system, "Segoe UI", Roboto, Helvetica, Arial, sans-se
 .ruo { background: #b00020; color: #fff; font-weight: 700; font-size: 1.2em;
        padding: 12px 16px; border-radius: 4px; margin-bottom: 16px; }
 .ruo-detail { font-weight: 400; font-size: 0.75em; margin-top: 4px; }
+.warning { background: #fff3cd; color: #664d03; border: 1px solid #e0c36a;
+  padding: 8px 12px; margin: 8px 0; }
 h1 { margin: 0.2em 0; } h2 { border-bottom: 1px solid #ccc; padding-bottom: 4px; }
 .progress { font-size: 1.4em; font-weight: 700; }
 .meta td:first-child { color: #555; padding-right: 16px; white-space: nowrap; }
@@ -120,6 +138,7 @@ td.num { text-align: right; font-variant-numeric: tabular-nums; }
 .figures { display: flex; flex-wrap: wrap; gap: 12px; }
 figure { margin: 0; flex: 1 1 360px; } figure img { width: 100%; border: 1px solid #ccc; }
 figcaption { font-size: 0.9em; color: #444; }
+figure img.legend { width: 256px; height: 16px; border: 1px solid #888; vertical-align: middle; }
 .swatch { display: inline-block; width: 0.9em; height: 0.9em; border-radius: 2px;
           vertical-align: -0.1em; margin-right: 4px; }
 .status-accepted { color: #a34700; font-weight: 600; }
@@ -149,20 +168,6 @@ def _meta_table(rows: Sequence[tuple[str, object]]) -> str:
     return f'<table class="meta">{body}</table>'
 
 
-def _flat(value: Any, prefix: str = "") -> list[tuple[str, object]]:
-    """A nested mapping as ``("a.b", value)`` rows; numbers to 4 significant digits."""
-    if isinstance(value, Mapping):
-        rows: list[tuple[str, object]] = []
-        for key, item in value.items():
-            rows.extend(_flat(item, f"{prefix}{key}."))
-        return rows
-    if isinstance(value, float):
-        value = f"{value:.4g}"
-    elif isinstance(value, list):
-        value = ", ".join(str(item) for item in value)
-    return [(prefix.rstrip("."), value)]
-
-
 def review_report_html(
     export: ReviewExport,
     summary: Mapping[str, Any],
@@ -186,16 +191,27 @@ def review_report_html(
 
 
 def _figures_html(images: Mapping[str, np.ndarray]) -> str:
+    legend = images.get("legend")
+    legend_html = (
+        ""
+        if legend is None
+        else f'<br><img class="legend" alt="colour bar" src="{_png_data_uri(legend)}"> '
+        "P(IDC) 0 → 1; fades below the threshold (the checks show through), opaque from it up"
+    )
     captions = {
         "thumbnail": "Slide",
-        "overlay": "P(IDC) heatmap over the slide (viridis: dark = low, yellow = high)",
+        "overlay": "P(IDC) heatmap over the slide (model output)" + legend_html,
         "outlines": "Regions by status: "
-        + " ".join(f"{_swatch(status)}{status}" for status in ("accepted", "pending", "rejected")),
+        + " ".join(
+            f"{_swatch(status)}{STATUS_WORDS[status]}"
+            for status in ("accepted", "pending", "rejected")
+        ),
     }
     return "".join(
         f'<figure><img alt="{_e(name)}" src="{_png_data_uri(pixels)}">'
         f"<figcaption>{captions[name]}</figcaption></figure>"
         for name, pixels in images.items()
+        if name in captions
     )
 
 
@@ -222,26 +238,58 @@ def _slide_rows(summary: Mapping[str, Any], slide_name: str | None) -> list[tupl
     return rows
 
 
+#: The card metrics the report shows, with their names; the full card is one click away in
+#: the viewer (Model panel) and in ``review.json``.
+_REPORT_METRICS = (
+    ("balanced_accuracy", "Balanced accuracy"),
+    ("roc_auc", "ROC AUC"),
+    ("sensitivity", "Sensitivity"),
+    ("specificity", "Specificity"),
+    ("ece", "Calibration error (ECE)"),
+)
+
+
 def _model_rows(model: Mapping[str, Any]) -> list[tuple[str, object]]:
-    """The model, its settings in this review, and its card's metrics and training data."""
+    """The model, its settings in this review, and a few of its card's metrics (patient-held-
+    out test first): what a reader needs to weigh the flags, not the whole card."""
     rows: list[tuple[str, object]] = [
         ("Model", f"{model['name']} v{model['version']} ({model['architecture']})"),
         ("Input resolution", f"{model['input_mpp']:.4g} µm/px, 50 × 50 px patches"),
-        ("Threshold", f"{model['threshold']:.4g} (card default {model['card_threshold']:.4g})"),
-        ("Minimum region area", f"{model['min_area_mm2']:.4g} mm²"),
+        (
+            "Threshold",
+            f"P ≥ {format_threshold(model['threshold'])} "
+            f"(the card's operating point: {format_threshold(model['card_threshold'])})",
+        ),
+        ("Minimum region area", f"{model['min_area_mm2']:g} mm²"),
         ("Intended use", model["intended_use"]),
     ]
-    if model["metrics"]:
-        rows += [(f"Metric: {key}", value) for key, value in _flat(model["metrics"])]
-    elif model["metrics"] is None:
+    metrics = model["metrics"]
+    if metrics is None:
         rows.append(("Metrics", "not available (the model's card is not installed)"))
-    else:
+        return rows
+    shown = False
+    for part in ("test", "validation"):
+        figures = metrics.get(part) if isinstance(metrics, Mapping) else None
+        if not isinstance(figures, Mapping):
+            continue
+        intervals = figures.get("intervals_95") or {}
+        values = []
+        for key, name in _REPORT_METRICS:
+            value = figures.get(key)
+            if not isinstance(value, int | float):
+                continue
+            text = f"{name} {value:.3f}"
+            interval = intervals.get(key) if isinstance(intervals, Mapping) else None
+            if isinstance(interval, list | tuple) and len(interval) == 2:
+                text += f" ({interval[0]:.3f}–{interval[1]:.3f})"
+            values.append(text)
+        if values:
+            patients = figures.get("patients")
+            where = f"{part} patients" + (f" ({patients})" if patients else "")
+            rows.append((f"On the {where}", "; ".join(values)))
+            shown = True
+    if not shown:
         rows.append(("Metrics", "none on the model card"))
-    if model["training_data"]:
-        rows += [
-            (f"Training data: {k}" if k else "Training data", v)
-            for k, v in _flat(model["training_data"])
-        ]
     return rows
 
 
@@ -249,12 +297,13 @@ def _region_rows_html(state: ReviewState) -> str:
     return (
         "".join(
             "<tr>"
-            f"<td class=num>{item.number}</td>"
-            f"<td>{_e(item.ref.kind)}</td>"
-            f'<td class="status-{item.status}">{_swatch(item.status)}{item.status}</td>'
+            f"<td class=num>{_e(item.label)}</td>"
+            f"<td>{_e(item.origin)}</td>"
+            f'<td class="status-{item.status}">{_swatch(item.status)}'
+            f"{STATUS_WORDS[item.status]}</td>"
             f"<td class=num>{_num(item.area_mm2, 4)}</td>"
-            f"<td class=num>{_num(item.max_prob, 3)}</td>"
-            f"<td class=num>{_num(item.mean_prob, 3)}</td>"
+            f"<td class=num>{_e(format_probability(item.max_prob))}</td>"
+            f"<td class=num>{_e(format_probability(item.mean_prob))}</td>"
             f"<td>{_e(item.note)}</td>"
             f"<td>{_e(item.reviewer or '')}</td>"
             f"<td>{_e(_short_time(item.decided_at))}</td>"
@@ -271,16 +320,25 @@ def _decision_rows_html(history: Sequence[Mapping[str, Any]]) -> str:
             f'<tr class="{"undone" if row["undone"] else ""}">'
             f"<td>{_e(_short_time(row['created_at']))}</td>"
             f"<td>{_e(row['reviewer'])}</td>"
-            f"<td>{_e(row['action'])}"
+            f"<td>{_e(_action_text(row))}"
             f"{'' if row['undoes_id'] is None else ' #' + str(row['undoes_id'])}</td>"
             f"<td class=num>{row['id']}</td>"
-            f"<td>{_e(row['number'])} ({_e(row['kind'])})</td>"
+            f"<td>{_e(row.get('label', row['number']))}</td>"
             f"<td>{_e(row['note'])}</td>"
             "</tr>"
             for row in history
         )
         or '<tr><td colspan="6">No decisions yet: review has not started.</td></tr>'
     )
+
+
+def _action_text(row: Mapping[str, Any]) -> str:
+    """``accept``, or for an edit ``split 3 → M7, M8``."""
+    if row["action"] != "edit":
+        return str(row["action"])
+    replaced = ", ".join(row.get("replaced") or ())
+    added = ", ".join(row.get("added") or ())
+    return f"{row.get('edit_kind') or 'edit'} {replaced} → {added}"
 
 
 def _page_html(
@@ -308,10 +366,11 @@ def _page_html(
 <div class="ruo">RESEARCH USE ONLY – NOT FOR DIAGNOSIS
 <div class="ruo-detail">{_e(RESEARCH_USE_NOTICE)}</div></div>
 <h1>IDC review report</h1>
+{_warnings_html(summary["analysis"].get("warnings") or [])}
 <p class="progress">{_e(state.progress_text)}</p>
 <p>{_swatch("accepted")}{counts["accepted"]} accepted ·
 {_swatch("rejected")}{counts["rejected"]} rejected ·
-{_swatch("pending")}{counts["pending"]} pending ·
+{_swatch("pending")}{counts["pending"]} candidates (not reviewed) ·
 accepted area {_num(summary["accepted_area_mm2"], 4)} mm²</p>
 <div class="figures">{figures}</div>
 <h2>Slide and analysis</h2>
@@ -320,7 +379,7 @@ accepted area {_num(summary["accepted_area_mm2"], 4)} mm²</p>
 {model_table}
 <h2>Regions</h2>
 <table class="data">
-<tr><th>ID</th><th>Source</th><th>Status</th><th>Area (mm²)</th><th>Max P</th><th>Mean P</th>
+<tr><th>Region</th><th>Origin</th><th>Status</th><th>Area (mm²)</th><th>Max P</th><th>Mean P</th>
 <th>Note</th><th>Reviewer</th><th>Decided (UTC)</th></tr>
 {region_rows}
 </table>
@@ -339,6 +398,11 @@ reviewed by a pathologist. Coordinates are level-0 px (origin top-left).</p>
 </body>
 </html>
 """
+
+
+def _warnings_html(notes: Sequence[str]) -> str:
+    """The analysis's warnings (a slide unlike the model's training data), above all else."""
+    return "".join(f'<p class="warning">&#9888; {_e(note)}</p>' for note in notes)
 
 
 def _short_time(value: str | None) -> str:

@@ -1,19 +1,26 @@
-"""Exporting a reviewed region set: QuPath GeoJSON, IDC mask, patch CSV and a review report.
+"""Exporting a reviewed region set: QuPath GeoJSON, region mask, patch CSV and a review report.
 
 :func:`export_review` writes the chosen outputs of one region set (see
 :data:`REVIEW_EXPORT_NAMES`) into a folder, staged like :func:`.exports.write_outputs`: every
 file is written into a hidden folder inside the output folder and moved into place only when
 all are written, so a failure leaves no new file and older outputs as they were.
 
+Every file name starts with the slide's label (``slide-<hash>_regions.geojson``; the cleaned
+file name only when the user asks), so exports of several slides share a folder, and an
+export never replaces a file unless asked to (``force``): it raises
+:class:`~wsiviewer.errors.OutputExistsError` naming them, having written nothing.
+
 The review report is a self-contained HTML file (its images embedded as PNG data URIs: the
 slide thumbnail, the heatmap over the slide, the region outlines coloured by status), with
 ``review.csv`` (one row per region) and ``review.json`` (regions, decision log, model, counts)
-beside it.
+beside it. CSVs start with their header row, so that pandas, R and spreadsheets read them with
+their default options; the research-use notice and what each column holds are in the JSON
+beside each (``patches.json`` for ``patches.csv``, ``review.json`` for ``review.csv``).
 
-The IDC mask is the accepted regions once review has started (the log has any row); before
-any review it is every region of the set (the thresholded map with the set's minimum area),
-as ``wsiviewer analyze`` writes it. Manual regions are rasterised onto the patch grid (see
-:func:`.exports.review_grid_mask`).
+The mask is the accepted regions once review has started (the log has any row); before any
+review it is every region of the set (flagged, not reviewed), as ``wsiviewer analyze``
+writes it. It is rasterised from the outlines at 4 µm/px or finer (:mod:`.masks`), so a small
+region a reviewer drew is in it.
 
 Privacy (DESIGN.md): no output names the slide's file or path unless the caller passes
 ``slide_name`` (the CLI's ``--include-filename``); every output says "research use only".
@@ -34,29 +41,70 @@ import numpy as np
 
 from wsiviewer import RESEARCH_USE_NOTICE, __version__
 from wsiviewer.core.analysis.probability import ProbabilityMap
-from wsiviewer.core.analysis.regions import find_regions
 from wsiviewer.core.exports.files import finite_or_none, without_paths, write_staged, write_text
 from wsiviewer.core.exports.geojson import write_review_geojson
-from wsiviewer.core.exports.masks import review_grid_mask, write_mask_png, write_mask_tiff
+from wsiviewer.core.exports.masks import rasterize_regions, write_mask_png, write_mask_tiff
 from wsiviewer.core.exports.report import review_report_html
-from wsiviewer.core.exports.tables import write_patch_csv
+from wsiviewer.core.exports.tables import PATCH_COLUMNS, write_patch_csv
 from wsiviewer.core.review.log import ReviewItem, ReviewState, review_history, review_state
+from wsiviewer.core.review.wording import STATUS_CLASSES, format_threshold
+from wsiviewer.core.slides.label import slide_label
 from wsiviewer.core.store.database import Store
 from wsiviewer.core.store.records import AnalysisRecord, RegionSetRecord
-from wsiviewer.errors import ExportError
+from wsiviewer.errors import ExportError, OutputExistsError
 
 if TYPE_CHECKING:
     from wsiviewer.core.model.cards import ModelCard
     from wsiviewer.core.slides import Slide
 
-#: Files written for each export kind (the ``--what`` choices of ``wsiviewer export``).
+#: Files written for each export kind (the ``--what`` choices of ``wsiviewer export``), after
+#: the slide label and ``_`` (:func:`export_file_names`).
 REVIEW_EXPORT_NAMES: dict[str, tuple[str, ...]] = {
     "geojson": ("regions.geojson",),
-    "mask": ("idc_mask.tif", "idc_mask.png"),
-    "csv": ("patches.csv",),
+    "mask": ("mask.tif", "mask.png"),
+    "csv": ("patches.csv", "patches.json"),
     "report": ("report.html", "review.csv", "review.json"),
 }
 EXPORT_KINDS = tuple(REVIEW_EXPORT_NAMES)
+
+#: The review table's columns and what each holds.
+REVIEW_COLUMNS: dict[str, str] = {
+    "number": "region number (manual regions are numbered after the model's)",
+    "label": "the region as the viewer names it (M: drawn, imported or edited by a reviewer)",
+    "source": "model or manual",
+    "origin": "model, drawn, imported (from QuPath) or edit (made by a region edit)",
+    "status": "pending (a candidate, not reviewed), accepted or rejected",
+    "classification": "the QuPath class it exports with",
+    "area_mm2": "area in mm²",
+    "max_prob": "highest P(IDC) of its patches (model regions): model output",
+    "mean_prob": "mean P(IDC) of its patches (model regions): model output",
+    "note": "the reviewer's note",
+    "reviewer": "who made the latest status decision",
+    "decided_at": "when, ISO-8601 UTC",
+    "l0_minx": "bounding box, level-0 px",
+    "l0_miny": "bounding box, level-0 px",
+    "l0_maxx": "bounding box, level-0 px",
+    "l0_maxy": "bounding box, level-0 px",
+}
+
+
+def export_file_names(what: Iterable[str], label: str) -> list[str]:
+    """The files an export of ``what`` writes for a slide labelled ``label``."""
+    kinds = list(dict.fromkeys(what))
+    unknown = [kind for kind in kinds if kind not in REVIEW_EXPORT_NAMES]
+    if unknown or not kinds:
+        raise ExportError(
+            f"Unknown export kind(s) {unknown or kinds}; choose from {', '.join(EXPORT_KINDS)}"
+        )
+    return [f"{label}_{name}" for kind in kinds for name in REVIEW_EXPORT_NAMES[kind]]
+
+
+def existing_outputs(
+    out_dir: str | os.PathLike[str], what: Iterable[str], label: str
+) -> list[Path]:
+    """The files of an export that exist already in ``out_dir`` (it would replace them)."""
+    folder = Path(out_dir)
+    return [folder / name for name in export_file_names(what, label) if (folder / name).exists()]
 
 
 @dataclass(frozen=True)
@@ -78,10 +126,19 @@ class ReviewExport:
         return bool(self.history)
 
     def mask_items(self) -> tuple[ReviewItem, ...]:
-        """The regions of the IDC mask: accepted ones once review has started, else all."""
+        """The regions of the mask: accepted ones once review has started, else all."""
         if not self.reviewed:
             return self.state.items
         return tuple(item for item in self.state.items if item.status == "accepted")
+
+    def mask_description(self) -> str:
+        """What :meth:`mask_items` are, in words (the mask files say it)."""
+        if not self.reviewed:
+            return (
+                f"the {len(self.state.items)} regions flagged at P >= "
+                f"{format_threshold(self.state.threshold)} (not reviewed: candidates)"
+            )
+        return f"the {len(self.mask_items())} regions a reviewer accepted"
 
 
 def load_review_export(store: Store, region_set_id: int) -> ReviewExport:
@@ -100,26 +157,6 @@ def load_review_export(store: Store, region_set_id: int) -> ReviewExport:
     )
 
 
-def select_region_set(store: Store, analysis_id: int, threshold: float | None = None) -> int:
-    """The region set to export for an analysis.
-
-    Without ``threshold``: the set with the latest review decision, else the set at the
-    model card's threshold. With ``threshold``: the set at that threshold (a reviewed one
-    first). A set that does not exist yet is computed (minimum area 0) and saved.
-    """
-    if threshold is None:
-        reviewed = store.latest_reviewed_region_set(analysis_id)
-        if reviewed is not None:
-            return reviewed.id
-    record = store.analysis(analysis_id)
-    threshold = record.model.threshold if threshold is None else threshold
-    found = store.find_region_set(analysis_id, threshold)
-    if found is not None:
-        return found.id
-    region_set = find_regions(store.load_probability_map(record), threshold, 0.0)
-    return store.save_region_set(analysis_id, region_set)
-
-
 def export_review(
     out_dir: str | os.PathLike[str],
     export: ReviewExport,
@@ -129,10 +166,14 @@ def export_review(
     accepted_only: bool = False,
     card: ModelCard | None = None,
     slide_name: str | None = None,
+    label: str | None = None,
+    force: bool = False,
 ) -> dict[str, Path]:
     """Write the outputs ``what`` (keys of :data:`REVIEW_EXPORT_NAMES`) of a reviewed region
-    set into ``out_dir``; return the written paths by file name.
+    set into ``out_dir``, each named ``<label>_<name>``; return the written paths by file
+    name.
 
+    ``label`` is the slide label (default ``slide-<hash>`` of the analysed slide).
     ``accepted_only`` keeps only accepted regions in the GeoJSON. ``slide`` (the analysed
     slide) gives the report its thumbnail and overlay; without it the report draws on white.
     ``card`` (the installed model card, when it matches the analysis) adds metrics and the
@@ -140,69 +181,129 @@ def export_review(
 
     Raises
     ------
+    OutputExistsError
+        If a file to write exists and ``force`` is false (nothing is written).
     ExportError
         If ``what`` names an unknown kind, or a file cannot be written.
     """
     kinds = list(dict.fromkeys(what))
-    unknown = [kind for kind in kinds if kind not in REVIEW_EXPORT_NAMES]
-    if unknown or not kinds:
-        raise ExportError(
-            f"Unknown export kind(s) {unknown or kinds}; choose from {', '.join(EXPORT_KINDS)}"
+    label = label or slide_label(export.analysis.slide_identity)
+    names = export_file_names(kinds, label)
+    if not force:
+        _refuse_to_replace(out_dir, kinds, label)
+    writers = _writers(
+        export,
+        kinds,
+        label,
+        slide=slide,
+        accepted_only=accepted_only,
+        card=card,
+        slide_name=slide_name,
+    )
+    named = {f"{label}_{name}": write for name, write in writers.items()}
+    assert set(named) == set(names)
+    return write_staged(out_dir, named)
+
+
+def _refuse_to_replace(out_dir: str | os.PathLike[str], kinds: list[str], label: str) -> None:
+    """:class:`OutputExistsError` naming the files of this export that exist already."""
+    existing = existing_outputs(out_dir, kinds, label)
+    if existing:
+        shown = ", ".join(path.name for path in existing[:4])
+        more = f" and {len(existing) - 4} more" if len(existing) > 4 else ""
+        raise OutputExistsError(
+            f"{len(existing)} file(s) of this export exist in {out_dir}: {shown}{more}; "
+            "nothing was written (choose another folder, or overwrite: --force)",
+            tuple(str(path) for path in existing),
         )
-    grid = export.probability_map.grid
+
+
+def _writers(
+    export: ReviewExport,
+    kinds: list[str],
+    label: str,
+    *,
+    slide: Slide | None,
+    accepted_only: bool,
+    card: ModelCard | None,
+    slide_name: str | None,
+) -> dict[str, Callable[[Path], object]]:
+    """The writer of each file of ``kinds``, by name after the label (see
+    :func:`export_review` for the options). The mask is rasterised here, once."""
+    state = export.state
+    analysis = export.analysis
     writers: dict[str, Callable[[Path], object]] = {}
     if "geojson" in kinds:
         writers["regions.geojson"] = lambda path: write_review_geojson(
-            path, export.state, analysis_key=export.analysis.key, accepted_only=accepted_only
+            path, state, analysis_key=analysis.key, accepted_only=accepted_only
         )
     if "mask" in kinds:
-        mask = review_grid_mask(export.mask_items(), grid, export.region_cells)
-        writers["idc_mask.tif"] = lambda path: write_mask_tiff(path, mask, grid)
-        writers["idc_mask.png"] = lambda path: write_mask_png(path, mask)
+        mask = rasterize_regions(
+            (item.polygon for item in export.mask_items()),
+            analysis.l0_dimensions,
+            analysis.mpp.value,
+            what=export.mask_description(),
+        )
+        writers["mask.tif"] = lambda path: write_mask_tiff(path, mask)
+        writers["mask.png"] = lambda path: write_mask_png(path, mask)
     if "csv" in kinds:
         writers["patches.csv"] = lambda path: write_patch_csv(path, export.probability_map)
+        sidecar = patches_sidecar(export, f"{label}_patches.csv", slide_name=slide_name)
+        writers["patches.json"] = lambda path: write_text(
+            path, lambda handle: json.dump(sidecar, handle, indent=2, ensure_ascii=False)
+        )
     if "report" in kinds:
-        summary = review_summary(export, card=card, slide_name=slide_name)
+        summary = review_summary(
+            export, card=card, slide_name=slide_name, review_csv=f"{label}_review.csv"
+        )
         writers["report.html"] = lambda path: write_text(
             path,
             lambda handle: handle.write(
                 review_report_html(export, summary, slide=slide, slide_name=slide_name)
             ),
         )
-        writers["review.csv"] = lambda path: write_review_csv(path, export.state)
+        writers["review.csv"] = lambda path: write_review_csv(path, state)
         writers["review.json"] = lambda path: write_text(
             path, lambda handle: json.dump(summary, handle, indent=2, ensure_ascii=False)
         )
-    return write_staged(out_dir, writers)
+    return writers
+
+
+def patches_sidecar(
+    export: ReviewExport, csv_name: str, *, slide_name: str | None = None
+) -> dict[str, Any]:
+    """``patches.json``: what the patch table beside it holds, and the research-use notice
+    (the CSV itself stays plain: header row first)."""
+    slide: dict[str, Any] = {"identity": export.analysis.slide_identity}
+    if slide_name is not None:
+        slide["file_name"] = slide_name
+    return {
+        "notice": RESEARCH_USE_NOTICE,
+        "software": {"name": "wsiviewer", "version": __version__},
+        "written_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "table": csv_name,
+        "rows": "one per scored patch, in grid order (row by row)",
+        "columns": PATCH_COLUMNS,
+        "slide": slide,
+        "analysis": {"id": export.analysis.id, "model": export.analysis.model.name},
+        "units": "level-0 px, origin top-left, x right, y down",
+    }
 
 
 # --------------------------------------------------------------------------- tables
 
 
-_CSV_COLUMNS = (
-    "number",
-    "source",
-    "status",
-    "area_mm2",
-    "max_prob",
-    "mean_prob",
-    "note",
-    "reviewer",
-    "decided_at",
-    "l0_minx",
-    "l0_miny",
-    "l0_maxx",
-    "l0_maxy",
-)
-
-
 def region_rows(state: ReviewState) -> list[dict[str, Any]]:
-    """One JSON-ready row per region of the review (deleted ones excluded)."""
+    """One JSON-ready row per region of the review (deleted ones excluded); the keys are
+    :data:`REVIEW_COLUMNS`."""
     return [
         {
             "number": item.number,
+            "label": item.label,
             "source": item.ref.kind,
+            "origin": item.origin,
             "status": item.status,
+            "classification": item.classification or STATUS_CLASSES[item.status],
             "area_mm2": finite_or_none(item.area_mm2),
             "max_prob": None if item.max_prob is None else finite_or_none(item.max_prob),
             "mean_prob": None if item.mean_prob is None else finite_or_none(item.mean_prob),
@@ -222,12 +323,11 @@ def region_rows(state: ReviewState) -> list[dict[str, Any]]:
 
 
 def write_review_csv(path: str | os.PathLike[str], state: ReviewState) -> Path:
-    """One row per region (see :func:`region_rows`); the first line is a research-use
-    comment. Bounds in level-0 px."""
+    """One row per region (see :func:`region_rows`), header row first (the notice is in
+    ``review.json`` and the report). Bounds in level-0 px."""
 
     def write(handle: TextIO) -> None:
-        handle.write(f"# {RESEARCH_USE_NOTICE} {state.progress_text}. Bounds in level-0 px.\n")
-        table = csv.DictWriter(handle, fieldnames=_CSV_COLUMNS, lineterminator="\n")
+        table = csv.DictWriter(handle, fieldnames=list(REVIEW_COLUMNS), lineterminator="\n")
         table.writeheader()
         for row in region_rows(state):
             table.writerow({key: "" if value is None else value for key, value in row.items()})
@@ -269,7 +369,11 @@ def model_card_summary(export: ReviewExport, card: ModelCard | None) -> dict[str
 
 
 def review_summary(
-    export: ReviewExport, *, card: ModelCard | None = None, slide_name: str | None = None
+    export: ReviewExport,
+    *,
+    card: ModelCard | None = None,
+    slide_name: str | None = None,
+    review_csv: str = "review.csv",
 ) -> dict[str, Any]:
     """Everything the report shows, JSON-ready (``review.json``); no path, and the slide's
     file name only when ``slide_name`` is given."""
@@ -295,6 +399,7 @@ def review_summary(
             "key": analysis.key,
             "finished_at": analysis.finished_at,
             "scored_cells": analysis.scored_count,
+            "warnings": list(analysis.warnings),
         },
         "model": model_card_summary(export, card),
         "region_set": {
@@ -314,6 +419,8 @@ def review_summary(
             sum(item.area_mm2 for item in state.items if item.status == "accepted")
         ),
         "units": "level-0 px, origin top-left, x right, y down",
+        # The CSV stays plain (header row first); what it holds is said here.
+        "tables": {review_csv: {"rows": "one per region of the review", "columns": REVIEW_COLUMNS}},
         "regions": region_rows(state),
         "decisions": export.history,
     }

@@ -16,8 +16,12 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from wsiviewer.core.model.colour import ColourReference
+from wsiviewer.core.model.context import ContextSettings
+from wsiviewer.core.model.ood import OodModel
+from wsiviewer.core.paths import inside
 from wsiviewer.core.units import plausible_mpp
-from wsiviewer.errors import ModelError
+from wsiviewer.errors import ModelError, escape_control
 
 _REQUIRED_KEYS = (
     "name",
@@ -81,6 +85,12 @@ class ModelCard:
     #: Added to the IDC logit after the temperature (Platt scaling); 0 if the card has none.
     logit_bias: float = 0.0
     default: bool = False
+    #: Per-slide colour standardisation the model was trained with (``colour``), or ``None``.
+    colour: ColourReference | None = None
+    #: Spatial context applied to the map after the patches are scored (``context``).
+    context: ContextSettings | None = None
+    #: The training features' distribution, to flag unusual slides (``ood``).
+    ood: OodModel | None = None
     #: Everything else on the card (operating points, metrics, training data, ...).
     extra: Mapping[str, Any] = field(default_factory=dict)
 
@@ -91,7 +101,10 @@ class ModelCard:
     @property
     def report_path(self) -> Path | None:
         """The evaluation report written beside the card (``reports/<name>/report.md``)."""
-        path = self.path.parent / "reports" / self.name / "report.md"
+        try:
+            path = inside(self.path.parent / "reports", self.name) / "report.md"
+        except ValueError:
+            return None  # parsing refuses such names; a card built in code might not
         return path if path.is_file() else None
 
     @property
@@ -138,7 +151,7 @@ class ModelCard:
             raise ModelError(f"Model card {path.name} lacks required keys: {', '.join(missing)}")
         try:
             card = cls._parse(path, hashlib.sha256(raw).hexdigest(), data)
-        except (TypeError, ValueError, KeyError) as exc:
+        except (TypeError, ValueError, KeyError, AttributeError) as exc:
             raise ModelError(f"Model card {path.name} has a bad value: {exc}") from exc
         if not card.weights_path.is_file():
             raise ModelError(
@@ -157,12 +170,16 @@ class ModelCard:
         classes = tuple(str(c) for c in data["classes"])
         if POSITIVE_CLASS not in classes:
             raise ValueError(f"classes {list(classes)} do not include {POSITIVE_CLASS!r}")
+        name = _checked_name(data["name"])
         input_size = int(data["input_size"])
         input_mpp = float(data["input_mpp"])
         threshold = float(data["threshold"])
         temperature = float(data["temperature"])
-        if input_size <= 0:
-            raise ValueError(f"input_size {input_size} must be positive")
+        low, high = INPUT_SIZE_RANGE
+        if not low <= input_size <= high:
+            raise ValueError(f"input_size {input_size} must be within {low}-{high} px")
+        if not 2 <= len(classes) <= MAX_CLASSES:
+            raise ValueError(f"{len(classes)} classes; a card has 2-{MAX_CLASSES}")
         if plausible_mpp(input_mpp) is None:
             raise ValueError(f"input_mpp {input_mpp} is not a plausible µm/px")
         if not 0.0 <= threshold <= 1.0:
@@ -175,11 +192,17 @@ class ModelCard:
         sha = str(data["weights_sha256"]).lower()
         if len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):
             raise ValueError(f"weights_sha256 {sha!r} is not a sha256 hex digest")
-        known = {*_REQUIRED_KEYS, "architecture_args", "logit_bias", "default"}
+        colour = ColourReference.from_dict(data["colour"]) if data.get("colour") else None
+        context = ContextSettings.from_dict(data["context"]) if data.get("context") else None
+        ood = OodModel.from_dict(data["ood"]) if data.get("ood") else None
+        known = {
+            *_REQUIRED_KEYS,
+            *("architecture_args", "logit_bias", "default", "colour", "context", "ood"),
+        }
         return cls(
             path=path,
             card_sha256=card_sha256,
-            name=str(data["name"]),
+            name=name,
             version=str(data["version"]),
             architecture=str(data["architecture"]),
             architecture_args=dict(data.get("architecture_args") or {}),
@@ -193,8 +216,37 @@ class ModelCard:
             temperature=temperature,
             logit_bias=logit_bias,
             default=bool(data.get("default", False)),
+            colour=colour,
+            context=context,
+            ood=ood,
             extra={k: v for k, v in data.items() if k not in known},
         )
+
+
+#: Patch sides a card may ask for, px: the IDC patches are 50; larger inputs multiply every
+#: activation (and the memory of a batch) by the square of the side.
+INPUT_SIZE_RANGE = (8, 256)
+#: Most classes a card may list.
+MAX_CLASSES = 64
+#: Longest model name.
+MAX_NAME_CHARS = 100
+
+
+def _checked_name(value: object) -> str:
+    """A card's name: a short label that is also a safe file name (the ONNX cache and the
+    evaluation reports are named by it), so never a path."""
+    name = str(value)
+    if not name or len(name) > MAX_NAME_CHARS:
+        raise ValueError(f"name must be 1-{MAX_NAME_CHARS} characters, got {len(name)}")
+    if not name.isprintable() or name.strip() != name:
+        raise ValueError(
+            f"name {escape_control(name)!r} has control or surrounding space characters"
+        )
+    if name in (".", "..") or any(char in name for char in "/\\:"):
+        raise ValueError(
+            f"name {name!r} is a path; a model name cannot contain / \\ : or be . or .."
+        )
+    return name
 
 
 def shipped_models_dir() -> Path | None:

@@ -149,17 +149,69 @@ class ResNet8(nn.Module):
         return self.classifier(self.features(x))
 
 
-def build_model(architecture: str, args: Mapping[str, Any] | None = None) -> nn.Module:
-    """Construct a registered architecture."""
+#: Most parameters a network may have (the shipped ones have 0.3 M and 1.2 M): a card's
+#: ``architecture_args`` are checked against it before any memory is allocated.
+MAX_PARAMETERS = 50_000_000
+
+
+def build_model(
+    architecture: str,
+    args: Mapping[str, Any] | None = None,
+    *,
+    input_size: int | None = None,
+    classes: int | None = None,
+) -> nn.Module:
+    """Construct a registered architecture.
+
+    It is first built on torch's ``meta`` device, which allocates nothing: arguments that
+    make no network, or one of more than :data:`MAX_PARAMETERS` parameters (a card asking for
+    absurd widths), are refused before any weight exists. With ``input_size`` and
+    ``classes`` (a card's), one patch through the network checks that it takes patches of
+    that size and gives one logit per class.
+
+    Raises
+    ------
+    ModelError
+        For an unknown architecture, bad or oversized arguments, or a network that does
+        not fit the input size or classes.
+    """
     try:
         constructor = ARCHITECTURES[architecture]
     except KeyError:
         known = ", ".join(sorted(ARCHITECTURES))
         raise ModelError(f"Unknown architecture {architecture!r}; known: {known}") from None
+    arguments = dict(args or {})
     try:
-        return constructor(**dict(args or {}))
-    except TypeError as exc:
+        with torch.device("meta"):
+            probe = constructor(**arguments)
+    except (TypeError, ValueError, RuntimeError, OverflowError) as exc:
         raise ModelError(f"Bad architecture_args for {architecture!r}: {exc}") from exc
+    parameters = sum(parameter.numel() for parameter in probe.parameters())
+    if parameters > MAX_PARAMETERS:
+        raise ModelError(
+            f"architecture_args {arguments} make a {architecture!r} network of {parameters:,} "
+            f"parameters; at most {MAX_PARAMETERS:,} are allowed"
+        )
+    model = constructor(**arguments)
+    if input_size is not None and classes is not None:
+        # One patch through the real network (cheap, and its size is checked): a forward
+        # pass on the meta device would cost seconds of torch's first-use set-up.
+        training = model.training
+        try:
+            with torch.no_grad():
+                shape = tuple(model.eval()(torch.zeros(1, 3, input_size, input_size)).shape)
+        except (RuntimeError, ValueError, TypeError) as exc:
+            raise ModelError(
+                f"A {architecture!r} network with {arguments} does not take "
+                f"{input_size} x {input_size} px patches: {str(exc).splitlines()[0]}"
+            ) from exc
+        model.train(training)
+        if shape != (1, classes):
+            raise ModelError(
+                f"A {architecture!r} network with {arguments} gives {shape[1:]} outputs per "
+                f"patch; the card lists {classes} classes"
+            )
+    return model
 
 
 class PatchClassifier(nn.Module):

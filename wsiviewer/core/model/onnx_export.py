@@ -1,7 +1,9 @@
 """The ONNX export of a model: the torch classifier exported once and cached by weights and card.
 
 The cached file is keyed by the weights' and the card's sha256, torch's version and the
-export's own version, so an edited card or new weights never reuse an old export.
+export's own version, so an edited card or new weights never reuse an old export. The cache is
+a convenience, never trusted: :func:`~wsiviewer.core.model.engines.build_engine` checks it
+against torch at every load and rebuilds it on any doubt.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import torch
 
 from wsiviewer.core.model.cards import ModelCard
 from wsiviewer.core.model.networks import PatchClassifier
+from wsiviewer.core.paths import inside, safe_component
 
 #: Bump when the export changes, so cached files from older versions are not reused.
 _EXPORT_VERSION = "1"
@@ -43,10 +46,16 @@ def export_onnx(classifier: PatchClassifier, card: ModelCard) -> bytes:
 
 
 def onnx_cache_path(card: ModelCard, cache_dir: Path) -> Path:
-    """Where the exported model of ``card`` is cached: keyed by weights, card and torch."""
+    """Where the exported model of ``card`` is cached: keyed by weights, card and torch.
+
+    Always a file directly inside ``cache_dir``: the card's name only labels it, cleaned to a
+    safe file name (:func:`~wsiviewer.core.paths.safe_component`), whatever the card says
+    (``../../x``, an absolute path); the key is what identifies it.
+    """
     key = hashlib.sha256(
         "|".join(
             (card.weights_sha256, card.card_sha256, torch.__version__, _EXPORT_VERSION)
         ).encode()
     ).hexdigest()
-    return cache_dir / f"{card.name}-{key[:24]}.onnx"
+    label = safe_component(card.name, max_chars=40, fallback="model")
+    return inside(cache_dir, f"{label}-{key[:24]}.onnx")

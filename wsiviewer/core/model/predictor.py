@@ -64,6 +64,9 @@ class Predictor:
         Patches per forward pass; by default 128 on the CPU and sized to free memory on CUDA.
     backend
         ``auto`` (ONNX Runtime on the CPU, torch on CUDA), ``onnx`` or ``torch``.
+    threads
+        CPU threads of ONNX Runtime (default: every core this process may use); several
+        predictors on one machine (batch workers) share its cores.
     """
 
     def __init__(
@@ -72,17 +75,32 @@ class Predictor:
         device: str = "auto",
         batch_size: int | None = None,
         backend: str = "auto",
+        threads: int | None = None,
     ) -> None:
         self.card = card
         self.device = resolve_device(device)
         if batch_size is not None and batch_size <= 0:
             raise ModelError(f"Batch size {batch_size} must be positive")
         self.batch_size = batch_size or default_batch_size(self.device)
-        self.engine = build_engine(card, self.device, backend)
+        self.engine = build_engine(card, self.device, backend, threads=threads)
+        self._network: torch.nn.Module | None = None
 
     @property
     def device_name(self) -> str:
         return device_label(self.device)
+
+    def verify(self) -> None:
+        """Finish the engine's checks of the patches it scored (see
+        :class:`~wsiviewer.core.model.engines.OnnxEngine`); call after the last batch.
+
+        Raises
+        ------
+        ModelError
+            If the engine disagrees with the model's weights.
+        """
+        verify = getattr(self.engine, "verify", None)
+        if callable(verify):
+            verify()
 
     def predict(self, patches: np.ndarray) -> np.ndarray:
         """P(IDC) of each patch of ``(N, H, W, 3) uint8`` (H = W = the card's input size)."""
@@ -98,4 +116,20 @@ class Predictor:
                 self.engine(patches[start : start + self.batch_size])
                 for start in range(0, len(patches), self.batch_size)
             ]
+        )
+
+    def features(self, patches: np.ndarray) -> np.ndarray:
+        """``(N, F)``: what the network sees in each patch (the input of its last linear
+        layer), for the out-of-distribution score; eager torch on the Predictor's device."""
+        from wsiviewer.core.model.features import penultimate_features
+        from wsiviewer.core.model.weights import load_model
+
+        if self._network is None:
+            self._network = load_model(self.card).to(self.device)
+        return penultimate_features(
+            self._network,
+            patches,
+            self.card.normalization_mean,
+            self.card.normalization_std,
+            self.device,
         )

@@ -45,7 +45,12 @@ def load_model(card: ModelCard) -> nn.Module:
             f"Weights {weights_path.name} do not match the card: sha256 {actual[:12]}…, "
             f"card says {card.weights_sha256[:12]}…"
         )
-    model = build_model(card.architecture, card.architecture_args)
+    model = build_model(
+        card.architecture,
+        card.architecture_args,
+        input_size=card.input_size,
+        classes=len(card.classes),
+    )
     try:
         state = load_file(weights_path, device="cpu")
     except (SafetensorError, OSError) as exc:

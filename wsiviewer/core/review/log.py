@@ -2,30 +2,47 @@
 
 The log itself is the Store's append-only ``review_decisions`` table
 (:mod:`wsiviewer.core.store`); the state shown to a reviewer (:class:`ReviewState`) is
-derived from it:
+derived from it, replaying the decisions that were not undone, oldest first:
 
-- a region's status is its latest non-undone ``accept`` / ``reject`` / ``reset`` (reset and no
-  decision: ``pending``); ``reviewer`` and ``decided_at`` are those of that decision;
-- its note is the latest non-undone ``note`` (or the note of its ``add``), ``""`` if none;
-- a region is deleted while a non-undone ``delete`` of it exists;
-- a manual region exists while its ``add`` is not undone.
+- a region's status is its latest ``accept`` / ``reject`` / ``reset`` (reset and no decision:
+  ``pending``); a manual region starts with the status its ``add`` gives it (``accepted``
+  for a region a reviewer drew as IDC, ``pending`` otherwise); ``reviewer`` and
+  ``decided_at`` are those of the decision that set the status;
+- its note is the latest ``note`` (or the note of its ``add``), ``""`` if none;
+- a region is deleted while a ``delete`` of it stands;
+- a manual region exists while its ``add`` stands;
+- an ``edit`` (split, brush, vertices, merge) hides the regions it replaced and shows the
+  manual regions it made, which start with the status and note of the first region it
+  replaced; undoing the edit brings the old regions back as they were.
 
 Numbers: model regions keep their :attr:`Region.number`; manual regions are numbered after
-the set's last model region in the order they were added, undone adds included, so a number
+the set's last model region in the order they were recorded, undone ones included, so a number
 never changes meaning.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from shapely.geometry import Polygon
 
 from wsiviewer.core.review.status import STATUS_OF_ACTION, ReviewStatus
 from wsiviewer.core.store.database import Store
-from wsiviewer.core.store.records import ManualRegionRecord, RegionRecord, ReviewDecisionRecord
+from wsiviewer.core.store.records import (
+    ManualRegionRecord,
+    RegionEditRecord,
+    RegionRecord,
+    ReviewDecisionRecord,
+)
 from wsiviewer.errors import ReviewError
+
+#: Where a region came from: the model, or a reviewer (drawn, imported from QuPath, or made
+#: by a region edit).
+RegionOrigin = Literal["model", "drawn", "imported", "edit"]
+
+#: The note the QuPath import gave imported regions before schema v3 recorded their origin.
+_LEGACY_IMPORT_NOTE = "imported from QuPath:"
 
 
 @dataclass(frozen=True)
@@ -60,6 +77,20 @@ class ReviewItem:
     reviewer: str | None
     #: ISO-8601 UTC of that decision.
     decided_at: str | None
+    #: Where the region came from.
+    origin: RegionOrigin = "model"
+    #: An imported region's own QuPath classification, name and colour (kept on export).
+    classification: str | None = None
+    source_name: str | None = None
+    color: tuple[int, int, int] | None = None
+    #: For a region made by an edit: what the edit was and the numbers it replaced.
+    edit_kind: str | None = None
+    derived_from: tuple[int, ...] = ()
+
+    @property
+    def label(self) -> str:
+        """A region's short name: its number, ``M`` before a manual one's."""
+        return str(self.number) if self.ref.kind == "model" else f"M{self.number}"
 
 
 @dataclass(frozen=True)
@@ -102,6 +133,7 @@ def review_state(store: Store, region_set_id: int) -> ReviewState:
         store.regions(region_set_id),
         store.manual_regions(region_set_id),
         store.review_decisions(region_set_id),
+        store.region_edits(region_set_id),
     )
 
 
@@ -109,17 +141,21 @@ def review_history(store: Store, region_set_id: int) -> list[dict[str, Any]]:
     """The review log of a region set as JSON-ready dicts, oldest first.
 
     Each has ``id``, ``action``, ``kind`` and ``region_id`` (the :class:`RegionRef`),
-    ``number`` (display id), ``note``, ``undoes_id``, ``undone`` (a later undo cancelled it),
-    ``reviewer``, ``model_name``, ``threshold`` and ``created_at``.
+    ``number`` (display id), ``label`` (``"3"``, ``"M7"``), ``note``, ``undoes_id``,
+    ``undone`` (a later undo cancelled it), ``reviewer``, ``model_name``, ``threshold``,
+    ``created_at``, and for an ``edit`` its ``edit_kind`` and the ``replaced`` and ``added``
+    region labels.
     """
     regions = store.regions(region_set_id)
     manual = store.manual_regions(region_set_id)
     decisions = store.review_decisions(region_set_id)
+    edits = _edits_by_decision(store.region_edits(region_set_id))
     numbers = _numbers(regions, manual)
     undone = {d.undoes_id for d in decisions if d.undoes_id is not None}
     history: list[dict[str, Any]] = []
     for decision in decisions:
         ref = _ref_of(decision)
+        sources, results = edits.get(decision.id, ((), ()))
         history.append(
             {
                 "id": decision.id,
@@ -127,6 +163,7 @@ def review_history(store: Store, region_set_id: int) -> list[dict[str, Any]]:
                 "kind": ref.kind,
                 "region_id": ref.id,
                 "number": numbers.get(ref),
+                "label": _label(ref, numbers),
                 "note": decision.note,
                 "undoes_id": decision.undoes_id,
                 "undone": decision.id in undone,
@@ -134,9 +171,38 @@ def review_history(store: Store, region_set_id: int) -> list[dict[str, Any]]:
                 "model_name": decision.model_name,
                 "threshold": decision.threshold,
                 "created_at": decision.created_at,
+                "edit_kind": decision.edit_kind,
+                "replaced": [_label(source, numbers) for source in sources],
+                "added": [_label(result, numbers) for result in results],
             }
         )
     return history
+
+
+def _label(ref: RegionRef, numbers: dict[RegionRef, int]) -> str:
+    number = numbers.get(ref)
+    if number is None:
+        return str(ref)
+    return str(number) if ref.kind == "model" else f"M{number}"
+
+
+def _edits_by_decision(
+    edits: list[RegionEditRecord],
+) -> dict[int, tuple[tuple[RegionRef, ...], tuple[RegionRef, ...]]]:
+    """``decision id -> (sources, results)`` of every region edit."""
+    sources: dict[int, list[RegionRef]] = {}
+    results: dict[int, list[RegionRef]] = {}
+    for edit in edits:
+        ref = (
+            RegionRef("model", edit.region_id)
+            if edit.region_id is not None
+            else RegionRef("manual", edit.manual_region_id)  # type: ignore[arg-type]
+        )
+        (sources if edit.role == "source" else results).setdefault(edit.decision_id, []).append(ref)
+    return {
+        decision_id: (tuple(sources.get(decision_id, ())), tuple(results.get(decision_id, ())))
+        for decision_id in {*sources, *results}
+    }
 
 
 def _ref_of(decision: ReviewDecisionRecord) -> RegionRef:
@@ -154,6 +220,113 @@ def _numbers(regions: list[RegionRecord], manual: list[ManualRegionRecord]) -> d
     return numbers
 
 
+@dataclass(frozen=True)
+class _Status:
+    status: ReviewStatus
+    reviewer: str | None
+    decided_at: str | None
+
+
+@dataclass
+class _Replay:
+    """What a set's live decisions (not undone) say, region by region, oldest first replayed
+    so later decisions win (see the module docstring)."""
+
+    #: The decision that set each region's status, if any.
+    status: dict[RegionRef, _Status] = field(default_factory=dict)
+    notes: dict[RegionRef, str] = field(default_factory=dict)
+    #: Deleted, or replaced by an edit.
+    hidden: set[RegionRef] = field(default_factory=set)
+    #: Manual regions whose ``add`` (or the edit that made them) stands.
+    added: set[RegionRef] = field(default_factory=set)
+    #: For a region made by an edit: the edit's kind and the regions it replaced.
+    made_by: dict[RegionRef, tuple[str, tuple[RegionRef, ...]]] = field(default_factory=dict)
+
+    def record(
+        self,
+        decision: ReviewDecisionRecord,
+        edit_parts: dict[int, tuple[tuple[RegionRef, ...], tuple[RegionRef, ...]]],
+        manual_by_id: dict[int, ManualRegionRecord],
+    ) -> None:
+        """Replay one live decision."""
+        ref = _ref_of(decision)
+        if decision.action in STATUS_OF_ACTION:
+            self.status[ref] = _Status(
+                STATUS_OF_ACTION[decision.action], decision.reviewer, decision.created_at
+            )
+        elif decision.action == "note":
+            self.notes[ref] = decision.note or ""
+        elif decision.action == "add":
+            self.added.add(ref)
+            if decision.note:
+                self.notes[ref] = decision.note
+            added_region = manual_by_id.get(ref.id)
+            if added_region is not None and added_region.initial_status == "accepted":
+                self.status[ref] = _Status("accepted", decision.reviewer, decision.created_at)
+        elif decision.action == "delete":
+            self.hidden.add(ref)
+        elif decision.action == "edit":
+            sources, results = edit_parts.get(decision.id, ((ref,), ()))
+            self._edit(decision.edit_kind or "edit", sources, results)
+
+    def _edit(
+        self, kind: str, sources: tuple[RegionRef, ...], results: tuple[RegionRef, ...]
+    ) -> None:
+        """An edit hides what it replaced; what it made starts with the status and note of
+        the first region it replaced."""
+        primary = sources[0]
+        self.hidden.update(sources)
+        for result in results:
+            self.added.add(result)
+            self.made_by[result] = (kind, sources)
+            if primary in self.status:
+                self.status[result] = self.status[primary]
+            if self.notes.get(primary):
+                self.notes[result] = self.notes[primary]
+
+    def item(
+        self,
+        ref: RegionRef,
+        numbers: dict[RegionRef, int],
+        polygon: Polygon,
+        area_mm2: float,
+        **about: Any,
+    ) -> ReviewItem:
+        """The region as the reviewer sees it (``about``: the other :class:`ReviewItem`
+        fields of its kind)."""
+        decided = self.status.get(ref)
+        kind, sources = self.made_by.get(ref, (None, ()))
+        return ReviewItem(
+            ref=ref,
+            number=numbers[ref],
+            polygon=polygon,
+            area_mm2=area_mm2,
+            status=decided.status if decided else "pending",
+            note=self.notes.get(ref, ""),
+            reviewer=decided.reviewer if decided else None,
+            decided_at=decided.decided_at if decided else None,
+            edit_kind=kind,
+            derived_from=tuple(numbers[source] for source in sources if source in numbers),
+            **about,
+        )
+
+
+def _replay(
+    decisions: list[ReviewDecisionRecord],
+    edits: list[RegionEditRecord],
+    manual: list[ManualRegionRecord],
+) -> _Replay:
+    """Replay a set's decisions that were not undone, oldest first."""
+    undone = {d.undoes_id for d in decisions if d.undoes_id is not None}
+    edit_parts = _edits_by_decision(edits)
+    manual_by_id = {stored.id: stored for stored in manual}
+    replay = _Replay()
+    for decision in decisions:
+        if decision.action != "undo" and decision.id not in undone:
+            replay.record(decision, edit_parts, manual_by_id)
+    return replay
+
+
 def derive_state(
     region_set_id: int,
     analysis_id: int,
@@ -162,53 +335,62 @@ def derive_state(
     regions: list[RegionRecord],
     manual: list[ManualRegionRecord],
     decisions: list[ReviewDecisionRecord],
+    edits: list[RegionEditRecord] | None = None,
 ) -> ReviewState:
-    undone = {d.undoes_id for d in decisions if d.undoes_id is not None}
-    live = [d for d in decisions if d.action != "undo" and d.id not in undone]
-    status: dict[RegionRef, ReviewDecisionRecord] = {}
-    notes: dict[RegionRef, str] = {}
-    deleted: set[RegionRef] = set()
-    added: set[RegionRef] = set()
-    for decision in live:  # oldest first: later rows win
-        ref = _ref_of(decision)
-        if decision.action in STATUS_OF_ACTION:
-            status[ref] = decision
-        elif decision.action in {"note", "add"}:
-            if decision.action == "add":
-                added.add(ref)
-            if decision.note is not None and (decision.action == "note" or decision.note):
-                notes[ref] = decision.note
-        elif decision.action == "delete":
-            deleted.add(ref)
+    """The review state of a set from its regions and its log (see the module docstring)."""
+    replay = _replay(decisions, edits or [], manual)
     numbers = _numbers(regions, manual)
     items: list[ReviewItem] = []
-
-    def make(ref: RegionRef, polygon: Polygon, area: float, max_p: float | None,
-             mean_p: float | None) -> ReviewItem:  # fmt: skip
-        decision = status.get(ref)
-        return ReviewItem(
-            ref=ref,
-            number=numbers[ref],
-            polygon=polygon,
-            area_mm2=area,
-            max_prob=max_p,
-            mean_prob=mean_p,
-            status=STATUS_OF_ACTION[decision.action] if decision else "pending",
-            note=notes.get(ref, ""),
-            reviewer=decision.reviewer if decision else None,
-            decided_at=decision.created_at if decision else None,
-        )
-
     for stored in regions:
         ref = RegionRef("model", stored.id)
-        if ref in deleted:
+        if ref in replay.hidden:
             continue
         region = stored.region
-        items.append(make(ref, region.polygon, region.area_mm2, region.max_prob, region.mean_prob))
+        items.append(
+            replay.item(
+                ref,
+                numbers,
+                region.polygon,
+                region.area_mm2,
+                max_prob=region.max_prob,
+                mean_prob=region.mean_prob,
+            )
+        )
     for stored_manual in manual:
         ref = RegionRef("manual", stored_manual.id)
-        if ref in deleted or ref not in added:
+        if ref in replay.hidden or ref not in replay.added:
             continue
-        items.append(make(ref, stored_manual.polygon, stored_manual.area_mm2, None, None))
+        items.append(
+            replay.item(
+                ref,
+                numbers,
+                stored_manual.polygon,
+                stored_manual.area_mm2,
+                max_prob=None,
+                mean_prob=None,
+                origin=_origin(stored_manual, replay.notes.get(ref, "")),
+                classification=stored_manual.classification,
+                source_name=stored_manual.name,
+                color=_rgb(stored_manual.color),
+            )
+        )
     items.sort(key=lambda item: item.number)
     return ReviewState(region_set_id, analysis_id, threshold, min_area_mm2, tuple(items))
+
+
+def _origin(stored: ManualRegionRecord, note: str) -> RegionOrigin:
+    if stored.origin in ("drawn", "imported", "edit"):
+        return stored.origin  # type: ignore[return-value]
+    # Recorded before schema v3: the import said so in its note.
+    return "imported" if note.startswith(_LEGACY_IMPORT_NOTE) else "drawn"
+
+
+def _rgb(color: str | None) -> tuple[int, int, int] | None:
+    """``#rrggbb`` as ``(r, g, b)``; ``None`` if absent or malformed."""
+    if not color or len(color) != 7 or not color.startswith("#"):
+        return None
+    try:
+        value = int(color[1:], 16)
+    except ValueError:
+        return None
+    return (value >> 16) & 255, (value >> 8) & 255, value & 255

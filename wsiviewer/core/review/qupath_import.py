@@ -104,9 +104,39 @@ def read_qupath_geojson(path: str | os.PathLike[str]) -> ImportedAnnotations:
     return result
 
 
-def import_annotations(session: ReviewSession, path: str | os.PathLike[str]) -> int:
-    """Add the area annotations of a QuPath GeoJSON file to a review as manual regions, with
-    the note ``"imported from QuPath: <name>/<class>"``; return how many were added.
+@dataclass(frozen=True)
+class ImportResult:
+    """What an import did: regions added, features already in the review, features skipped
+    (no area, detections...) by reason."""
+
+    added: int
+    already_present: int
+    skipped: Counter[str] = field(default_factory=Counter)
+
+    @property
+    def text(self) -> str:
+        """E.g. ``"2 annotations imported; 1 already in the review"``."""
+        parts = [f"{self.added} annotation{'' if self.added == 1 else 's'} imported"]
+        if self.already_present:
+            parts.append(f"{self.already_present} already in the review")
+        skipped = sum(self.skipped.values())
+        if skipped:
+            parts.append(
+                f"{skipped} skipped ("
+                + ", ".join(f"{count} {reason}" for reason, count in self.skipped.items())
+                + ")"
+            )
+        return "; ".join(parts)
+
+
+def import_annotations(session: ReviewSession, path: str | os.PathLike[str]) -> ImportResult:
+    """Add the area annotations of a QuPath GeoJSON file to a review as manual regions.
+
+    Each keeps its QuPath name, classification and colour (exports write them back as they
+    came), starts ``pending``, and notes ``"imported from QuPath: <name>/<class>"``. A
+    feature already in the review (the same outline, name and class imported before, or the
+    outline of a region the review shows) is not added again, so importing a file twice, or
+    a file exported from this review, adds nothing the second time.
 
     Every polygon is checked before the first is added, so a bad file adds nothing. Each
     region is then its own committed action (undo removes the last one added).
@@ -118,17 +148,59 @@ def import_annotations(session: ReviewSession, path: str | os.PathLike[str]) -> 
     ReviewError
         If a polygon cannot be a region of this review (e.g. it lies outside the slide).
     """
+    from wsiviewer.core.review.session import import_key
+
     annotations = read_qupath_geojson(path)
     for annotation in annotations:
         session.check_polygon(annotation.polygon)
+    state = session.state()
+    present_keys = {
+        stored.import_key
+        for stored in session.store.manual_regions(session.region_set_id)
+        if stored.import_key is not None
+        and any(item.ref.kind == "manual" and item.ref.id == stored.id for item in state.items)
+    }
+    present_outlines = [item.polygon for item in state.items]
     added: list[RegionRef] = []
+    already = 0
     for annotation in annotations:
+        key = import_key(annotation.polygon, annotation.name, annotation.classification)
+        if key in present_keys or any(
+            _same_outline(annotation.polygon, outline) for outline in present_outlines
+        ):
+            already += 1
+            continue
         note = (
             f"imported from QuPath: {annotation.name or '(unnamed)'}/"
             f"{annotation.classification or '(unclassified)'}"
         )
-        added.append(session.add_manual_region(annotation.polygon, note=note))
-    return len(added)
+        added.append(
+            session.add_manual_region(
+                annotation.polygon,
+                note=note,
+                status="pending",
+                origin="imported",
+                name=annotation.name,
+                classification=annotation.classification,
+                color=annotation.color,
+                import_key=key,
+            )
+        )
+        present_keys.add(key)
+        present_outlines.append(annotation.polygon)
+    return ImportResult(len(added), already, Counter(annotations.skipped))
+
+
+#: Outlines whose symmetric difference is at most this many px² per px of outline are the
+#: same region: exports round coordinates to 1/1000 px.
+_SAME_OUTLINE_PX = 0.002
+
+
+def _same_outline(a: Polygon, b: Polygon) -> bool:
+    if not a.envelope.intersects(b.envelope):
+        return False
+    tolerance = _SAME_OUTLINE_PX * max(a.length, b.length)
+    return bool(a.symmetric_difference(b).area <= tolerance)
 
 
 # --------------------------------------------------------------------------- parsing

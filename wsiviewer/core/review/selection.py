@@ -23,6 +23,9 @@ from dataclasses import dataclass
 
 from wsiviewer.core.analysis.regions import find_regions
 from wsiviewer.core.model.cards import ModelCard
+from wsiviewer.core.review.defaults import DEFAULT_MIN_AREA_MM2
+from wsiviewer.core.review.log import review_state
+from wsiviewer.core.review.wording import format_threshold
 from wsiviewer.core.store.database import Store
 from wsiviewer.core.store.records import AnalysisRecord, RegionSetRecord
 from wsiviewer.errors import SelectionError
@@ -108,7 +111,7 @@ def ensure_region_set(
     store: Store,
     selection: Selection,
     threshold: float | None = None,
-    min_area_mm2: float = 0.0,
+    min_area_mm2: float = DEFAULT_MIN_AREA_MM2,
 ) -> RegionSetRecord:
     """The selection's region set, computed and recorded if it has none yet; with
     ``threshold``, the set of the selected analysis at that threshold (a reviewed one first,
@@ -134,3 +137,62 @@ def _within(
 ) -> Selection:
     region_set = store.latest_reviewed_region_set(record.id) or store.latest_region_set(record.id)
     return Selection(record, region_set, installed_card(record, cards), reason)
+
+
+@dataclass(frozen=True)
+class HistoryEntry:
+    """One region set of a slide's history (or an analysis that has none yet)."""
+
+    analysis: AnalysisRecord
+    region_set: RegionSetRecord | None
+    #: Decisions in its review log (undos included).
+    decision_count: int
+    #: ``"4 of 5 reviewed"``, or ``"5 regions, not reviewed"``.
+    progress: str
+    #: When its review last changed, ISO-8601 UTC; ``None`` if never reviewed.
+    last_decision_at: str | None
+
+    @property
+    def reviewed(self) -> bool:
+        return self.decision_count > 0
+
+    @property
+    def text(self) -> str:
+        """One line: ``"Analysis #3 (resnet8, 2025-01-01 12:00) · set #5, P ≥ 0.138, area ≥
+        0.1 mm² · 4 of 5 reviewed"``."""
+        analysis = self.analysis
+        when = analysis.finished_at.replace("T", " ")[:16]
+        line = f"Analysis #{analysis.id} ({analysis.model.name}, {when})"
+        if self.region_set is None:
+            return line + " · no region set yet"
+        region_set = self.region_set
+        return (
+            f"{line} · set #{region_set.id}, P ≥ {format_threshold(region_set.threshold)}, "
+            f"area ≥ {region_set.min_area_mm2:g} mm² · {self.progress}"
+        )
+
+
+def slide_history(store: Store, slide_identity: str) -> list[HistoryEntry]:
+    """Every analysis and region set of a slide, newest analysis first (its sets newest
+    first): what the viewer lists so that a review is never out of reach."""
+    entries: list[HistoryEntry] = []
+    for activity in reversed(store.slide_review_history(slide_identity)):
+        if not activity.region_sets:
+            entries.append(HistoryEntry(activity.analysis, None, 0, "no regions yet", None))
+            continue
+        for found in reversed(activity.region_sets):
+            if found.decision_count:
+                progress = review_state(store, found.region_set.id).progress_text
+            else:
+                count = found.region_set.region_count
+                progress = f"{count} region{'' if count == 1 else 's'}, not reviewed"
+            entries.append(
+                HistoryEntry(
+                    activity.analysis,
+                    found.region_set,
+                    found.decision_count,
+                    progress,
+                    found.last_decision_at,
+                )
+            )
+    return entries

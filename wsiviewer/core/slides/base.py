@@ -30,23 +30,32 @@ from wsiviewer.core.units import (
     mpp_from_magnification,
     plausible_mpp,
 )
-from wsiviewer.errors import ResolutionError, SlideReadError
+from wsiviewer.errors import ResolutionError, SlideReadError, SlideTooLargeError
 
 MppSource = Literal["metadata", "objective-power", "user"]
 
 #: Property keys (matched case-insensitively on the part after the vendor prefix) that can
-#: identify a patient, an operator or a case. ``openslide.comment`` and the TIFF
-#: ImageDescription repeat Aperio's Filename/User/Date, so they are withheld too.
+#: identify a patient, an operator, a case or a device. ``openslide.comment`` and the TIFF
+#: ImageDescription repeat Aperio's Filename/User/Date, so they are withheld too. Device
+#: serial numbers (``aperio.ScanScope ID``, ``dicom.DeviceSerialNumber``) are identifiers in
+#: DICOM's de-identification profile: they tie a slide to one scanner at one site.
 _IDENTIFYING_KEY = re.compile(
     r"(filename|user|operator|date|time$|patient|accession|birth|barcode|"
     r"institution|physician|studyid|study_id|studyinstance|seriesinstance|"
-    r"imagedescription|comment|label|slideid|slide_id|caseid|case_id)",
+    r"imagedescription|comment|label|slideid|slide_id|caseid|case_id|"
+    r"serial|scanscope[ _-]?id|scanner[ _-]?id|device[ _-]?id|station)",
     re.IGNORECASE,
 )
 
 #: Most level px one read may hold (4 Mpx: 16 MiB of RGBA, ~50 MiB while resampling); larger
-#: boxes are read in strips, which keeps peak memory low at no measurable cost in speed.
+#: boxes are read in chunks, which keeps peak memory low at no measurable cost in speed.
 READ_PIXEL_BUDGET = 4_000_000
+#: Level px per chunk of a box larger than :data:`READ_PIXEL_BUDGET` (64 MiB of RGBA): chunks
+#: of whole tiles, large enough that few tiles at their edges are decoded twice.
+CHUNK_PIXEL_BUDGET = 16_000_000
+#: Most level px one :meth:`Slide.read_l0_box` decodes (a 225,000 px square level, minutes of
+#: decoding): a header claiming more is refused rather than read for hours.
+MAX_BOX_PIXELS = 50_000_000_000
 
 #: How much coarser than asked a level may be when drawing a picture (:meth:`Slide.display_level`).
 DISPLAY_LEVEL_SLACK = 1.5
@@ -226,6 +235,11 @@ class Slide(ABC):
         if isinstance(reduction, bool) or not isinstance(reduction, int) or reduction < 1:
             raise SlideReadError(f"Invalid reduction {reduction!r}; expected a whole number >= 1")
 
+    def level_tile_size(self, level: int) -> tuple[int, int] | None:
+        """``(width, height)`` of the tiles a level is stored in, if the source knows: reads
+        of whole tiles decode each tile once."""
+        return None
+
     def best_level_for_downsample(self, downsample: float) -> int:
         """The coarsest level whose downsample is at most ``downsample`` (tolerance 1e-6)."""
         return finest_level_within(self.level_downsamples, downsample)
@@ -251,33 +265,53 @@ class Slide(ABC):
         then area-averages, exactly, fractional pixel edges included, to ``(width, height)``.
         Parts of the box outside the slide are white.
         """
-        from wsiviewer.core.slides.resample import area_resample
-
         l0_x, l0_y, l0_w, l0_h = l0_box
         out_w, out_h = out_size
         if level is None:
             level = self.best_level_for_downsample(min(l0_w / out_w, l0_h / out_h))
         self._check_level(level)
         level_downsample = self.level_downsamples[level]
-        lv_row_px = (l0_w / level_downsample) * (l0_h / level_downsample) / out_h
-        strip_rows = max(1, int(READ_PIXEL_BUDGET // max(lv_row_px, 1.0)))
-        if strip_rows < out_h:
-            # A big box is read in strips of output rows, so memory stays bounded.
-            l0_per_row = l0_h / out_h
-            strips = [
-                self.read_l0_box(
+        box_w, box_h = l0_w / level_downsample, l0_h / level_downsample
+        if box_w * box_h <= READ_PIXEL_BUDGET:
+            return self._read_l0_box_once(l0_box, out_size, level)
+        if box_w * box_h > MAX_BOX_PIXELS or box_w * box_h / (out_w * out_h) > CHUNK_PIXEL_BUDGET:
+            raise SlideTooLargeError(
+                f"Reading a {box_w:,.0f} × {box_h:,.0f} px box of level {level} into a "
+                f"{out_w} × {out_h} px picture would decode {box_w * box_h:,.0f} px; at most "
+                f"{MAX_BOX_PIXELS:,} are read at once"
+            )
+        # A big box is read in chunks of whole output px, each about a budget of level px
+        # and, where the level's tile size is known, of whole tile rows or tiles: memory stays
+        # bounded and few tiles are decoded twice.
+        rows_per, cols_per = _chunk_shape(
+            (box_w, box_h), out_size, self.level_tile_size(level) or (1, 1)
+        )
+        l0_per_col, l0_per_row = l0_w / out_w, l0_h / out_h
+        out = np.empty((out_h, out_w, 3), dtype=np.uint8)
+        for row in range(0, out_h, rows_per):
+            rows = min(rows_per, out_h - row)
+            for col in range(0, out_w, cols_per):
+                cols = min(cols_per, out_w - col)
+                out[row : row + rows, col : col + cols] = self._read_l0_box_once(
                     (
-                        l0_x,
+                        l0_x + col * l0_per_col,
                         l0_y + row * l0_per_row,
-                        l0_w,
-                        min(strip_rows, out_h - row) * l0_per_row,
+                        cols * l0_per_col,
+                        rows * l0_per_row,
                     ),
-                    (out_w, min(strip_rows, out_h - row)),
-                    level=level,
+                    (cols, rows),
+                    level,
                 )
-                for row in range(0, out_h, strip_rows)
-            ]
-            return np.concatenate(strips, axis=0)
+        return out
+
+    def _read_l0_box_once(
+        self, l0_box: tuple[float, float, float, float], out_size: tuple[int, int], level: int
+    ) -> np.ndarray:
+        """:meth:`read_l0_box` of ``level`` in one read."""
+        from wsiviewer.core.slides.resample import area_resample
+
+        l0_x, l0_y, l0_w, l0_h = l0_box
+        level_downsample = self.level_downsamples[level]
         lv_x0 = math.floor(l0_x / level_downsample)
         lv_y0 = math.floor(l0_y / level_downsample)
         lv_x1 = math.ceil((l0_x + l0_w) / level_downsample)
@@ -340,6 +374,26 @@ class Slide(ABC):
             "associated_images": list(self.public_associated_image_names(include_identifying)),
             "properties": self.public_properties(include_identifying),
         }
+
+
+def _chunk_shape(
+    box_size: tuple[float, float], out_size: tuple[int, int], tile: tuple[int, int]
+) -> tuple[int, int]:
+    """``(output rows, output columns)`` per chunk of a big :meth:`Slide.read_l0_box`.
+
+    A chunk covers about :data:`CHUNK_PIXEL_BUDGET` level px: full-width strips of whole tile
+    rows when a tile row fits, else blocks of whole tiles, never less than one output px.
+    """
+    (box_w, box_h), (out_w, out_h), (tile_w, tile_h) = box_size, out_size, tile
+    if box_w * tile_h <= CHUNK_PIXEL_BUDGET:
+        chunk_w = box_w
+        chunk_h = max(float(tile_h), (CHUNK_PIXEL_BUDGET / box_w) // tile_h * tile_h)
+    else:
+        chunk_h = float(max(tile_h, int(math.sqrt(CHUNK_PIXEL_BUDGET)) // tile_h * tile_h))
+        chunk_w = float(max(tile_w, int(CHUNK_PIXEL_BUDGET / chunk_h) // tile_w * tile_w))
+    rows = max(1, min(out_h, math.floor(chunk_h / (box_h / out_h))))
+    cols = max(1, min(out_w, math.floor(chunk_w / (box_w / out_w))))
+    return rows, cols
 
 
 def crop_padded(pixels: np.ndarray, lv_xy: tuple[int, int], lv_size: tuple[int, int]) -> np.ndarray:

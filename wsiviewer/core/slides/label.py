@@ -9,16 +9,15 @@ that it is one safe path component whatever the file is called.
 from __future__ import annotations
 
 import re
-import unicodedata
 from collections.abc import Iterable
 from pathlib import Path
+
+from wsiviewer.core.paths import safe_component
 
 #: Characters of the identity in a label: 48 bits, no collision in any real collection.
 IDENTITY_CHARS = 12
 #: Longest label made from a file name.
 MAX_STEM_CHARS = 80
-
-_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
 def slide_label(
@@ -27,8 +26,9 @@ def slide_label(
     """``slide-<hash>``; the cleaned file stem of ``path`` only with ``include_filename``.
 
     The stem keeps letters, digits, ``.``, ``_`` and ``-`` (accents dropped, anything else
-    becomes ``_``), never starts with a dot and is at most :data:`MAX_STEM_CHARS` long; a
-    stem with nothing left falls back to the hash label.
+    becomes ``_``), never starts with a dot or a dash, is never a Windows device name and is
+    at most :data:`MAX_STEM_CHARS` long (:func:`~wsiviewer.core.paths.safe_component`); a stem
+    with nothing left falls back to the hash label.
     """
     hashed = "slide-" + (re.sub(r"[^0-9a-f]", "", identity.lower())[:IDENTITY_CHARS] or "unknown")
     if not include_filename or path is None:
@@ -40,9 +40,7 @@ def slide_label(
             break
     else:
         stem = Path(stem).stem
-    ascii_stem = unicodedata.normalize("NFKD", stem).encode("ascii", "ignore").decode("ascii")
-    cleaned = _UNSAFE.sub("_", ascii_stem).strip("._-")[:MAX_STEM_CHARS].rstrip("._-")
-    return cleaned or hashed
+    return safe_component(stem, max_chars=MAX_STEM_CHARS, fallback=hashed)
 
 
 def unique_labels(labels: Iterable[str]) -> list[str]:

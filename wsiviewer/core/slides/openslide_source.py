@@ -13,15 +13,25 @@ Transparent px (past a level's edge, missing tiles) are composited over white in
 from __future__ import annotations
 
 import hashlib
+import os
+import re
+import signal
+import subprocess
+import sys
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from wsiviewer.core.slides.base import Slide, crop_padded
+from wsiviewer.core.slides.tiff_check import tiff_defect
 from wsiviewer.core.slides.tiff_tiles import REDUCED_DECODE_TOLERANCE, TiffTiles
 from wsiviewer.core.units import plausible_mpp
-from wsiviewer.errors import SlideOpenError, SlideReadError
+from wsiviewer.errors import SlideOpenError, SlideReadError, escape_control
+
+if TYPE_CHECKING:
+    import openslide
 
 #: Most px of whole levels a slide file keeps decoded (48-64 MiB): analysis reads its model
 #: level up to three times (tissue overview, patches, overlay), and a 40x slide of up to
@@ -52,11 +62,25 @@ def _over_white(rgba: np.ndarray) -> np.ndarray:
     alpha = rgba[..., 3]
     if alpha.min() == 255:
         return rgba
-    rows, cols = np.nonzero(alpha != 255)
+    transparent = alpha != 255
     out = rgba.copy()
-    weight = alpha[rows, cols, None].astype(np.uint32)
-    colour = out[rows, cols, :3].astype(np.uint32)
-    out[rows, cols, :3] = (colour * weight + 255 * (255 - weight) + 127) // 255
+    if np.count_nonzero(transparent) * 8 < transparent.size:
+        rows, cols = np.nonzero(transparent)
+        weight = alpha[rows, cols, None].astype(np.uint32)
+        colour = out[rows, cols, :3].astype(np.uint32)
+        out[rows, cols, :3] = (colour * weight + 255 * (255 - weight) + 127) // 255
+        return out
+    # Mostly transparent (a level past its tiles, a region past the slide): the same formula
+    # over every px, channel by channel, is many times faster than picking px out (an opaque
+    # px comes out as it was; every sum fits in 16 bits).
+    weight16 = alpha.astype(np.uint16)
+    inverse = 255 * (255 - weight16) + 127
+    for channel in range(3):
+        values = out[..., channel].astype(np.uint16)
+        values *= weight16
+        values += inverse
+        values //= 255
+        out[..., channel] = values
     return out
 
 
@@ -71,16 +95,32 @@ class OpenSlideSource(Slide):
             raise SlideOpenError(f"Slide not found: {self.path}")
         if self.path.is_dir():
             raise SlideOpenError(f"Slide path is a folder, not a slide file: {self.path}")
+        name = escape_control(self.path.name)
+        try:
+            defect = tiff_defect(self.path)
+        except OSError as exc:
+            raise SlideOpenError(f"Cannot read slide {name}: {escape_control(str(exc))}") from exc
+        if defect is not None:
+            # Refused before OpenSlide parses it: some such files abort the whole process.
+            raise SlideOpenError(f"Cannot open slide {name}: malformed TIFF ({defect})")
         try:
             self._osr = openslide.OpenSlide(self.path)
         except openslide.OpenSlideUnsupportedFormatError as exc:
+            reason = openslide_rejection_reason(self.path)
             raise SlideOpenError(
-                f"Unsupported slide format: {self.path.name} is not a format OpenSlide reads"
+                f"Unsupported slide format: {name} is not a format OpenSlide reads"
+                + (f" ({reason})" if reason else "")
             ) from exc
-        except (openslide.OpenSlideError, OSError) as exc:
-            raise SlideOpenError(f"Cannot open slide {self.path.name}: {exc}") from exc
-        props = self._osr.properties
-        self._properties = dict(props)
+        except (openslide.OpenSlideError, OSError, ValueError) as exc:
+            raise SlideOpenError(f"Cannot open slide {name}: {escape_control(str(exc))}") from exc
+        try:
+            props = _read_properties(self._osr)
+        except openslide.OpenSlideError as exc:
+            self._osr.close()
+            raise SlideOpenError(
+                f"Cannot read the properties of slide {name}: {escape_control(str(exc))}"
+            ) from exc
+        self._properties = props
         self.vendor = props.get(openslide.PROPERTY_NAME_VENDOR)
         self.level_dimensions = tuple(tuple(d) for d in self._osr.level_dimensions)  # type: ignore[misc]
         self.level_downsamples = tuple(float(d) for d in self._osr.level_downsamples)
@@ -109,9 +149,23 @@ class OpenSlideSource(Slide):
 
         try:
             image = self._osr.associated_images[name]
-        except openslide.OpenSlideError as exc:
-            raise SlideReadError(f"Cannot read associated image {name!r}: {exc}") from exc
-        return _rgb_over_white(np.asarray(image.convert("RGBA")))
+            rgba = np.asarray(image.convert("RGBA"))
+        except (openslide.OpenSlideError, KeyError, OSError, ValueError) as exc:
+            # KeyError: a name with bytes that are not UTF-8 cannot be looked up again.
+            raise SlideReadError(
+                f"Cannot read associated image {escape_control(repr(name))}: "
+                f"{escape_control(str(exc))}"
+            ) from exc
+        return _rgb_over_white(rgba)
+
+    def level_tile_size(self, level: int) -> tuple[int, int] | None:
+        """OpenSlide's ``openslide.level[N].tile-width`` and ``-height``, if it gives them."""
+        self._check_level(level)
+        width = _int_or_none(self._properties.get(f"openslide.level[{level}].tile-width"))
+        height = _int_or_none(self._properties.get(f"openslide.level[{level}].tile-height"))
+        if width is None or height is None or not (0 < width <= 65536 and 0 < height <= 65536):
+            return None
+        return width, height
 
     def read_region(
         self, l0_xy: tuple[int, int], level: int, lv_size: tuple[int, int]
@@ -187,7 +241,10 @@ class OpenSlideSource(Slide):
             try:
                 return tiles.read(level, lv_xy, lv_size)
             except (RuntimeError, ValueError, OSError):
-                pass  # a tile that does not decode here: OpenSlide reads it or says why
+                # A tile it cannot vouch for: OpenSlide reads this level from now on, or says
+                # why it cannot.
+                with self._tiles_lock:
+                    self._tiles_agree[level] = False
         return self._read_openslide(l0_xy, level, lv_size)
 
     def _exact_lv_xy(self, l0_xy: tuple[int, int], level: int) -> tuple[int, int] | None:
@@ -263,7 +320,7 @@ class OpenSlideSource(Slide):
             image = self._osr.read_region((int(l0_xy[0]), int(l0_xy[1])), level, lv_size)
         except openslide.OpenSlideError as exc:
             raise SlideReadError(
-                f"Cannot read pixels at l0 {tuple(l0_xy)} level {level}: {exc}"
+                f"Cannot read pixels at l0 {tuple(l0_xy)} level {level}: {escape_control(str(exc))}"
             ) from exc
         return _over_white(np.asarray(image))
 
@@ -282,6 +339,119 @@ def open_slide(path: str | Path) -> Slide:
         If the file is missing, a folder, or not a format OpenSlide can open.
     """
     return OpenSlideSource(path)
+
+
+def _read_properties(osr: openslide.OpenSlide) -> dict[str, str]:
+    """Every property of an open slide that can be read, names and values as OpenSlide gives
+    them (values with bytes that are not UTF-8 decoded with U+FFFD in their place).
+
+    openslide-python decodes a property *name* the same way, and can then not look that name
+    up again (``KeyError``): a crafted Aperio description key with one bad byte would make
+    the whole slide unreadable. Such names are skipped; every other property is kept.
+
+    Raises
+    ------
+    openslide.OpenSlideError
+        If OpenSlide itself is in an error state.
+    """
+    mapping = osr.properties
+    properties: dict[str, str] = {}
+    for key in list(mapping):
+        try:
+            properties[key] = mapping[key]
+        except KeyError:
+            continue  # a name OpenSlide cannot look up again (see above)
+    return properties
+
+
+#: How long the child process that asks OpenSlide why it rejected a file may take.
+_REASON_TIMEOUT_S = 10.0
+
+#: OpenSlide's detection messages (``OPENSLIDE_DEBUG=detection``): ``<format>: <reason>``.
+_DETECTION_LINE = re.compile(r"OpenSlide-Message: [0-9:.]+: ([a-z0-9-]+): (.*)")
+
+
+def openslide_rejection_reason(path: Path) -> str | None:
+    """Why OpenSlide rejected ``path`` as an unsupported format, in its own words, or ``None``.
+
+    OpenSlide only says "unsupported or missing image file"; its format drivers state their
+    reasons only when its detection debugging is on, which is read once when the library
+    loads. A short child process opens the file with it on (about 20 ms, only for files that
+    failed) and the reason of the driver that matches the file's signature is kept: the TIFF
+    parser's or else the generic TIFF or Aperio driver's for a TIFF, the DICOM driver's for a
+    DICOM file. A child that crashes or hangs says so; the caller's process does not load the
+    file again.
+    """
+    library = getattr(getattr(_openslide_lowlevel(), "_lib", None), "_name", None)
+    if not isinstance(library, str):
+        return None
+    try:
+        with path.open("rb") as handle:
+            head = handle.read(132)
+    except OSError:
+        return None
+    script = (
+        "import ctypes, sys\n"
+        "lib = ctypes.CDLL(sys.argv[1])\n"
+        "lib.openslide_open.restype = ctypes.c_void_p\n"
+        "lib.openslide_open(sys.argv[2].encode('utf-8', 'surrogateescape'))\n"
+    )
+    env = {**os.environ, "OPENSLIDE_DEBUG": "detection"}
+    try:
+        child = subprocess.run(
+            [sys.executable, "-I", "-S", "-c", script, library, os.fsdecode(path)],
+            capture_output=True,
+            timeout=_REASON_TIMEOUT_S,
+            env=env,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        return f"OpenSlide did not finish reading the file within {_REASON_TIMEOUT_S:g} s"
+    except OSError:
+        return None
+    if child.returncode < 0:
+        return f"OpenSlide crashed reading the file ({_signal_name(-child.returncode)})"
+    reasons: dict[str, str] = {}
+    warnings: list[str] = []
+    for line in child.stderr.decode("utf-8", "replace").splitlines():
+        found = _DETECTION_LINE.match(line)
+        if found:
+            reasons.setdefault(found.group(1), found.group(2).strip())
+        elif "WARNING" in line or "CRITICAL" in line:
+            warnings.append(line.split("**", 1)[-1].strip(" :"))
+    if head[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
+        chosen = ""
+        if "tifflike" in reasons:
+            chosen = f"TIFF: {reasons['tifflike']}"
+        for driver in ("generic-tiff", "aperio"):
+            if not chosen and reasons.get(driver, "Not ")[:4] != "Not ":
+                chosen = f"{driver}: {reasons[driver]}"
+    elif head[128:132] == b"DICM" and "dicom" in reasons:
+        chosen = f"dicom: {reasons['dicom']}"
+    else:
+        chosen = ""
+    chosen = chosen or (warnings[0] if warnings else "")
+    return f"OpenSlide: {escape_control(chosen)}" if chosen else None
+
+
+def _openslide_lowlevel() -> object:
+    import openslide.lowlevel
+
+    return openslide.lowlevel
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
+
+
+def _int_or_none(text: str | None) -> int | None:
+    try:
+        return None if text is None else int(text)
+    except ValueError:
+        return None
 
 
 def _float_or_none(text: str | None) -> float | None:

@@ -88,20 +88,23 @@ class TiffTiles:
 
     @classmethod
     def open(cls, path: Path, level_dimensions: Sequence[tuple[int, int]]) -> TiffTiles | None:
-        """The tiles of the levels of ``path`` (matched by size), or ``None`` if it has none."""
+        """The tiles of the levels of ``path`` (matched by size) that this decoder can vouch
+        for (:func:`vouch_for_page`), or ``None`` if there are none.
+
+        Any file tifffile cannot parse, in any part, gives ``None``: OpenSlide reads it, or
+        says why it cannot.
+        """
         import tifffile
 
         try:
+            file_size = path.stat().st_size
             tiff = tifffile.TiffFile(path)
-        except (tifffile.TiffFileError, ValueError, OSError):
+        except Exception:  # noqa: BLE001 -- an accelerator: on any doubt OpenSlide reads the file
             return None
-        by_size: dict[tuple[int, int], tifffile.TiffPage] = {}
-        for page in tiff.pages:
-            if isinstance(page, tifffile.TiffPage) and _plain_rgb_tiles(page):
-                by_size.setdefault((page.imagewidth, page.imagelength), page)
-        pages = {
-            level: by_size[size] for level, size in enumerate(level_dimensions) if size in by_size
-        }
+        try:
+            pages = _vouched_levels(tiff, level_dimensions, file_size)
+        except Exception:  # noqa: BLE001 -- e.g. a broken IFD of a macro image OpenSlide ignores
+            pages = {}
         if not pages:
             tiff.close()
             return None
@@ -280,17 +283,38 @@ class TiffTiles:
         return int(np.argmax(self._pages[level].databytecounts))
 
     def _tile_bytes(self, level: int, index: int) -> bytes:
+        """The tile's compressed bytes; :class:`TileDecodeError` if the file no longer holds
+        them (offsets and counts were checked against its size when it was opened)."""
         page = self._pages[level]
+        offset, count = page.dataoffsets[index], page.databytecounts[index]
         with self._file_lock:
             handle = self._tiff.filehandle
-            handle.seek(page.dataoffsets[index])
-            data: bytes = handle.read(page.databytecounts[index])
+            handle.seek(offset)
+            data: bytes = handle.read(count)
+        if len(data) != count:
+            raise TileDecodeError(
+                f"Tile {index} of level {level}: {len(data)} of its {count} bytes in the file"
+            )
+        if page.compression == _JPEG:
+            _check_jpeg_frame(data, (page.tilewidth, page.tilelength), f"tile {index}")
         return data
 
     def _tile(self, level: int, index: int) -> np.ndarray:
         page = self._pages[level]
-        tile, _, _ = page.decode(self._tile_bytes(level, index), index, jpegtables=page.jpegtables)
-        return np.asarray(tile).reshape(page.tilelength, page.tilewidth, 3)
+        data = self._tile_bytes(level, index)
+        try:
+            tile, _, _ = page.decode(data, index, jpegtables=page.jpegtables)
+        except Exception as exc:
+            raise TileDecodeError(
+                f"Tile {index} of level {level} does not decode: {type(exc).__name__}: {exc}"
+            ) from exc
+        pixels = np.asarray(tile)
+        if pixels.dtype != np.uint8 or pixels.size != page.tilelength * page.tilewidth * 3:
+            raise TileDecodeError(
+                f"Tile {index} of level {level} decodes to {pixels.shape} {pixels.dtype}, "
+                f"expected {page.tilelength} x {page.tilewidth} x 3 uint8"
+            )
+        return pixels.reshape(page.tilelength, page.tilewidth, 3)
 
     def _tile_reduced(self, level: int, index: int, reduction: int) -> np.ndarray:
         """A JPEG tile decoded at ``1 / reduction`` of its size by the decoder's DCT scaling.
@@ -306,17 +330,153 @@ class TiffTiles:
         tables = page.jpegtables
         if tables:
             if tables[-2:] != b"\xff\xd9" or data[:2] != b"\xff\xd8":
-                raise ValueError(f"JPEG tile {index} of level {level} does not follow its tables")
+                raise TileDecodeError(
+                    f"JPEG tile {index} of level {level} does not follow its tables"
+                )
             data = tables[:-2] + data[2:]
         size = (page.tilewidth // reduction, page.tilelength // reduction)
-        decoded = Image.frombytes(
-            "RGB", size, data, "jpeg", "RGB", self._jpeg_modes[level], reduction, 0
-        )
+        try:
+            decoded = Image.frombytes(
+                "RGB", size, data, "jpeg", "RGB", self._jpeg_modes[level], reduction, 0
+            )
+        except Exception as exc:
+            raise TileDecodeError(
+                f"Tile {index} of level {level} does not decode at 1/{reduction} size: "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
         return np.asarray(decoded)
 
     def close(self) -> None:
         self._decoders.shutdown()
         self._tiff.close()
+
+
+class TileDecodeError(ValueError):
+    """A tile, or a level, that the direct decoder cannot vouch for: OpenSlide reads it."""
+
+
+#: Largest tile side decoded directly (OpenSlide's drivers and every scanner use 256-1024).
+MAX_TILE_SIDE = 4096
+
+#: Largest JPEGTables accepted (real ones are a few hundred bytes).
+_MAX_JPEG_TABLES = 65_536
+
+
+def _vouched_levels(
+    tiff: tifffile.TiffFile, level_dimensions: Sequence[tuple[int, int]], file_size: int
+) -> dict[int, tifffile.TiffPage]:
+    """The pages that hold OpenSlide's levels (matched by size) as plain tiles this decoder
+    can vouch for, by level."""
+    import tifffile
+
+    by_size: dict[tuple[int, int], tifffile.TiffPage] = {}
+    for page in tiff.pages:
+        if (
+            isinstance(page, tifffile.TiffPage)
+            and _plain_rgb_tiles(page)
+            and vouch_for_page(page, file_size) is None
+        ):
+            by_size.setdefault((page.imagewidth, page.imagelength), page)
+    return {level: by_size[size] for level, size in enumerate(level_dimensions) if size in by_size}
+
+
+def vouch_for_page(page: tifffile.TiffPage, file_size: int) -> str | None:
+    """Why a tiled page cannot be decoded directly, or ``None`` if it can.
+
+    Every field the decoder relies on is checked against the file: tile sizes (positive
+    multiples of 16 up to :data:`MAX_TILE_SIDE`), the number of tile offsets and byte counts
+    against the tiles the image's width and length imply, every tile's bytes inside the file
+    and no larger than a tile could need, and JPEG tables that are a whole JPEG stream.
+    """
+    tile_w, tile_h = int(page.tilewidth), int(page.tilelength)
+    width, height = int(page.imagewidth), int(page.imagelength)
+    if not (0 < tile_w <= MAX_TILE_SIDE and 0 < tile_h <= MAX_TILE_SIDE):
+        return f"tile size {tile_w} x {tile_h} outside 1-{MAX_TILE_SIDE}"
+    if tile_w % 16 or tile_h % 16:
+        return f"tile size {tile_w} x {tile_h} is not a multiple of 16"
+    if width <= 0 or height <= 0 or getattr(page, "tiledepth", 1) != 1:
+        return f"image size {width} x {height}"
+    if page.bitspersample != 8 or page.predictor not in (1, 2):
+        return f"{page.bitspersample} bits per sample, predictor {page.predictor}"
+    tiles = -(-width // tile_w) * -(-height // tile_h)
+    offsets, counts = page.dataoffsets, page.databytecounts
+    if len(offsets) != tiles or len(counts) != tiles:
+        return (
+            f"{len(offsets)} tile offsets and {len(counts)} byte counts for the {tiles} tiles "
+            f"of a {width} x {height} image"
+        )
+    # A tile's compressed bytes: never more than a few times its raw size (JPEG of noise at
+    # quality 100 stays below 2x), never outside the file.
+    most_bytes = 4 * tile_w * tile_h * 3 + 65_536
+    offset_array = np.asarray(offsets, dtype=np.int64)
+    count_array = np.asarray(counts, dtype=np.int64)
+    if count_array.min() <= 0 or count_array.max() > most_bytes:
+        return f"tile byte counts {count_array.min()}-{count_array.max()}, expected 1-{most_bytes}"
+    if offset_array.min() < 8 or (offset_array + count_array).max() > file_size:
+        return f"tile data outside the {file_size}-byte file"
+    if page.compression == _JPEG:
+        tables = page.jpegtables
+        if tables is not None and (
+            len(tables) > _MAX_JPEG_TABLES
+            or tables[:2] != b"\xff\xd8"
+            or tables[-2:] != b"\xff\xd9"
+        ):
+            return "JPEG tables that are not a JPEG stream"
+        if page.photometric not in (2, 6):  # RGB, YCbCr
+            return f"JPEG with photometric {page.photometric}"
+    return None
+
+
+#: JPEG start-of-frame markers of the Huffman-coded processes libjpeg decodes (baseline,
+#: extended, progressive); the others (lossless, arithmetic, hierarchical) are refused.
+_JPEG_SOF = frozenset({0xC0, 0xC1, 0xC2})
+#: Markers without a length: SOI, EOI, RSTn, TEM.
+_JPEG_STANDALONE = frozenset({0xD8, 0xD9, 0x01, *range(0xD0, 0xD8)})
+
+
+def _check_jpeg_frame(data: bytes, tile_size: tuple[int, int], what: str) -> None:
+    """Refuse a JPEG tile whose frame header is not an 8-bit, 3-component image of exactly
+    ``tile_size`` (width, height): a crafted header could make the decoder allocate (or
+    write) an image of any size.
+
+    Raises
+    ------
+    TileDecodeError
+        For a stream without SOI, with a frame of another size, or with no frame before its
+        scan.
+    """
+    if data[:2] != b"\xff\xd8":
+        raise TileDecodeError(f"JPEG {what} does not start with SOI")
+    position = 2
+    while position + 4 <= len(data):
+        if data[position] != 0xFF:
+            raise TileDecodeError(f"JPEG {what}: no marker at byte {position}")
+        marker = data[position + 1]
+        if marker == 0xFF:  # fill byte
+            position += 1
+            continue
+        if marker in _JPEG_STANDALONE:
+            position += 2
+            continue
+        length = int.from_bytes(data[position + 2 : position + 4], "big")
+        if marker == 0xDA or (0xC3 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC)):
+            break  # a scan before any frame, or a process libjpeg will not be asked for
+        if marker in _JPEG_SOF:
+            header = data[position + 4 : position + 10]
+            if len(header) < 6:
+                break
+            precision = header[0]
+            height = int.from_bytes(header[1:3], "big")
+            width = int.from_bytes(header[3:5], "big")
+            components = header[5]
+            if (precision, (width, height), components) != (8, tile_size, 3):
+                raise TileDecodeError(
+                    f"JPEG {what} has a {width} x {height} frame of {components} components "
+                    f"at {precision} bits; the tile is {tile_size[0]} x {tile_size[1]} RGB"
+                )
+            return
+        position += 2 + length
+    raise TileDecodeError(f"JPEG {what} has no frame header this decoder reads")
 
 
 def _plain_rgb_tiles(page: tifffile.TiffPage) -> bool:

@@ -9,7 +9,9 @@ Probability maps are arrays, so they live beside the database as compressed ``.n
 ``maps/`` (``probabilities`` float32 with NaN = not scored, ``tissue`` bool), referenced from
 their analysis row by a path relative to the database's folder. A map is written atomically and
 made durable before the row that references it commits, and removed again if that transaction
-fails, so a row never points at a missing or half-written file.
+fails, so a row never points at a missing or half-written file. Map files and their temporary
+files carry their writer's process id: what a killed writer left is removed by a later run
+(:meth:`AnalysesMixin.remove_stale_files`).
 """
 
 from __future__ import annotations
@@ -17,19 +19,22 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import time
 import uuid
 import zipfile
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 
 from wsiviewer import __version__
 from wsiviewer.core.analysis.probability import ProbabilityMap
 from wsiviewer.core.atomic import atomic_path
-from wsiviewer.core.store.connection import StoreConnection, utc_now
+from wsiviewer.core.paths import pid_tag, process_alive, tagged_pid
+from wsiviewer.core.store.connection import STALE_UNTAGGED_S, StoreConnection, utc_now
 from wsiviewer.core.store.records import ANALYSIS_SELECT, AnalysisRecord, analysis_record
 from wsiviewer.errors import StoreError
 
@@ -40,25 +45,42 @@ if TYPE_CHECKING:
 #: Folder, beside the database, of the probability map files.
 MAPS_DIR = "maps"
 
+_T = TypeVar("_T")
+
 
 class AnalysesMixin(StoreConnection):
     """Saving, finding and reading analyses and their probability maps."""
 
-    def save_analysis(self, analysis: Analysis) -> int:
+    def save_analysis(self, analysis: Analysis, *, map_path: str | None = None) -> int:
         """Record a finished analysis and its probability map; return its id.
 
         The slide and model rows are added or refreshed, the map is written to its own file,
         then the analysis row is inserted, all slide/model/analysis rows in one transaction.
         If the transaction fails, the map file is removed again. Every call adds a new
-        analysis row, even for a key already recorded.
+        analysis row, even for a key already recorded. ``map_path`` (from
+        :func:`new_map_path`) is where the map goes, when the caller must know it before the
+        row commits (the workflow's journal).
         """
+        analysis_id, _ = self._save_analysis(analysis, map_path=map_path)
+        return analysis_id
+
+    def _save_analysis(
+        self,
+        analysis: Analysis,
+        *,
+        map_path: str | None = None,
+        then: Callable[[sqlite3.Connection, int], _T] | None = None,
+    ) -> tuple[int, _T | None]:
+        """:meth:`save_analysis`, and ``then(connection, analysis_id)`` in the same
+        transaction (the Store adds the analysis's region set there)."""
         probabilities, tissue = _map_arrays(analysis.probability_map)
         # Everything that can be refused is encoded before the map file exists.
         columns = _AnalysisColumns.of(analysis, probabilities, tissue)
-        map_path = f"{MAPS_DIR}/{uuid.uuid4().hex}.npz"
+        map_path = map_path or new_map_path()
         map_file = self._map_file(map_path)
         # Compress outside the transaction: other processes keep writing meanwhile.
         _write_map(map_file, probabilities, tissue)
+        result: _T | None = None
         try:
             with self._transaction("save the analysis") as connection:
                 now = utc_now()
@@ -73,10 +95,59 @@ class AnalysesMixin(StoreConnection):
                     map_path=map_path,
                     finished_at=now,
                 )
+                if then is not None:
+                    result = then(connection, analysis_id)
         except BaseException:
             map_file.unlink(missing_ok=True)
             raise
-        return analysis_id
+        return analysis_id, result
+
+    def has_map_path(self, map_path: str) -> bool:
+        """Whether an analysis row references this map file (the workflow's recovery asks)."""
+        with self._reading("find a map") as connection:
+            found = connection.execute(
+                "SELECT 1 FROM analyses WHERE map_path = ? LIMIT 1", (map_path,)
+            ).fetchone()
+        return found is not None
+
+    def check_writable(self) -> None:
+        """:meth:`StoreConnection.check_writable`, and a file can be created in ``maps/``."""
+        super().check_writable()
+        self._check_folder_writable(self.root / MAPS_DIR)
+
+    def remove_stale_files(self) -> list[Path]:
+        """Remove what killed writers left in ``maps/``; the files removed.
+
+        That is: temporary map files (``.<map>.<hex>.tmp``) and map files no analysis row
+        references, of processes that no longer run (their id is in the name), and of older
+        versions' unnamed writers after :data:`STALE_UNTAGGED_S`. A file is removed only after
+        its writer is known to be gone and then found unreferenced: a writer commits before it
+        exits, so a map being committed is never taken.
+        """
+        folder = self.root / MAPS_DIR
+        try:
+            entries = list(folder.iterdir())
+        except OSError:
+            return []
+        removed: list[Path] = []
+        for entry in entries:
+            name = entry.name
+            temporary = name.endswith(".tmp")
+            if not (temporary or name.endswith(".npz")) or not entry.is_file():
+                continue
+            pid = tagged_pid(name, "." if temporary else "")
+            if pid is not None:
+                stale = not process_alive(pid)
+            else:
+                try:
+                    stale = time.time() - entry.stat().st_mtime > STALE_UNTAGGED_S
+                except OSError:
+                    continue
+            if not stale or (not temporary and self.has_map_path(f"{MAPS_DIR}/{name}")):
+                continue
+            entry.unlink(missing_ok=True)
+            removed.append(entry)
+        return removed
 
     def analysis(self, analysis_id: int) -> AnalysisRecord:
         """The analysis with ``analysis_id``; :class:`StoreError` if there is none."""
@@ -140,6 +211,16 @@ class AnalysesMixin(StoreConnection):
             )
         return ProbabilityMap(grid, probabilities, tissue)
 
+    def map_file(self, map_path: str) -> Path:
+        """The map file of a stored relative path, refusing paths that leave the folder.
+
+        Raises
+        ------
+        StoreError
+            For an absolute path, one with ``..``, or an empty one.
+        """
+        return self._map_file(map_path)
+
     def _map_file(self, map_path: str) -> Path:
         """The map file of a stored relative path, refusing paths that leave the folder."""
         relative = PurePosixPath(map_path)
@@ -175,6 +256,12 @@ class _AnalysisColumns:
             tissue_count=int(np.count_nonzero(tissue)),
             scored_count=int(np.count_nonzero(~np.isnan(probabilities))),
         )
+
+
+def new_map_path() -> str:
+    """A fresh map file path, relative to the database's folder, with this process's id in
+    its name (so that one a killed writer left unreferenced can be told apart)."""
+    return f"{MAPS_DIR}/{pid_tag()}-{uuid.uuid4().hex}.npz"
 
 
 def _map_arrays(probability_map: ProbabilityMap) -> tuple[np.ndarray, np.ndarray]:

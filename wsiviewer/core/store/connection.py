@@ -22,8 +22,10 @@ schema's content: :class:`~.database.Store` binds :data:`~.schema.MIGRATIONS` to
 
 from __future__ import annotations
 
+import shutil
 import sqlite3
 import threading
+import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -32,6 +34,7 @@ from types import TracebackType
 from typing import Self
 
 from wsiviewer import __version__
+from wsiviewer.core.paths import pid_tag
 from wsiviewer.core.store.schema import SCHEMA_VERSION_TABLE, Migration
 from wsiviewer.errors import StoreError
 
@@ -39,6 +42,14 @@ from wsiviewer.errors import StoreError
 DEFAULT_BUSY_TIMEOUT_S = 10.0
 
 _SQLITE_HEADER = b"SQLite format 3\x00"
+
+#: Least free space on the database's disk for an analysis to start (its map, its rows and
+#: their WAL take a few MiB; a nearly full disk fails at commit, after the work).
+MIN_FREE_BYTES = 64 * 2**20
+#: Prefix of the files :meth:`StoreConnection.check_writable` creates and removes.
+PROBE_PREFIX = ".wsiviewer-probe-"
+#: A temporary file without its writer's process id (older versions) is stale after this.
+STALE_UNTAGGED_S = 24 * 3600.0
 
 
 def utc_now() -> str:
@@ -107,6 +118,49 @@ class StoreConnection:
     def journal_mode(self) -> str:
         with self._reading("read the journal mode") as connection:
             return str(connection.execute("PRAGMA journal_mode").fetchone()[0])
+
+    def check_writable(self) -> None:
+        """Refuse, before any work starts, a database this process cannot write to.
+
+        Checks that the disk holding it has at least :data:`MIN_FREE_BYTES` free, that a file
+        can be created beside it, and that the write lock can be taken (waiting up to the busy
+        timeout for another writer): a read-only, full, locked or foreign database fails here,
+        not after an analysis.
+
+        Raises
+        ------
+        StoreError
+            Naming what is wrong.
+        """
+        try:
+            free = shutil.disk_usage(self.root).free
+        except OSError as exc:
+            raise StoreError(
+                f"Cannot check the disk of results database {self.path}: {exc}"
+            ) from exc
+        if free < MIN_FREE_BYTES:
+            raise StoreError(
+                f"Only {free / 2**20:.0f} MiB free on the disk of results database {self.path}; "
+                f"at least {MIN_FREE_BYTES / 2**20:.0f} MiB are needed to record an analysis"
+            )
+        self._check_folder_writable(self.root)
+        with self._lock:
+            connection = self._open_connection()
+            try:
+                connection.execute("BEGIN IMMEDIATE")
+                connection.execute("ROLLBACK")
+            except sqlite3.Error as exc:
+                raise StoreError(f"Cannot write results database {self.path}: {exc}") from exc
+
+    def _check_folder_writable(self, folder: Path) -> None:
+        """A file can be created (and removed) in ``folder``, created if missing."""
+        probe = folder / f"{PROBE_PREFIX}{pid_tag()}-{uuid.uuid4().hex[:12]}.tmp"
+        try:
+            folder.mkdir(exist_ok=True)
+            probe.touch(exist_ok=False)
+            probe.unlink()
+        except OSError as exc:
+            raise StoreError(f"Cannot write in {folder} (results database): {exc}") from exc
 
     # -- for the parts of the Store -------------------------------------------------------
 

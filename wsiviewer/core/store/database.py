@@ -35,6 +35,7 @@ A :class:`Store` may be shared by threads (its calls are serialised); each proce
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from wsiviewer.core.paths import data_dir as default_data_dir
 from wsiviewer.core.store.analyses import MAPS_DIR, AnalysesMixin
@@ -43,6 +44,10 @@ from wsiviewer.core.store.region_sets import RegionSetsMixin
 from wsiviewer.core.store.review_log import ReviewLogMixin
 from wsiviewer.core.store.schema import MIGRATIONS, SCHEMA_VERSION_TABLE
 from wsiviewer.errors import StoreError
+
+if TYPE_CHECKING:
+    from wsiviewer.core.analysis.pipeline import Analysis
+    from wsiviewer.core.analysis.regions import RegionSet
 
 __all__ = [
     "DATABASE_NAME",
@@ -74,6 +79,25 @@ class Store(AnalysesMixin, RegionSetsMixin, ReviewLogMixin):
         # This module binds the schema: MIGRATIONS is read here, at opening, not imported by
         # the migration runner.
         super().__init__(path, busy_timeout_s=busy_timeout_s, migrations=MIGRATIONS)
+
+    def save_analysis_and_regions(
+        self, analysis: Analysis, region_set: RegionSet, *, map_path: str | None = None
+    ) -> tuple[int, int]:
+        """Record an analysis, its map and one region set, all rows in one transaction:
+        ``(analysis id, region set id)``. A kill or an error leaves neither recorded.
+
+        ``map_path`` as for :meth:`save_analysis`.
+        """
+        prepared = self._prepare_region_set(region_set)
+        analysis_id, region_set_id = self._save_analysis(
+            analysis,
+            map_path=map_path,
+            then=lambda connection, analysis_id: self._insert_region_set(
+                connection, analysis_id, region_set, prepared
+            ),
+        )
+        assert region_set_id is not None
+        return analysis_id, region_set_id
 
     @classmethod
     def open(

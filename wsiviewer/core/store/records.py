@@ -97,6 +97,28 @@ class ManualRegionRecord:
     #: ISO-8601 UTC.
     created_at: str
     reviewer: str
+    #: ``drawn``, ``imported`` or ``edit`` (the result of a region edit); ``None`` for rows
+    #: recorded before schema v3.
+    origin: str | None = None
+    #: The status its ``add`` gives it: ``accepted`` for a region a reviewer drew as IDC.
+    initial_status: str = "pending"
+    #: The QuPath name, classification and colour (``#rrggbb``) it was imported with, if any.
+    name: str | None = None
+    classification: str | None = None
+    color: str | None = None
+    #: sha256 of the imported feature (geometry, name, class): re-imports are skipped.
+    import_key: str | None = None
+
+
+@dataclass(frozen=True)
+class RegionEditRecord:
+    """A row of ``region_edits``: a region an ``edit`` decision replaced (``source``) or
+    added (``result``, always a manual region)."""
+
+    decision_id: int
+    role: str
+    region_id: int | None
+    manual_region_id: int | None
 
 
 @dataclass(frozen=True)
@@ -118,6 +140,8 @@ class ReviewDecisionRecord:
     threshold: float
     #: ISO-8601 UTC.
     created_at: str
+    #: What an ``edit`` did (one of :data:`~.schema.EDIT_KINDS`); ``None`` for other actions.
+    edit_kind: str | None = None
 
 
 ANALYSIS_SELECT = """
@@ -148,16 +172,34 @@ REGION_SELECT = """
 
 
 MANUAL_REGION_SELECT = """
-    SELECT id, region_set_id, polygon_wkb, area_mm2, created_at, reviewer
+    SELECT id, region_set_id, polygon_wkb, area_mm2, created_at, reviewer, origin,
+           initial_status, name, classification, color, import_key
     FROM manual_regions
 """
 
 
 DECISION_SELECT = """
     SELECT d.id, d.region_set_id, d.region_id, d.manual_region_id, d.action, d.note,
-           d.undoes_id, d.reviewer, d.model_name, d.threshold, d.created_at
+           d.undoes_id, d.reviewer, d.model_name, d.threshold, d.created_at, d.edit_kind
     FROM review_decisions AS d
 """
+
+
+REGION_EDIT_SELECT = """
+    SELECT e.decision_id, e.role, e.region_id, e.manual_region_id
+    FROM region_edits AS e
+"""
+
+
+def region_edit_record(row: sqlite3.Row) -> RegionEditRecord:
+    return RegionEditRecord(
+        decision_id=int(row["decision_id"]),
+        role=str(row["role"]),
+        region_id=None if row["region_id"] is None else int(row["region_id"]),
+        manual_region_id=(
+            None if row["manual_region_id"] is None else int(row["manual_region_id"])
+        ),
+    )
 
 
 def decision_record(row: sqlite3.Row) -> ReviewDecisionRecord:
@@ -175,6 +217,7 @@ def decision_record(row: sqlite3.Row) -> ReviewDecisionRecord:
         model_name=str(row["model_name"]),
         threshold=float(row["threshold"]),
         created_at=str(row["created_at"]),
+        edit_kind=row["edit_kind"],
     )
 
 
@@ -274,4 +317,10 @@ def manual_region_record(row: sqlite3.Row, database: Path) -> ManualRegionRecord
         area_mm2=float(row["area_mm2"]),
         created_at=row["created_at"],
         reviewer=row["reviewer"],
+        origin=row["origin"],
+        initial_status=str(row["initial_status"]),
+        name=row["name"],
+        classification=row["classification"],
+        color=row["color"],
+        import_key=row["import_key"],
     )

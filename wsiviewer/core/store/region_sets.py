@@ -45,41 +45,59 @@ class RegionSetsMixin(StoreConnection):
         recorded and not frozen, its id is returned and nothing is written. A frozen set is
         never reused: review of it has started.
         """
-        rows, content_sha256 = _region_rows(region_set)
+        # Encoded before the transaction: other processes keep writing meanwhile.
+        prepared = _region_rows(region_set)
+        with self._transaction("save the region set") as connection:
+            return self._insert_region_set(connection, analysis_id, region_set, prepared)
+
+    @staticmethod
+    def _prepare_region_set(region_set: RegionSet) -> tuple[list[_RegionRow], str]:
+        """The rows of ``region_set`` and their sha256, for :meth:`_insert_region_set`."""
+        return _region_rows(region_set)
+
+    def _insert_region_set(
+        self,
+        connection: sqlite3.Connection,
+        analysis_id: int,
+        region_set: RegionSet,
+        prepared: tuple[list[_RegionRow], str],
+    ) -> int:
+        """:meth:`save_region_set` inside the caller's write transaction (the Store records an
+        analysis and its first region set in one, :meth:`Store.save_analysis_and_regions`);
+        ``prepared`` is :meth:`_prepare_region_set` of ``region_set``."""
+        rows, content_sha256 = prepared
         threshold = float(region_set.threshold)
         min_area_mm2 = float(region_set.min_area_mm2)
-
-        with self._transaction("save the region set") as connection:
-            self._require(connection, "analyses", analysis_id, "analysis")
-            existing = connection.execute(
-                """
-                SELECT id FROM region_sets
-                WHERE analysis_id = ? AND threshold = ? AND min_area_mm2 = ?
-                    AND content_sha256 = ? AND frozen_at IS NULL
-                ORDER BY id LIMIT 1
-                """,
-                (analysis_id, threshold, min_area_mm2, content_sha256),
-            ).fetchone()
-            if existing is not None:
-                return int(existing[0])
-            cursor = connection.execute(
-                """
-                INSERT INTO region_sets (analysis_id, threshold, min_area_mm2, region_count,
-                                         content_sha256, created_at)
-                VALUES (?, ?, ?, ?, ?, ?)
-                """,
-                (analysis_id, threshold, min_area_mm2, len(rows), content_sha256, utc_now()),
-            )
-            region_set_id = cursor.lastrowid
-            assert region_set_id is not None
-            connection.executemany(
-                """
-                INSERT INTO regions (region_set_id, number, area_mm2, max_prob, mean_prob,
-                                     cell_count, polygon_wkb, grid_cells)
-                VALUES (?, ?, ?, ?, ?, ?, ?, ?)
-                """,
-                [(region_set_id, *row) for row in rows],
-            )
+        self._require(connection, "analyses", analysis_id, "analysis")
+        existing = connection.execute(
+            """
+            SELECT id FROM region_sets
+            WHERE analysis_id = ? AND threshold = ? AND min_area_mm2 = ?
+                AND content_sha256 = ? AND frozen_at IS NULL
+            ORDER BY id LIMIT 1
+            """,
+            (analysis_id, threshold, min_area_mm2, content_sha256),
+        ).fetchone()
+        if existing is not None:
+            return int(existing[0])
+        cursor = connection.execute(
+            """
+            INSERT INTO region_sets (analysis_id, threshold, min_area_mm2, region_count,
+                                     content_sha256, created_at)
+            VALUES (?, ?, ?, ?, ?, ?)
+            """,
+            (analysis_id, threshold, min_area_mm2, len(rows), content_sha256, utc_now()),
+        )
+        region_set_id = cursor.lastrowid
+        assert region_set_id is not None
+        connection.executemany(
+            """
+            INSERT INTO regions (region_set_id, number, area_mm2, max_prob, mean_prob,
+                                 cell_count, polygon_wkb, grid_cells)
+            VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+            """,
+            [(region_set_id, *row) for row in rows],
+        )
         return region_set_id
 
     def region_set(self, region_set_id: int) -> RegionSetRecord:

@@ -255,11 +255,172 @@ _SCHEMA_V2 = (
 )
 
 
+#: Actions of the review log from schema v3 on: ``edit`` replaces regions by others (a split,
+#: a brush stroke, moved vertices, a merge) in one decision.
+REVIEW_ACTIONS_V3 = (*REVIEW_ACTIONS, "edit")
+
+#: Kinds of ``edit`` (``review_decisions.edit_kind``).
+EDIT_KINDS = ("split", "brush-add", "brush-erase", "vertices", "merge")
+
+#: Where a manual region came from (``manual_regions.origin``; NULL: recorded before v3).
+MANUAL_ORIGINS = ("drawn", "imported", "edit")
+
+
+_REVIEW_DECISION_TRIGGERS = (
+    """
+    CREATE TRIGGER review_decisions_append_only_update
+    BEFORE UPDATE ON review_decisions
+    BEGIN
+        SELECT RAISE(ABORT, 'review decisions are append-only');
+    END
+    """,
+    """
+    CREATE TRIGGER review_decisions_append_only_delete
+    BEFORE DELETE ON review_decisions
+    BEGIN
+        SELECT RAISE(ABORT, 'review decisions are append-only');
+    END
+    """,
+    """
+    CREATE TRIGGER review_decisions_same_set
+    BEFORE INSERT ON review_decisions
+    WHEN (NEW.region_id IS NOT NULL AND NEW.region_set_id IS NOT
+            (SELECT region_set_id FROM regions WHERE id = NEW.region_id))
+        OR (NEW.manual_region_id IS NOT NULL AND NEW.region_set_id IS NOT
+            (SELECT region_set_id FROM manual_regions WHERE id = NEW.manual_region_id))
+        OR (NEW.undoes_id IS NOT NULL AND NOT EXISTS
+            (SELECT 1 FROM review_decisions WHERE id = NEW.undoes_id
+                AND region_set_id = NEW.region_set_id AND action <> 'undo'))
+    BEGIN
+        SELECT RAISE(ABORT, 'review decision does not belong to its region set');
+    END
+    """,
+    """
+    CREATE TRIGGER review_decisions_freeze_set
+    AFTER INSERT ON review_decisions
+    BEGIN
+        UPDATE region_sets SET frozen_at = NEW.created_at
+        WHERE id = NEW.region_set_id AND frozen_at IS NULL;
+    END
+    """,
+)
+
+
+_SCHEMA_V3 = (
+    # The review log gains the 'edit' action (and its kind). SQLite cannot change a CHECK
+    # constraint in place: the table is rebuilt with every row copied as it was, then its
+    # indexes and triggers are made again. (DROP TABLE's implicit delete fires no trigger.)
+    """
+    CREATE TABLE review_decisions_v3 (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        region_set_id INTEGER NOT NULL REFERENCES region_sets (id),
+        region_id INTEGER REFERENCES regions (id),
+        manual_region_id INTEGER REFERENCES manual_regions (id),
+        action TEXT NOT NULL CHECK (action IN
+            ('accept', 'reject', 'reset', 'note', 'add', 'delete', 'undo', 'edit')),
+        note TEXT,
+        undoes_id INTEGER REFERENCES review_decisions_v3 (id),
+        reviewer TEXT NOT NULL CHECK (length(reviewer) > 0),
+        model_name TEXT NOT NULL,
+        threshold REAL NOT NULL,
+        created_at TEXT NOT NULL,
+        edit_kind TEXT CHECK (edit_kind IS NULL OR edit_kind IN
+            ('split', 'brush-add', 'brush-erase', 'vertices', 'merge')),
+        CHECK ((region_id IS NULL) <> (manual_region_id IS NULL)),
+        CHECK ((action = 'undo') = (undoes_id IS NOT NULL)),
+        CHECK (action <> 'add' OR manual_region_id IS NOT NULL),
+        CHECK ((action = 'edit') = (edit_kind IS NOT NULL))
+    )
+    """,
+    """
+    INSERT INTO review_decisions_v3 (id, region_set_id, region_id, manual_region_id, action,
+        note, undoes_id, reviewer, model_name, threshold, created_at)
+    SELECT id, region_set_id, region_id, manual_region_id, action, note, undoes_id, reviewer,
+        model_name, threshold, created_at
+    FROM review_decisions ORDER BY id
+    """,
+    "DROP TABLE review_decisions",
+    "ALTER TABLE review_decisions_v3 RENAME TO review_decisions",
+    "CREATE INDEX review_decisions_by_set ON review_decisions (region_set_id, id)",
+    """
+    CREATE UNIQUE INDEX review_decisions_undone_once ON review_decisions (undoes_id)
+    WHERE undoes_id IS NOT NULL
+    """,
+    *_REVIEW_DECISION_TRIGGERS,
+    # Manual regions say where they came from; a drawn one may start accepted (the reviewer
+    # drew what they judged IDC); an imported one keeps its QuPath name, class and colour, and
+    # the key of the feature it came from (re-importing the same feature adds nothing).
+    # Rows recorded before v3 keep NULL origin and start pending, as they did.
+    """
+    ALTER TABLE manual_regions ADD COLUMN origin TEXT
+        CHECK (origin IS NULL OR origin IN ('drawn', 'imported', 'edit'))
+    """,
+    """
+    ALTER TABLE manual_regions ADD COLUMN initial_status TEXT NOT NULL DEFAULT 'pending'
+        CHECK (initial_status IN ('pending', 'accepted'))
+    """,
+    "ALTER TABLE manual_regions ADD COLUMN name TEXT",
+    "ALTER TABLE manual_regions ADD COLUMN classification TEXT",
+    # '#rrggbb', or NULL.
+    "ALTER TABLE manual_regions ADD COLUMN color TEXT",
+    "ALTER TABLE manual_regions ADD COLUMN import_key TEXT",
+    "CREATE INDEX manual_regions_by_import_key ON manual_regions (region_set_id, import_key)",
+    # What an 'edit' decision replaced (sources) and by what (results: manual regions it
+    # added), one row each. Append-only, like the log.
+    """
+    CREATE TABLE region_edits (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        decision_id INTEGER NOT NULL REFERENCES review_decisions (id),
+        role TEXT NOT NULL CHECK (role IN ('source', 'result')),
+        region_id INTEGER REFERENCES regions (id),
+        manual_region_id INTEGER REFERENCES manual_regions (id),
+        CHECK ((region_id IS NULL) <> (manual_region_id IS NULL)),
+        CHECK (role = 'source' OR manual_region_id IS NOT NULL)
+    )
+    """,
+    "CREATE INDEX region_edits_by_decision ON region_edits (decision_id)",
+    """
+    CREATE TRIGGER region_edits_of_an_edit
+    BEFORE INSERT ON region_edits
+    WHEN NOT EXISTS (SELECT 1 FROM review_decisions WHERE id = NEW.decision_id
+            AND action = 'edit')
+        OR (NEW.region_id IS NOT NULL AND
+            (SELECT region_set_id FROM regions WHERE id = NEW.region_id) IS NOT
+            (SELECT region_set_id FROM review_decisions WHERE id = NEW.decision_id))
+        OR (NEW.manual_region_id IS NOT NULL AND
+            (SELECT region_set_id FROM manual_regions WHERE id = NEW.manual_region_id) IS NOT
+            (SELECT region_set_id FROM review_decisions WHERE id = NEW.decision_id))
+    BEGIN
+        SELECT RAISE(ABORT, 'a region edit belongs to an edit decision of its own set');
+    END
+    """,
+    """
+    CREATE TRIGGER region_edits_append_only_update
+    BEFORE UPDATE ON region_edits
+    BEGIN
+        SELECT RAISE(ABORT, 'region edits are append-only');
+    END
+    """,
+    """
+    CREATE TRIGGER region_edits_append_only_delete
+    BEFORE DELETE ON region_edits
+    BEGIN
+        SELECT RAISE(ABORT, 'region edits are append-only');
+    END
+    """,
+)
+
+
 #: Forward migrations, in order: ``MIGRATIONS[i]`` takes the schema from version i to i + 1.
 #: Append new steps; never edit a released one.
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "slides, models, analyses, region sets, regions", _SCHEMA_V1),
     Migration(2, "review: manual regions and the review decision log", _SCHEMA_V2),
+    Migration(
+        3,
+        "review: region edits (split, brush, vertices, merge), where manual regions came from",
+        _SCHEMA_V3,
+    ),
 )
 
 

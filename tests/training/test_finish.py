@@ -1,0 +1,77 @@
+"""From a cross-validation run to a shipped model, on a few real patients: the final card
+carries colour, context and the out-of-distribution model, and the report has the end-to-end
+and compression sections, all measured through the real analysis."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from wsiviewer.cli import main
+from wsiviewer.core.model.cards import ModelCard
+
+#: Two small complete patients and four small incomplete ones.
+COMPLETE = ("8916", "9035")
+INCOMPLETE = ("9175", "16534", "9262", "12892")
+
+
+@pytest.fixture(scope="module")
+def run(idc_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    patients = [p for p in (*COMPLETE, *INCOMPLETE) if (idc_dir / p).is_dir()]
+    if len(patients) < 6:
+        pytest.skip("the small real patients of this test are not available")
+    root = tmp_path_factory.mktemp("finish")
+    data = root / "idc"
+    data.mkdir()
+    for patient in patients:
+        shutil.copytree(idc_dir / patient, data / patient)
+    rows = [f"{p},0,0,{int(p in COMPLETE)}" for p in patients]
+    (root / "idc_patients.csv").write_text("patient,class0,class1,complete\n" + "\n".join(rows))
+    common = ["--data", str(data), "--device", "cpu", "--threads", "1"]
+    assert main([
+        "crossval", *common, "--out", str(root / "cv"), "--folds", "2", "--epochs", "1",
+        "--architecture", "resnet8", "--architecture-args", '{"widths": [4, 8, 8]}',
+        "--colour", "--jpeg", "0.5",
+    ]) == 0  # fmt: skip
+    assert main([
+        "train", *common, "--from-crossval", str(root / "cv"), "--out", str(root / "models"),
+        "--name", "finished",
+    ]) == 0  # fmt: skip
+    return root / "models", root / "cv"
+
+
+def test_the_final_card_carries_what_the_analysis_must_apply(run: tuple[Path, Path]) -> None:
+    models, _ = run
+    card = ModelCard.from_file(models / "finished.json")
+    assert card.colour is not None
+    assert card.ood is not None
+    assert card.ood.threshold > 0
+    assert card.context is not None
+    assert card.extra["metrics"]["out_of_fold"]["patients"] == 6
+    assert 0.0 < card.threshold < 1.0
+
+
+def test_the_report_has_every_section_measured(run: tuple[Path, Path]) -> None:
+    models, cv = run
+    report_dir = models / "reports" / "finished"
+    report = (report_dir / "report.md").read_text()
+    for heading in (
+        "## Patch level, out of fold",
+        "## End to end, complete patients out of fold",
+        "## Compression, complete patients out of fold",
+        "## Out-of-distribution warning",
+    ):
+        assert heading in report
+    rows = json.loads((cv / "finish-finished" / "end_to_end.json").read_text())
+    assert sorted(r["patient"] for r in rows) == sorted(COMPLETE)
+    for row in rows:
+        assert row["cells"] > 100
+        assert len(row["cell_labels"]) == row["cells"]
+    compression = json.loads((cv / "finish-finished" / "compression.json").read_text())
+    assert [r["patient"] for r in compression] == sorted(COMPLETE)
+    assert compression[0]["1um_level"]["cells"] > 100
+    assert (report_dir / "end_to_end.csv").read_text().startswith("patient,fold,cells,")
+    assert not list(report_dir.rglob("*.safetensors"))

@@ -1,0 +1,365 @@
+"""The evaluation report of a cross-validated model: out-of-fold figures, plots and tables.
+
+Everything here is measured on out-of-fold scores (each patient scored by a fold model that
+never saw it), with the calibration and threshold of each fold cross-fitted on the other folds.
+Written beside the model as ``reports/<name>/``: ``report.md``, ``metrics.json``,
+``patients.csv`` (one row per patient, the columns the viewer reads), ``folds.csv`` and the
+plots. Sections whose data is given (the recipe screening, the end-to-end slides, the
+compression check, the standard split) are added where they belong.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from wsiviewer import RESEARCH_USE_NOTICE, __version__
+from wsiviewer.core.atomic import atomic_write_bytes, atomic_write_text
+from wsiviewer.core.model.cards import ModelCard
+from wsiviewer.training.crossval import FoldScores, fit_calibration
+from wsiviewer.training.metrics import classification_metrics, reliability_bins, roc_auc
+
+#: Okabe-Ito colours, distinguishable with the common colour-vision deficiencies.
+_BLUE, _ORANGE, _GREEN, _VERMILLION, _GREY = "#0072B2", "#E69F00", "#009E73", "#D55E00", "0.55"
+
+
+def _fmt(value: object, digits: int = 3) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "–"
+    if isinstance(value, int | np.integer):
+        return f"{int(value):,}"
+    return f"{float(value):.{digits}f}"  # type: ignore[arg-type]
+
+
+def _interval(figures: Mapping[str, Any], key: str) -> str:
+    low, high = figures["pooled_intervals_95"].get(key, (math.nan, math.nan))
+    return f"{_fmt(figures['pooled'][key])} ({_fmt(low)}–{_fmt(high)})"
+
+
+def cross_fitted_probabilities(scores: Sequence[FoldScores]) -> list[np.ndarray]:
+    """Each fold's calibrated probabilities, calibration fitted on the other folds."""
+    out = []
+    for fold in scores:
+        others = [s for s in scores if s.fold != fold.fold]
+        calibration = fit_calibration(
+            np.concatenate([s.log_odds for s in others]),
+            np.concatenate([s.labels for s in others]),
+        )
+        out.append(calibration.probabilities(fold.log_odds))
+    return out
+
+
+# --------------------------------------------------------------------------- plots
+
+
+def _save(figure: Any, path: Path) -> str:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=120, bbox_inches="tight", metadata={"Software": None})
+    atomic_write_bytes(path, buffer.getvalue())
+    return path.name
+
+
+def write_plots(
+    scores: Sequence[FoldScores], figures: Mapping[str, Any], out_dir: Path, title: str
+) -> dict[str, str]:
+    """ROC (pooled and per fold), reliability and per-patient ROC AUC, as PNG files."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    from wsiviewer.training.evaluate import roc_points
+
+    probabilities = cross_fitted_probabilities(scores)
+    p = np.concatenate(probabilities)
+    y = np.concatenate([s.labels for s in scores]).astype(bool)
+    plots: dict[str, str] = {}
+
+    figure, axis = plt.subplots(figsize=(4.4, 4.2))
+    for fold, fold_p in zip(scores, probabilities, strict=True):
+        fpr, tpr = roc_points(fold.labels.astype(bool), fold_p)
+        axis.plot(fpr, tpr, color=_GREY, linewidth=0.8, alpha=0.8)
+    fpr, tpr = roc_points(y, p)
+    axis.plot(fpr, tpr, color=_BLUE, linewidth=2, label=f"pooled, AUC {roc_auc(y, p):.3f}")
+    axis.plot([], [], color=_GREY, linewidth=0.8, label="each fold")
+    axis.plot([0, 1], [0, 1], color="0.75", linestyle=":", linewidth=1)
+    pooled = figures["pooled"]
+    axis.plot(
+        1 - pooled["specificity"],
+        pooled["sensitivity"],
+        "o",
+        color=_VERMILLION,
+        label="cross-fitted thresholds",
+    )
+    axis.set_xlabel("1 − specificity")
+    axis.set_ylabel("sensitivity")
+    axis.set_title(f"ROC, out of fold\n{title}", fontsize=9)
+    axis.legend(loc="lower right", fontsize=8)
+    plots["roc"] = _save(figure, out_dir / "roc.png")
+    plt.close(figure)
+
+    figure, axis = plt.subplots(figsize=(4.4, 4.2))
+    bins = reliability_bins(y.astype(int), p)
+    axis.plot([0, 1], [0, 1], color="0.75", linestyle=":", linewidth=1)
+    axis.plot(
+        [b[0] for b in bins], [b[1] for b in bins], "o-", color=_BLUE, label="observed IDC fraction"
+    )
+    axis.set_xlabel("mean P(IDC) in bin")
+    axis.set_ylabel("fraction IDC")
+    axis.set_title(f"Reliability, out of fold (ECE {pooled['ece']:.3f})\n{title}", fontsize=9)
+    axis.legend(loc="upper left", fontsize=8)
+    plots["reliability"] = _save(figure, out_dir / "reliability.png")
+    plt.close(figure)
+
+    rows = [r for r in figures["patients"] if math.isfinite(r["roc_auc"])]
+    if rows:
+        rows.sort(key=lambda r: r["roc_auc"])
+        figure, axis = plt.subplots(figsize=(7.5, 3.2))
+        axis.bar(range(len(rows)), [r["roc_auc"] for r in rows], color=_BLUE, width=0.9)
+        axis.axhline(pooled["roc_auc"], color=_VERMILLION, linewidth=1.2, label="pooled")
+        axis.set_ylim(0.4, 1.0)
+        axis.set_xticks([])
+        axis.set_xlabel(f"{len(rows)} patients with both classes, sorted")
+        axis.set_ylabel("ROC AUC")
+        axis.set_title(f"ROC AUC by patient, out of fold\n{title}", fontsize=9)
+        axis.legend(loc="lower right", fontsize=8)
+        plots["patients"] = _save(figure, out_dir / "patients.png")
+        plt.close(figure)
+    return plots
+
+
+# --------------------------------------------------------------------------- tables
+
+
+def write_csv(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
+    if not rows:
+        return
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow(
+            {
+                k: (round(v, 6) if isinstance(v, float) and math.isfinite(v) else v)
+                for k, v in row.items()
+            }
+        )
+    atomic_write_text(path, buffer.getvalue())
+
+
+def patient_rows(scores: Sequence[FoldScores], figures: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """``patients.csv``: the columns the viewer's model panel reads, plus the fold."""
+    fold_of = {p: s.fold for s in scores for p in set(s.patients.tolist())}
+    probabilities = cross_fitted_probabilities(scores)
+    thresholds = {f["fold"]: f["threshold"] for f in figures["folds"]}
+    rows = []
+    for row in figures["patients"]:
+        fold = fold_of[row["patient"]]
+        scored = next(s for s in scores if s.fold == fold)
+        sel = scored.patients == row["patient"]
+        p = probabilities[[s.fold for s in scores].index(fold)][sel]
+        metrics = classification_metrics(scored.labels[sel], p, thresholds[fold])
+        rows.append(
+            {
+                "patient": row["patient"],
+                "fold": fold,
+                "patches": row["patches"],
+                "idc_fraction": row["idc_fraction"],
+                "mean_p_idc": row["mean_p"],
+                "roc_auc": row["roc_auc"],
+                "sensitivity": metrics["sensitivity"],
+                "specificity": metrics["specificity"],
+            }
+        )
+    return rows
+
+
+# --------------------------------------------------------------------------- report
+
+
+def write_cv_report(
+    card: ModelCard,
+    scores: Sequence[FoldScores],
+    figures: Mapping[str, Any],
+    out_dir: Path,
+    *,
+    sections: Sequence[Sequence[str]] = (),
+) -> Path:
+    """Write the report, its tables and plots into ``out_dir``; return ``report.md``'s path.
+
+    ``sections`` are further Markdown sections (lists of lines) appended in order.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    title = f"{card.name}, {len(scores)}-fold cross-validation"
+    plots = write_plots(scores, figures, out_dir, title)
+    metrics = {
+        "part": "out_of_fold",
+        "model": card.name,
+        "software_version": __version__,
+        **{k: v for k, v in figures.items() if k != "context_candidates"},
+    }
+    atomic_write_text(out_dir / "metrics.json", json.dumps(metrics, indent=1, default=float) + "\n")
+    write_csv(out_dir / "patients.csv", patient_rows(scores, figures))
+    write_csv(
+        out_dir / "folds.csv",
+        [
+            {
+                k: f[k]
+                for k in (
+                    "fold",
+                    "patients",
+                    "patches",
+                    "threshold",
+                    "best_epoch",
+                    "roc_auc",
+                    "balanced_accuracy",
+                    "sensitivity",
+                    "specificity",
+                    "ece",
+                )
+            }
+            for f in figures["folds"]
+        ],
+    )
+    lines = [
+        *_summary(card, scores, figures),
+        *_patch_level(figures, plots),
+        *[line for section in sections for line in section],
+        *_per_patient(figures, plots),
+    ]
+    report = out_dir / "report.md"
+    atomic_write_text(report, "\n".join(lines) + "\n")
+    return report
+
+
+def _summary(
+    card: ModelCard, scores: Sequence[FoldScores], figures: Mapping[str, Any]
+) -> list[str]:
+    patients = sum(f["patients"] for f in figures["folds"])
+    patches = sum(f["patches"] for f in figures["folds"])
+    settings = (card.extra.get("training") or {}).get("settings", {})
+    return [
+        f"# {card.name} {card.version}: patient-level cross-validation",
+        "",
+        f"> {RESEARCH_USE_NOTICE}",
+        "",
+        f"- Model: `{card.name}` ({card.architecture} {json.dumps(card.architecture_args)}), "
+        f"input {card.input_size}×{card.input_size} px at {card.input_mpp:g} µm/px; trained on "
+        f"all {patients} patients ({patches:,} patches) for "
+        f"{settings.get('epochs', '?')} epochs, the median of the folds' best epochs",
+        f"- Recipe: stain jitter ±{settings.get('stain_jitter', 0):g}, brightness/contrast "
+        f"±{settings.get('brightness_contrast', 0):g}, HSV ±{settings.get('hsv_jitter', 0):g}, "
+        f"JPEG {settings.get('jpeg_probability', 0):.0%} of patches; per-slide colour "
+        f"standardisation: {'yes' if card.colour else 'no'}; spatial context: "
+        f"{_context_words(card)}",
+        f"- {len(scores)} folds by patient (stratified by completeness and IDC fraction, seed "
+        f"0); every figure below is out of fold: each patient scored by a model that never saw "
+        f"it, calibration and threshold for a fold fitted on the other folds",
+        f"- Card: threshold {card.threshold:.4f}, temperature {card.temperature:.3f}, logit "
+        f"bias {card.logit_bias:+.3f} (Platt on all out-of-fold log-odds); wsiviewer "
+        f"{__version__}",
+        "",
+    ]
+
+
+def _context_words(card: ModelCard) -> str:
+    context = card.context
+    if context is None:
+        return "none"
+    return (
+        f"Gaussian-weighted log-odds of neighbouring cells, σ {context.sigma_um:g} µm, "
+        f"weight {context.weight:g}"
+    )
+
+
+def _patch_level(figures: Mapping[str, Any], plots: Mapping[str, str]) -> list[str]:
+    mean, sd, pooled = figures["fold_mean"], figures["fold_sd"], figures["pooled"]
+    lines = [
+        "## Patch level, out of fold",
+        "",
+        "Pooled over every patient (95 % intervals: percentile bootstrap over patients, 1,000 "
+        "resamples) and per fold (mean ± standard deviation over folds):",
+        "",
+        "| metric | pooled (95 % CI) | folds, mean ± sd |",
+        "|---|---|---|",
+    ]
+    for key, label in (
+        ("roc_auc", "ROC AUC"),
+        ("pr_auc", "PR AUC"),
+        ("balanced_accuracy", "balanced accuracy"),
+        ("sensitivity", "sensitivity"),
+        ("specificity", "specificity"),
+        ("ece", "ECE"),
+    ):
+        pooled_text = (
+            _interval(figures, key) if key in figures["pooled_intervals_95"] else _fmt(pooled[key])
+        )
+        lines.append(f"| {label} | {pooled_text} | {_fmt(mean[key])} ± {_fmt(sd[key])} |")
+    lines += [
+        "",
+        f"Confusion (pooled at each fold's cross-fitted threshold): TP {int(pooled['tp']):,}, "
+        f"FN {int(pooled['fn']):,}, TN {int(pooled['tn']):,}, FP {int(pooled['fp']):,}.",
+        "",
+        "| fold | patients | patches | threshold | best epoch | ROC AUC | balanced acc. | "
+        "sensitivity | specificity | ECE |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for f in figures["folds"]:
+        lines.append(
+            f"| {f['fold']} | {f['patients']} | {f['patches']:,} | {_fmt(f['threshold'], 4)} | "
+            f"{f['best_epoch']} | {_fmt(f['roc_auc'])} | {_fmt(f['balanced_accuracy'])} | "
+            f"{_fmt(f['sensitivity'])} | {_fmt(f['specificity'])} | {_fmt(f['ece'])} |"
+        )
+    lines.append("")
+    for key in ("roc", "reliability"):
+        if key in plots:
+            lines += [f"![{key}]({plots[key]})", ""]
+    return lines
+
+
+def _per_patient(figures: Mapping[str, Any], plots: Mapping[str, str]) -> list[str]:
+    rows = [r for r in figures["patients"] if math.isfinite(r["roc_auc"])]
+    aucs = sorted(r["roc_auc"] for r in rows)
+    lines = ["## Per patient", ""]
+    if aucs:
+        worst = sorted(rows, key=lambda r: r["roc_auc"])[:5]
+        lines += [
+            f"ROC AUC of the {len(aucs)} patients with both classes: median "
+            f"{_fmt(float(np.median(aucs)))}, lowest "
+            + ", ".join(f"{r['patient']} ({_fmt(r['roc_auc'])})" for r in worst)
+            + ". Every patient's row is in `patients.csv`.",
+            "",
+        ]
+    if "patients" in plots:
+        lines += [f"![per-patient ROC AUC]({plots['patients']})", ""]
+    return lines
+
+
+def context_section(candidates: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The spatial-context candidates measured on the complete patients' out-of-fold maps."""
+    if not candidates:
+        return []
+    lines = [
+        "## Spatial context, complete patients out of fold",
+        "",
+        "Candidates scored on the complete patients' out-of-fold maps (patches placed by their "
+        "position), calibration and threshold cross-fitted on the other folds' complete "
+        "patients; the least smoothing within 0.002 ROC AUC of the best is chosen.",
+        "",
+        "| weight | σ (cells of 200 µm) | ROC AUC | Dice (pooled) | chosen |",
+        "|---|---|---|---|---|",
+    ]
+    for c in candidates:
+        lines.append(
+            f"| {c['weight']:g} | {c['sigma_cells']:g} | {_fmt(c['roc_auc'], 4)} | "
+            f"{_fmt(c['dice_pooled'])} | {'**yes**' if c.get('chosen') else ''} |"
+        )
+    lines.append("")
+    return lines
