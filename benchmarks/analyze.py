@@ -12,8 +12,8 @@ open → tissue → inference → regions → exports, interpreter start and imp
 - naive: the same tissue cells, one ``read_region`` of level 0 per patch (800×800 px),
   PIL resize to 50×50, eager torch in float32, batches of 64.
 - dense: ours with ``--dense`` (patches every half patch, 4 times as many).
-- read: the floor: every cell of the model's grid read once at the model's resolution (the
-  4 µm/px level decoded, or the finer level read and averaged), nothing else. The ratio of
+- read: the yardstick: every cell of the model's grid read once from the coarsest level at
+  least as fine as the model (the 4 µm/px level when there is one), nothing else. The ratio of
   ours to it is what the analysis adds to reading the slide.
 
 Nothing it builds is kept, unless --workdir names a folder to reuse between runs.
@@ -107,7 +107,8 @@ def run_read(slide_path: Path, card_path: Path, out: Path, device: str) -> dict[
     start = time.perf_counter()
     with open_slide(slide_path) as slide:
         grid = analysis_grid(slide, slide.resolve_mpp(), card)
-        reader = PatchReader(slide, grid)
+        # The yardstick: the level at the model's own resolution, read once.
+        reader = PatchReader(slide, grid, grid.model_level(slide.level_downsamples, finer=False))
         patches = sum(len(rc) for rc, _ in reader.iter_blocks(np.ones(grid.shape, dtype=bool)))
     wall = time.perf_counter() - start
     return {

@@ -540,13 +540,16 @@ def _cmd_models(args: argparse.Namespace) -> int:
         return EXIT_OK
     for card in cards:
         mark = "*" if card.default else " "
-        test = (card.extra.get("metrics") or {}).get("test")
+        metrics = card.extra.get("metrics") or {}
         scores = ""
-        if isinstance(test, dict) and "roc_auc" in test:
-            scores = (
-                f"  test patients: AUC {test['roc_auc']:.3f}, balanced accuracy "
-                f"{test.get('balanced_accuracy', float('nan')):.3f}"
-            )
+        for part, words in (("test", "test patients"), ("out_of_fold", "out of fold")):
+            figures = metrics.get(part)
+            if isinstance(figures, dict) and "roc_auc" in figures:
+                scores = (
+                    f"  {words}: AUC {figures['roc_auc']:.3f}, balanced accuracy "
+                    f"{figures.get('balanced_accuracy', float('nan')):.3f}"
+                )
+                break
         print(
             f"{mark} {card.name}  v{card.version}  {card.architecture}  "
             f"{card.input_mpp:g} µm/px{scores}  {card.path}"

@@ -304,7 +304,13 @@ def test_shipped_default_model_shows_its_metrics_and_report(qtbot, window: MainW
     assert card is not None
     assert card.default
     text = window.model_panel.card_view.toPlainText()
-    for needle in ("Balanced accuracy", "ROC AUC", "test (45 patients)", "Research use only"):
+    for needle in (
+        "Balanced accuracy",
+        "ROC AUC",
+        "out of fold (222 patients)",
+        "map with context, out of fold (27 complete patients)",
+        "Research use only",
+    ):
         assert needle in text, needle
     assert window.model_panel.report_button.isEnabled()
     dialog = window.model_panel.show_report()
@@ -312,5 +318,5 @@ def test_shipped_default_model_shows_its_metrics_and_report(qtbot, window: MainW
     qtbot.waitExposed(dialog)
     report = dialog.browser.toPlainText()
     assert "Patch level" in report
-    assert "Slide level" in report
+    assert "End to end" in report
     dialog.close()

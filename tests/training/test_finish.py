@@ -75,3 +75,16 @@ def test_the_report_has_every_section_measured(run: tuple[Path, Path]) -> None:
     assert compression[0]["1um_level"]["cells"] > 100
     assert (report_dir / "end_to_end.csv").read_text().startswith("patient,fold,cells,")
     assert not list(report_dir.rglob("*.safetensors"))
+
+
+def test_evaluate_says_why_a_model_of_every_patient_has_no_test_part(
+    run: tuple[Path, Path], idc_dir: Path
+) -> None:
+    from wsiviewer.core.progress import run_to_end
+    from wsiviewer.errors import DatasetError
+    from wsiviewer.training.evaluate import evaluate
+
+    models, _ = run
+    card = ModelCard.from_file(models / "finished.json")
+    with pytest.raises(DatasetError, match="trained on every patient"):
+        run_to_end(evaluate(card, idc_dir, part="test", device="cpu", slides=False))

@@ -17,7 +17,10 @@ from wsiviewer.core.progress import run_to_end
 from wsiviewer.training.dataset import PatientSplit
 from wsiviewer.training.evaluate import evaluate, split_path_of
 
+#: Trained on one patient split, with held-out test patients.
 SHIPPED = ("cancernet", "resnet8")
+#: The recipe chosen by patient-level cross-validation, trained on every patient.
+CROSS_VALIDATED = "resnet8-cv"
 
 
 def shipped_cards() -> dict[str, ModelCard]:
@@ -26,17 +29,34 @@ def shipped_cards() -> dict[str, ModelCard]:
     return {card.name: card for card in available_models() if card.path.parent == folder}
 
 
-def test_both_models_ship_with_one_default() -> None:
+def test_three_models_ship_and_the_cross_validated_one_is_the_default() -> None:
     cards = shipped_cards()
-    assert set(cards) == set(SHIPPED)
+    assert set(cards) == {*SHIPPED, CROSS_VALIDATED}
     defaults = [card for card in cards.values() if card.default]
-    assert len(defaults) == 1
+    assert [card.name for card in defaults] == [CROSS_VALIDATED]
     assert resolve_model(None) == defaults[0]
-    # The default is the better of the two on validation (never on test).
-    validation_auc = {
-        name: card.extra["metrics"]["validation"]["roc_auc"] for name, card in cards.items()
-    }
-    assert defaults[0].name == max(validation_auc, key=validation_auc.__getitem__)
+
+
+def test_the_cross_validated_card_carries_its_stages_and_out_of_fold_figures() -> None:
+    card = shipped_cards()[CROSS_VALIDATED]
+    load_model(card)
+    assert card.input_mpp == pytest.approx(4.0)
+    assert card.colour is not None
+    assert card.context is not None
+    oof = card.extra["metrics"]["out_of_fold"]
+    assert oof["patients"] == 222
+    for key in ("balanced_accuracy", "roc_auc", "sensitivity", "specificity"):
+        low, high = oof["intervals_95"][key]
+        assert low <= oof[key] <= high
+    assert card.extra["metrics"]["out_of_fold_map"]["roc_auc"] > oof["roc_auc"] - 0.05
+    report = card.report_path
+    assert report is not None
+    text = report.read_text()
+    assert "Research use only" in text
+    for heading in ("## End to end", "## Compression", "## Out-of-distribution warning"):
+        assert heading in text
+    for name in ("roc.png", "reliability.png", "end_to_end.csv", "compression.csv"):
+        assert (report.parent / name).is_file()
 
 
 @pytest.mark.parametrize("name", SHIPPED)

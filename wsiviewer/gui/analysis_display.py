@@ -130,6 +130,7 @@ class AnalysisDisplay(QObject):
         """The slide closed: nothing is shown (the view clears its own map)."""
         self._shown_analysis_id = None
         self._slide_identity = None
+        self.warnings_shown.emit([])
         self._overlay_panel.set_probability_map(None, None)
         self._overlay_panel.analysis_label.setText(NO_ANALYSIS_TEXT)
 

@@ -265,9 +265,13 @@ class OverlayPanel(QWidget):
             self.caption.setText(DEFAULT_CAPTION)
         else:
             patch_um = um_from_px(grid.input_size, grid.model_mpp)
-            self.caption.setText(
-                f"P(IDC) per {patch_um:g} µm patch, model output; opaque from the threshold up"
+            what = (
+                f"{patch_um:g} µm patch"
+                if grid.subdivision == 1
+                else f"{patch_um / grid.subdivision:g} µm cell (dense: the mean of the "
+                f"{grid.subdivision**2} {patch_um:g} µm patches covering it)"
             )
+            self.caption.setText(f"P(IDC) per {what}, model output; opaque from the threshold up")
 
     def _update_labels(self) -> None:
         self.opacity_label.setText(f"{self.opacity_slider.value()} %")

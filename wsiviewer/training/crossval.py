@@ -367,7 +367,13 @@ def out_of_fold_figures(
         "fold_sd": {key: float(np.std([f[key] for f in per_fold], ddof=1)) for key in keys},
         "pooled": pooled,
         "pooled_intervals_95": bootstrap_intervals(
-            y, p, patients, float(np.median(thresholds)), resamples=bootstrap, seed=seed
+            y,
+            p,
+            patients,
+            float(np.median(thresholds)),
+            resamples=bootstrap,
+            seed=seed,
+            predicted=predicted,
         ),
         "patients": per_patient_table(y, p, patients, predicted),
     }

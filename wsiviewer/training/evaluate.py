@@ -166,6 +166,13 @@ def split_path_of(card: ModelCard) -> Path:
         If the card names no split.
     """
     name = card.extra.get("split")
+    if "out_of_fold" in (card.extra.get("metrics") or {}):
+        raise DatasetError(
+            f"Model {card.name!r} was trained on every patient: no patient is held out to "
+            "evaluate it on. Its figures are out of fold (each patient scored by a fold model "
+            "that never saw it), in its report; `wsiviewer crossval` and `wsiviewer train "
+            "--from-crossval` reproduce them. Pass --split-file to score a split of your own"
+        )
     if not name:
         raise DatasetError(
             f"Model {card.name!r} has no patient split on its card; pass the split file"

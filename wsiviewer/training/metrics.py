@@ -188,12 +188,16 @@ def bootstrap_intervals(
     resamples: int = 1000,
     level: float = 0.95,
     seed: int = 0,
+    predicted: np.ndarray | None = None,
 ) -> dict[str, list[float]]:
     """Percentile intervals of each metric, resampling **patients** with replacement.
 
     Patches of one patient are correlated, so the patient is the unit of resampling: each
     resample draws as many patients as there are, and takes all of each drawn patient's
-    patches. Seeded, so the intervals are reproducible.
+    patches. Seeded, so the intervals are reproducible. ``predicted`` (0/1 per patch), when
+    given, is the classification the sensitivity, specificity and balanced accuracy count
+    (out-of-fold scores classified at each fold's own threshold) instead of
+    ``scores >= threshold``.
     """
     labels = np.asarray(labels)
     scores = np.asarray(scores)
@@ -206,6 +210,12 @@ def bootstrap_intervals(
         drawn = rng.integers(0, len(ids), len(ids))
         index = np.concatenate([members[i] for i in drawn])
         metrics = classification_metrics(labels[index], scores[index], threshold)
+        if predicted is not None:
+            y, hat = labels[index] == 1, np.asarray(predicted)[index] >= 0.5
+            sensitivity = float(hat[y].mean()) if y.any() else math.nan
+            specificity = float((~hat[~y]).mean()) if (~y).any() else math.nan
+            metrics["sensitivity"], metrics["specificity"] = sensitivity, specificity
+            metrics["balanced_accuracy"] = (sensitivity + specificity) / 2
         for key in INTERVAL_METRICS:
             samples[key].append(metrics[key])
     tail = (1 - level) / 2 * 100

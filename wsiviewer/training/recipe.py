@@ -148,7 +148,10 @@ def write_final_card(
             "out_of_fold": _card_figures(figures),
             "out_of_fold_map": None
             if map_figures is None
-            else _round({k: v for k, v in map_figures.items() if k != "patients"}),
+            else _round(
+                {k: v for k, v in map_figures.items() if k not in ("patients", "patients_count")}
+                | {"patients": map_figures.get("patients_count")}
+            ),
         },
         "training": _training_record(result, torch.device("cpu")),
         "intended_use": "Research use only, not for diagnosis: flags regions of possible IDC "

@@ -91,3 +91,22 @@ def test_reader_blocks_bound_each_read(monkeypatch: pytest.MonkeyPatch) -> None:
     assert sum(len(rc) for rc, _ in reader.iter_blocks(cells)) == 36
     assert max(max(size) for size in sizes) <= 100
     assert len(sizes) == 9
+
+
+@pytest.mark.parametrize(
+    ("slide_mpp", "downsamples", "finer", "expected"),
+    [
+        (0.25, (1, 4, 16, 64), 1, 1),  # a 40x pyramid: its 1 µm/px level, not its 4 µm/px one
+        (0.25, (1, 4, 16, 64), 0, 2),  # a level averaged already (reduced view): as it is
+        (0.25, (1, 4, 32), 1, 1),
+        (0.5, (1, 4, 16), 1, 1),  # 20x: 2 µm/px is twice as fine
+        (0.25, (1, 16, 64), 1, 0),  # nothing between: level 0
+        (4.0, (1, 4), 1, 0),  # a slide at the model's resolution: itself
+        (2.5, (1, 4), 1, 0),  # finer, but not twice: itself
+    ],
+)
+def test_patches_come_from_a_level_at_least_twice_as_fine_when_there_is_one(
+    slide_mpp: float, downsamples: tuple[int, ...], finer: int, expected: int
+) -> None:
+    grid = PatchGrid.for_slide((100_000, 100_000), slide_mpp, 4.0, 50)
+    assert grid.model_level(downsamples, finer=bool(finer)) == expected

@@ -9,6 +9,7 @@ import numpy as np
 
 from wsiviewer.core.analysis.grid import PatchGrid
 from wsiviewer.core.slides import Slide
+from wsiviewer.core.slides.reduced import ReducedLevelSlide
 
 #: Largest side, in level px, of one region read: blocks of 2048² (12 MiB of RGB) keep reading
 #: and inference overlapped without holding much memory.
@@ -18,7 +19,7 @@ MAX_READ_SIDE = 2048
 class PatchReader:
     """Cuts model patches for grid cells out of a slide.
 
-    Pixels come from the coarsest pyramid level at least as fine as the model's input
+    Pixels come from a pyramid level finer than the model's input
     (:meth:`PatchGrid.model_level`), read as blocks of many cells at once and area-averaged to
     the model's px. Cells past the slide's edge are padded with white.
 
@@ -28,10 +29,17 @@ class PatchReader:
     above and to the left of the grid. A patch is named by the cell at its top-left corner.
     """
 
-    def __init__(self, slide: Slide, grid: PatchGrid) -> None:
+    def __init__(self, slide: Slide, grid: PatchGrid, level: int | None = None) -> None:
         self.slide = slide
         self.grid = grid
-        self.level = grid.model_level(slide.level_downsamples)
+        # A reduced view's added level was averaged from a finer one: read it as it is.
+        self.level = (
+            grid.model_level(
+                slide.level_downsamples, finer=not isinstance(slide, ReducedLevelSlide)
+            )
+            if level is None
+            else level
+        )
         self.level_downsample = slide.level_downsamples[self.level]
         lv_cell = grid.l0_cell_size / self.level_downsample
         #: Cells per block side so one read stays within MAX_READ_SIDE level px.

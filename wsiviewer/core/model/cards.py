@@ -85,12 +85,14 @@ class ModelCard:
     #: Added to the IDC logit after the temperature (Platt scaling); 0 if the card has none.
     logit_bias: float = 0.0
     default: bool = False
+    # The arrays below are not compared (numpy has no truth value for them): two cards with
+    # the same ``card_sha256`` carry the same ones.
     #: Per-slide colour standardisation the model was trained with (``colour``), or ``None``.
-    colour: ColourReference | None = None
+    colour: ColourReference | None = field(default=None, compare=False)
     #: Spatial context applied to the map after the patches are scored (``context``).
     context: ContextSettings | None = None
     #: The training features' distribution, to flag unusual slides (``ood``).
-    ood: OodModel | None = None
+    ood: OodModel | None = field(default=None, compare=False)
     #: Everything else on the card (operating points, metrics, training data, ...).
     extra: Mapping[str, Any] = field(default_factory=dict)
 
