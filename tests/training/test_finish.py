@@ -88,3 +88,22 @@ def test_evaluate_says_why_a_model_of_every_patient_has_no_test_part(
     card = ModelCard.from_file(models / "finished.json")
     with pytest.raises(DatasetError, match="trained on every patient"):
         run_to_end(evaluate(card, idc_dir, part="test", device="cpu", slides=False))
+
+
+def test_the_dense_map_scores_end_to_end_at_100_um(run: tuple[Path, Path], idc_dir: Path) -> None:
+    from wsiviewer.core.progress import run_to_end
+    from wsiviewer.training.crossval import FoldScores, PatientFolds
+    from wsiviewer.training.cv_evaluate import end_to_end
+
+    _, cv = run
+    folds = PatientFolds.load(cv / "folds.json")
+    scores = [FoldScores.load(cv / f"fold-{k}.npz", k) for k in range(len(folds))]
+    cards = {k: cv / "finish-finished" / "fold-cards" / f"fold-{k}.json" for k in range(2)}
+    default = json.loads((cv / "finish-finished" / "end_to_end.json").read_text())
+    patient = COMPLETE[0]
+    (dense,) = run_to_end(end_to_end(cards, folds, scores, idc_dir, [patient], subdivision=2))
+    (plain,) = [r for r in default if r["patient"] == patient]
+    # About four 100 µm cells for each 200 µm one, each labelled as its patch.
+    assert 3.5 * plain["cells"] <= dense["cells"] <= 4.5 * plain["cells"]
+    assert 3.5 * plain["idc_cells"] <= dense["idc_cells"] <= 4.5 * plain["idc_cells"]
+    assert 0.0 <= dense["roc_auc"] <= 1.0

@@ -12,13 +12,12 @@ from PySide6.QtCore import QEvent, QObject, QPointF, QRectF, Qt, Signal
 from PySide6.QtGui import QBrush, QColor, QKeyEvent, QMouseEvent, QPainterPath, QPen
 from PySide6.QtWidgets import (
     QGraphicsItem,
-    QGraphicsPathItem,
     QGraphicsRectItem,
     QGraphicsView,
 )
 from shapely.geometry import LineString, Point, Polygon
 
-from wsiviewer.gui.region_items import DRAWING_COLOR, DRAWING_Z, polygon_path
+from wsiviewer.gui.region_items import DRAWING_COLOR, DRAWING_Z, drawing_item, polygon_path
 
 #: Brush stroke preview: the drawing colour, translucent, so the tissue shows through.
 BRUSH_FILL = QColor(0, 158, 115, 90)
@@ -120,11 +119,7 @@ class BrushTool(_ViewTool):
         #: Brush radius in level-0 px (the panel sets it from µm).
         self.radius = 50.0
         self._points: list[tuple[float, float]] = []
-        self._preview = QGraphicsPathItem()
-        self._preview.setZValue(DRAWING_Z)
-        self._preview.setPen(QPen(Qt.PenStyle.NoPen))
-        self._preview.setVisible(False)
-        view.scene().addItem(self._preview)
+        self._preview = drawing_item(view.scene(), QPen(Qt.PenStyle.NoPen))
 
     def start(self, *, erase: bool) -> None:
         if self._active:
@@ -200,13 +195,7 @@ class VertexEditTool(_ViewTool):
         self._handles: list[QGraphicsRectItem] = []
         self._grabbed: int | None = None
         self._last: int | None = None
-        self._outline = QGraphicsPathItem()
-        self._outline.setZValue(DRAWING_Z)
-        pen = QPen(DRAWING_COLOR, 2.5)
-        pen.setCosmetic(True)
-        self._outline.setPen(pen)
-        self._outline.setVisible(False)
-        view.scene().addItem(self._outline)
+        self._outline = drawing_item(view.scene())
 
     @property
     def vertices(self) -> list[tuple[float, float]]:

@@ -80,6 +80,20 @@ DRAWING_Z = 7.0
 DRAWING_COLOR = QColor(0, 158, 115)
 
 
+def drawing_item(scene: QGraphicsScene, pen: QPen | None = None) -> QGraphicsPathItem:
+    """A hidden path item above the regions for what is being drawn: a 2.5 px outline in the
+    drawing colour (cosmetic: the same on screen at every zoom), or ``pen``."""
+    item = QGraphicsPathItem()
+    item.setZValue(DRAWING_Z)
+    if pen is None:
+        pen = QPen(DRAWING_COLOR, 2.5)
+        pen.setCosmetic(True)
+    item.setPen(pen)
+    item.setVisible(False)
+    scene.addItem(item)
+    return item
+
+
 def status_pen(status: str, width: float, *, casing: bool = False) -> QPen:
     """The cosmetic pen of an outline (or of its casing) for a status."""
     style = STATUS_STYLES[status]
@@ -372,13 +386,7 @@ class PolygonDrawTool(QObject):
         self._hover: QPointF | None = None
         self._active = False
         self._drag_mode = view.dragMode()
-        self._preview = QGraphicsPathItem()
-        self._preview.setZValue(DRAWING_Z)
-        pen = QPen(DRAWING_COLOR, 2.5)
-        pen.setCosmetic(True)
-        self._preview.setPen(pen)
-        self._preview.setVisible(False)
-        view.scene().addItem(self._preview)
+        self._preview = drawing_item(view.scene())
 
     @property
     def active(self) -> bool:

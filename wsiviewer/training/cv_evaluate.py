@@ -151,8 +151,13 @@ def end_to_end(
     scores: Sequence[FoldScores],
     data_dir: Path,
     patients: Sequence[str],
+    *,
+    subdivision: int = 1,
 ) -> Generator[EvaluationStep, None, list[dict[str, Any]]]:
-    """Analyse each complete patient with its fold model; one row of figures per patient."""
+    """Analyse each complete patient with its fold model; one row of figures per patient.
+
+    ``subdivision`` 2 analyses the dense map (100 µm cells, each from the 4 patches covering
+    it); each cell is scored against the label of the 200 µm patch it lies in."""
     from wsiviewer.core.analysis.pipeline import analyze
     from wsiviewer.core.model.cards import ModelCard
     from wsiviewer.core.model.predictor import Predictor
@@ -174,11 +179,19 @@ def end_to_end(
         slide_mpp = DATASET_MPP / SLIDE_ENLARGEMENT
         started = time.perf_counter()
         analysis = run_to_end(
-            analyze(ArraySource(enlarged, mpp=slide_mpp), predictor, mpp=Mpp(slide_mpp, "user"))
+            analyze(
+                ArraySource(enlarged, mpp=slide_mpp),
+                predictor,
+                mpp=Mpp(slide_mpp, "user"),
+                subdivision=subdivision,
+            )
         )
         seconds = time.perf_counter() - started
         pmap = analysis.probability_map
-        labels = _label_cells(rebuilt, pmap.grid.shape)
+        rows_k, cols_k = pmap.grid.shape
+        patch_shape = (-(-rows_k // subdivision), -(-cols_k // subdivision))
+        labels = _label_cells(rebuilt, patch_shape)
+        labels = np.repeat(np.repeat(labels, subdivision, 0), subdivision, 1)[:rows_k, :cols_k]
         scored = (labels >= 0) & pmap.scored
         y = labels[scored]
         p_map = pmap.probabilities[scored].astype(np.float64)
@@ -190,8 +203,11 @@ def end_to_end(
         # like the fold card's patches: how far does the slide's path move them?
         fold_scores = next(s for s in scores if s.fold == fold)
         mine = fold_scores.patients == patient
-        files = _file_probabilities(fold_scores, mine, predictor.card, pmap.grid.shape)
-        difference = np.abs(p_patch.astype(np.float64) - files[scored])
+        if subdivision == 1:
+            files = _file_probabilities(fold_scores, mine, predictor.card, pmap.grid.shape)
+            difference = np.abs(p_patch.astype(np.float64) - files[scored])
+        else:  # a dense cell's patches are not the files' patches
+            difference = np.zeros(0)
         rows.append(
             {
                 "patient": patient,
