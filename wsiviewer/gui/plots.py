@@ -325,7 +325,11 @@ class RocPlotWidget(EvaluationPlotWidget):
                 hoverable=True,
                 hoverSize=11,
                 tip=lambda x, y, data: data,
-                name=f"each {evaluation.patients_part or 'evaluated'} patient",
+                name=(
+                    f"each {PART_LABELS.get(part_name, part_name)} patient"
+                    if (part_name := evaluation.patients_part)
+                    else "each evaluated patient"
+                ),
             )
             self.plot_widget.addItem(scatter)
         for part in evaluation.parts:
@@ -396,10 +400,15 @@ class RocPlotWidget(EvaluationPlotWidget):
             if (interval := part.interval("roc_auc")) is not None
             for low, high in [interval]
         )
+        cross_validated = any(part.part == "out_of_fold" for part in evaluation.parts)
+        where = (
+            "each fold's own threshold (chosen on the other folds)"
+            if cross_validated
+            else f"the card's threshold P ≥ {evaluation.threshold:.3f}"
+        )
         return (
-            f"{evaluation.model}: patch-level sensitivity and specificity at the card's "
-            f"threshold P ≥ {evaluation.threshold:.3f}; bars: 95 % intervals (bootstrap over "
-            "patients)"
+            f"{evaluation.model}: patch-level sensitivity and specificity at {where}; bars: "
+            "95 % intervals (bootstrap over patients)"
             + (f"; ROC AUC 95 %: {intervals}" if intervals else "")
             + ". Triangles: each patient of the report; hover for details. The ROC curve "
             "itself is in the evaluation report."
