@@ -5,6 +5,7 @@ Every test fails if it leaves a tile reader, an analysis worker or a main window
 
 from __future__ import annotations
 
+import gc
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,7 +14,7 @@ import pytest
 
 pytest.importorskip("PySide6")
 
-from PySide6.QtCore import QSettings, QThreadPool
+from PySide6.QtCore import QEvent, QSettings, QThreadPool
 from PySide6.QtWidgets import QApplication
 
 from tests.conftest import he_like_slide
@@ -25,12 +26,26 @@ from wsiviewer.gui.tiles import TileLoader
 GENERATED_MPP = 0.5
 
 
+@pytest.fixture(scope="session", autouse=True)
+def collect_garbage_between_tests() -> Iterator[None]:
+    """Python's cyclic collector off while GUI tests run, as the viewer does (gui/app.py):
+    run at an arbitrary allocation (in a tile reader's thread, or inside a signal), it frees
+    an earlier test's window there and Qt crashes or deadlocks. :func:`no_workers_left`
+    collects after each test instead."""
+    gc.disable()
+    yield
+    gc.enable()
+
+
 @pytest.fixture(autouse=True)
 def no_workers_left() -> Iterator[None]:
     yield
     pool = QThreadPool.globalInstance()
     still_running = pool.activeThreadCount()
     pool.waitForDone(10_000)
+    # The test's windows and dialogs go now, between tests, in the GUI thread.
+    QApplication.sendPostedEvents(None, QEvent.Type.DeferredDelete)
+    gc.collect()
     assert still_running == 0, f"{still_running} worker(s) still running after the test"
     running_loaders = [loader for loader in TileLoader.live if loader.running]
     assert not running_loaders, f"{len(running_loaders)} tile loader(s) left running"

@@ -6,6 +6,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from pyqtgraph.util.garbage_collector import GarbageCollector
 from PySide6.QtCore import QTimer
 from PySide6.QtWidgets import QApplication
 
@@ -38,6 +39,11 @@ def run(slide: str | Path | None = None) -> int:
         print(f"wsiviewer: error: {problem}", file=sys.stderr)
         return 1
     app = application()
+    # Python's cyclic garbage collector runs in whichever thread allocates (tile readers, the
+    # analysis worker, Dask's threads) and may free Qt objects there, or in the middle of a
+    # signal: Qt then crashes or deadlocks. Collect on a timer in the GUI thread instead
+    # (pyqtgraph's collector, made for this).
+    collector = GarbageCollector(interval=1.0)
     window = MainWindow()
     window.show()
     if slide is not None:
@@ -46,4 +52,5 @@ def run(slide: str | Path | None = None) -> int:
     # The window is gone; a model load that Esc or quitting abandoned ends before the
     # process does (cut off, it would abort inside torch).
     wait_for_model_loads()
+    del collector
     return code
