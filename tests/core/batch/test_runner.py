@@ -303,3 +303,23 @@ def test_a_worker_killed_mid_slide(
         )
         assert not (out / rows["gated-victim.tif"].label).exists()
     assert_complete_outputs(out, [row for row in report.rows if row.status == "done"])
+
+
+def test_ctrl_c_waits_until_a_slide_is_recorded_whole() -> None:
+    import os
+    import signal
+
+    from wsiviewer.core.batch.runner import _ctrl_c_after
+
+    steps: list[str] = []
+
+    def record_and_report() -> None:
+        with _ctrl_c_after():
+            os.kill(os.getpid(), signal.SIGINT)
+            steps.append("recorded")  # not interrupted by the signal above
+            steps.append("reported")
+
+    with pytest.raises(KeyboardInterrupt):
+        record_and_report()
+    assert steps == ["recorded", "reported"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import signal
 import threading
 import time
 import uuid
@@ -75,6 +76,24 @@ WORKER_MEMORY_BYTES = 2 * 1024**3
 
 class BatchError(WsiViewerError):
     """The batch cannot run: no scheduler, no worker, or workers without wsiviewer."""
+
+
+@contextlib.contextmanager
+def _ctrl_c_after() -> Iterator[None]:
+    """Ctrl-C (SIGINT) waits for the block, then interrupts: a slide being recorded is
+    recorded whole and reported done, not left recorded in the Store but "cancelled" in the
+    manifest. Only in the main thread (where Python handles signals); elsewhere a no-op."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, _frame: received.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if received:
+            raise KeyboardInterrupt
 
 
 @dataclass(frozen=True)
@@ -515,7 +534,8 @@ class BatchRun:
             failed = replace(row, seconds=outcome.seconds)
             self._finish_row(failed.with_status("failed", private_error(outcome.error, row.path)))
             return
-        self._finish_row(self._finish(row, outcome))
+        with _ctrl_c_after():
+            self._finish_row(self._finish(row, outcome))
 
     def _finish(self, row: SlideRow, outcome: WorkerResult) -> SlideRow:
         """Regions, outputs and Store for a slide analysed on a worker."""
