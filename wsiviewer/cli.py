@@ -284,6 +284,13 @@ def _add_train(commands: _Commands) -> None:
         metavar="RUN",
         help="a `wsiviewer crossval` run folder: train its recipe on every patient",
     )
+    train.add_argument(
+        "--ood",
+        action="store_true",
+        help="with --from-crossval: put the out-of-distribution model on the card (always "
+        "measured in the report; off by default: it missed a skin section and flagged a "
+        "training patient, see the default model's report)",
+    )
     train.add_argument("--default", action="store_true", help="mark the card as the default")
 
 
@@ -959,6 +966,7 @@ def _train_from_crossval(
         name=args.name,
         default=args.default,
         device=device,
+        attach_ood=args.ood,
         say=lambda text: print(text, file=sys.stderr),
     )
     (args.out / f"{args.name}.checkpoint").unlink(missing_ok=True)

@@ -38,7 +38,7 @@ def run(idc_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, 
     ]) == 0  # fmt: skip
     assert main([
         "train", *common, "--from-crossval", str(root / "cv"), "--out", str(root / "models"),
-        "--name", "finished",
+        "--name", "finished", "--ood",
     ]) == 0  # fmt: skip
     return root / "models", root / "cv"
 

@@ -76,10 +76,12 @@ def finish_crossval(
     default: bool,
     device: torch.device,
     compression_patients: int = COMPRESSION_PATIENTS,
+    attach_ood: bool = False,
     say: Callable[[str], None] = lambda _: None,
 ) -> tuple[Path, Path]:
     """Steps 2-6 of the module docstring, after the final model is trained; returns the
-    card's and the report's paths."""
+    card's and the report's paths. The out-of-distribution model is always measured (the
+    report says how it was calibrated); it goes on the card only with ``attach_ood``."""
     folds = PatientFolds.load(run_dir / "folds.json")
     scores = [FoldScores.load(run_dir / f"fold-{k}.npz", k) for k in range(len(folds))]
     report_dir = out_dir / "reports" / name
@@ -107,7 +109,7 @@ def finish_crossval(
         name=name,
         default=default,
         training_summary={"patients": len(patches.patient_ids), "patches": len(patches)},
-        ood=ood,
+        ood=ood if attach_ood else None,
     )
     card = ModelCard.from_file(card_path)
     fold_cards = write_fold_cards(run_dir, scores, complete, card.context, work / "fold-cards")
@@ -128,7 +130,7 @@ def finish_crossval(
         context_section(figures.get("context_candidates", [])),
         end_to_end_section(e2e),
         compression_section(jpeg),
-        ood_section(ood_figures),
+        ood_section(ood_figures, attached=attach_ood),
     ]
     report = write_cv_report(card, scores, figures, report_dir, sections=sections)
     write_csv(
@@ -258,9 +260,16 @@ def compression_section(rows: Sequence[Mapping[str, Any]]) -> list[str]:
     return lines
 
 
-def ood_section(figures: Mapping[str, Any]) -> list[str]:
-    """How the out-of-distribution warning was calibrated."""
+def ood_section(figures: Mapping[str, Any], *, attached: bool = True) -> list[str]:
+    """How the out-of-distribution warning was calibrated, and whether the card carries it."""
     above = figures.get("above_threshold") or []
+    carried = (
+        "The card carries this model: `analyze` warns on a slide above the threshold."
+        if attached
+        else "The card does not carry it (`wsiviewer train --from-crossval ... --ood` would): "
+        "check it on slides unlike the training data, and on training patients rebuilt as "
+        "slides, before shipping it."
+    )
     return [
         "## Out-of-distribution warning",
         "",
@@ -269,6 +278,6 @@ def ood_section(figures: Mapping[str, Any]) -> list[str]:
         f"training median): median {_fmt(figures['median'], 2)}, largest "
         f"{_fmt(figures['max'], 2)} over {figures['patients']} patients. The warning threshold "
         f"is their {figures['percentile']:g}th percentile, {_fmt(figures['threshold'], 2)}; "
-        f"patients above it: {', '.join(above) or 'none'}.",
+        f"patients above it: {', '.join(above) or 'none'}. {carried}",
         "",
     ]
