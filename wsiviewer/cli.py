@@ -859,6 +859,7 @@ def _epoch_printer(
 def _cmd_crossval(args: argparse.Namespace) -> int:
     import json
 
+    from wsiviewer.core.atomic import atomic_write_text
     from wsiviewer.core.progress import run_to_end
     from wsiviewer.training.crossval import (
         CrossValidationProgress,
@@ -877,7 +878,7 @@ def _cmd_crossval(args: argparse.Namespace) -> int:
         folds = make_folds(patches, complete, args.folds, seed=args.seed)
     recipe = {"settings": settings.__dict__, "colour": args.colour, "folds": len(folds)}
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "recipe.json").write_text(json.dumps(recipe, indent=1) + "\n")
+    atomic_write_text(args.out / "recipe.json", json.dumps(recipe, indent=1) + "\n")
     printers: dict[int, tuple[Callable[[EpochReport], None], Callable[[], None]]] = {}
 
     def show(progress: CrossValidationProgress) -> None:
@@ -910,7 +911,9 @@ def _cmd_crossval(args: argparse.Namespace) -> int:
         print(f"{len(scores)} of {len(folds)} folds done in {args.out}", file=sys.stderr)
         return EXIT_OK
     figures = out_of_fold_figures(scores)
-    (args.out / "out_of_fold.json").write_text(json.dumps(figures, indent=1, default=float) + "\n")
+    atomic_write_text(
+        args.out / "out_of_fold.json", json.dumps(figures, indent=1, default=float) + "\n"
+    )
     mean, sd, pooled = figures["fold_mean"], figures["fold_sd"], figures["pooled"]
     print(f"Out of fold, {len(folds)} folds, {len(patches.patient_ids)} patients:")
     for key in ("roc_auc", "balanced_accuracy", "sensitivity", "specificity", "ece"):

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from wsiviewer.core.atomic import atomic_write_text
 from wsiviewer.core.model.context import ContextSettings
 from wsiviewer.core.model.weights import sha256_file
 from wsiviewer.training.context_fit import PatientMap, patient_maps
@@ -121,7 +122,7 @@ def write_fold_cards(
             "intended_use": "Evaluation only: a fold model of cross-validation.",
         }
         path = out_dir / f"{name}.json"
-        path.write_text(json.dumps(card, indent=1) + "\n")
+        atomic_write_text(path, json.dumps(card, indent=1) + "\n")
         cards[fold.fold] = path
     return cards
 

@@ -74,43 +74,32 @@ class CellLogOdds:
         self._sums = np.zeros(grid.shape, dtype=np.float64)
         self._counts = np.zeros(grid.shape, dtype=np.int32)
 
+    def _covered(self, grid_rc: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The cells that patches with top-left cells ``grid_rc`` cover on the grid:
+        ``(patch index, row, col)`` arrays, one entry per patch and cell."""
+        k = self.grid.subdivision
+        rows, cols = self.grid.shape
+        offsets = np.arange(k)
+        patch = np.repeat(np.arange(len(grid_rc)), k * k)
+        r = np.repeat(grid_rc[:, :1] + offsets[None, :], k, axis=1).ravel()
+        c = np.tile(grid_rc[:, 1:] + offsets[None, :], (1, k)).ravel()
+        inside = (r >= 0) & (r < rows) & (c >= 0) & (c < cols)
+        return patch[inside], r[inside], c[inside]
+
     def add(self, grid_rc: np.ndarray, probabilities: np.ndarray) -> None:
         """Add patches (``(N, 2)`` top-left cells) with their P(IDC)."""
         from wsiviewer.core.model.context import log_odds
 
-        z = log_odds(probabilities)
-        k = self.grid.subdivision
-        rows, cols = self.grid.shape
-        for dr in range(k):
-            for dc in range(k):
-                r = grid_rc[:, 0] + dr
-                c = grid_rc[:, 1] + dc
-                inside = (r >= 0) & (r < rows) & (c >= 0) & (c < cols)
-                np.add.at(self._sums, (r[inside], c[inside]), z[inside])
-                np.add.at(self._counts, (r[inside], c[inside]), 1)
+        patch, r, c = self._covered(grid_rc)
+        np.add.at(self._sums, (r, c), log_odds(probabilities)[patch])
+        np.add.at(self._counts, (r, c), 1)
 
     def fill(self, probabilities: np.ndarray, grid_rc: np.ndarray, cells: np.ndarray) -> None:
         """Write into ``probabilities`` (``(rows, cols)``) the cells that patches with top-left
         cells ``grid_rc`` cover and ``cells`` (bool) wants: the map as far as it is scored."""
-        k = self.grid.subdivision
-        rows, cols = self.grid.shape
-        r = (grid_rc[:, :1] + np.arange(k)[None, :]).repeat(k, axis=1).ravel()
-        c = np.tile(grid_rc[:, 1:] + np.arange(k)[None, :], (1, k)).ravel()
-        inside = (r >= 0) & (r < rows) & (c >= 0) & (c < cols)
-        r, c = r[inside], c[inside]
+        _, r, c = self._covered(grid_rc)
         keep = cells[r, c]
         r, c = r[keep], c[keep]
         mean = self._sums[r, c] / self._counts[r, c]
         with np.errstate(over="ignore"):
             probabilities[r, c] = 1.0 / (1.0 + np.exp(-mean))
-
-    def probabilities(self, cells: np.ndarray | None = None) -> np.ndarray:
-        """``(rows, cols) float32``: each cell's probability, ``NaN`` where no patch has
-        covered it yet, or where ``cells`` (bool) is False."""
-        covered = self._counts > 0
-        if cells is not None:
-            covered &= cells
-        mean = np.divide(self._sums, self._counts, out=np.zeros_like(self._sums), where=covered)
-        with np.errstate(over="ignore"):
-            p = 1.0 / (1.0 + np.exp(-mean))
-        return np.where(covered, p, np.nan).astype(np.float32)

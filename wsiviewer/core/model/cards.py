@@ -14,14 +14,17 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from wsiviewer.core.model.colour import ColourReference
-from wsiviewer.core.model.context import ContextSettings
-from wsiviewer.core.model.ood import OodModel
 from wsiviewer.core.paths import inside
 from wsiviewer.core.units import plausible_mpp
 from wsiviewer.errors import ModelError, escape_control
+
+if TYPE_CHECKING:
+    # numpy behind them: imported when a card carries them, so listing cards stays cheap.
+    from wsiviewer.core.model.colour import ColourReference
+    from wsiviewer.core.model.context import ContextSettings
+    from wsiviewer.core.model.ood import OodModel
 
 _REQUIRED_KEYS = (
     "name",
@@ -194,9 +197,19 @@ class ModelCard:
         sha = str(data["weights_sha256"]).lower()
         if len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):
             raise ValueError(f"weights_sha256 {sha!r} is not a sha256 hex digest")
-        colour = ColourReference.from_dict(data["colour"]) if data.get("colour") else None
-        context = ContextSettings.from_dict(data["context"]) if data.get("context") else None
-        ood = OodModel.from_dict(data["ood"]) if data.get("ood") else None
+        colour = context = ood = None
+        if data.get("colour"):
+            from wsiviewer.core.model.colour import ColourReference
+
+            colour = ColourReference.from_dict(data["colour"])
+        if data.get("context"):
+            from wsiviewer.core.model.context import ContextSettings
+
+            context = ContextSettings.from_dict(data["context"])
+        if data.get("ood"):
+            from wsiviewer.core.model.ood import OodModel
+
+            ood = OodModel.from_dict(data["ood"])
         known = {
             *_REQUIRED_KEYS,
             *("architecture_args", "logit_bias", "default", "colour", "context", "ood"),

@@ -159,6 +159,49 @@ _SCHEMA_V1 = (
 REVIEW_ACTIONS = ("accept", "reject", "reset", "note", "add", "delete", "undo")
 
 
+#: The review log's triggers: append-only; a decision belongs to its region set (an undo
+#: undoes a non-undo of its set); the first decision freezes the set, in its own transaction.
+#: Schema v3 rebuilds the table and creates them again.
+_REVIEW_DECISION_TRIGGERS = (
+    """
+    CREATE TRIGGER review_decisions_append_only_update
+    BEFORE UPDATE ON review_decisions
+    BEGIN
+        SELECT RAISE(ABORT, 'review decisions are append-only');
+    END
+    """,
+    """
+    CREATE TRIGGER review_decisions_append_only_delete
+    BEFORE DELETE ON review_decisions
+    BEGIN
+        SELECT RAISE(ABORT, 'review decisions are append-only');
+    END
+    """,
+    """
+    CREATE TRIGGER review_decisions_same_set
+    BEFORE INSERT ON review_decisions
+    WHEN (NEW.region_id IS NOT NULL AND NEW.region_set_id IS NOT
+            (SELECT region_set_id FROM regions WHERE id = NEW.region_id))
+        OR (NEW.manual_region_id IS NOT NULL AND NEW.region_set_id IS NOT
+            (SELECT region_set_id FROM manual_regions WHERE id = NEW.manual_region_id))
+        OR (NEW.undoes_id IS NOT NULL AND NOT EXISTS
+            (SELECT 1 FROM review_decisions WHERE id = NEW.undoes_id
+                AND region_set_id = NEW.region_set_id AND action <> 'undo'))
+    BEGIN
+        SELECT RAISE(ABORT, 'review decision does not belong to its region set');
+    END
+    """,
+    """
+    CREATE TRIGGER review_decisions_freeze_set
+    AFTER INSERT ON review_decisions
+    BEGIN
+        UPDATE region_sets SET frozen_at = NEW.created_at
+        WHERE id = NEW.region_set_id AND frozen_at IS NULL;
+    END
+    """,
+)
+
+
 _SCHEMA_V2 = (
     # Regions a reviewer drew or imported: level-0 px outline (WKB, little-endian), area at the
     # analysis's µm/px. Whether one exists is derived from the log (its 'add' not undone).
@@ -200,44 +243,7 @@ _SCHEMA_V2 = (
     CREATE UNIQUE INDEX review_decisions_undone_once ON review_decisions (undoes_id)
     WHERE undoes_id IS NOT NULL
     """,
-    """
-    CREATE TRIGGER review_decisions_append_only_update
-    BEFORE UPDATE ON review_decisions
-    BEGIN
-        SELECT RAISE(ABORT, 'review decisions are append-only');
-    END
-    """,
-    """
-    CREATE TRIGGER review_decisions_append_only_delete
-    BEFORE DELETE ON review_decisions
-    BEGIN
-        SELECT RAISE(ABORT, 'review decisions are append-only');
-    END
-    """,
-    # A decision is about a region of its own set, and an undo undoes a non-undo of its set.
-    """
-    CREATE TRIGGER review_decisions_same_set
-    BEFORE INSERT ON review_decisions
-    WHEN (NEW.region_id IS NOT NULL AND NEW.region_set_id IS NOT
-            (SELECT region_set_id FROM regions WHERE id = NEW.region_id))
-        OR (NEW.manual_region_id IS NOT NULL AND NEW.region_set_id IS NOT
-            (SELECT region_set_id FROM manual_regions WHERE id = NEW.manual_region_id))
-        OR (NEW.undoes_id IS NOT NULL AND NOT EXISTS
-            (SELECT 1 FROM review_decisions WHERE id = NEW.undoes_id
-                AND region_set_id = NEW.region_set_id AND action <> 'undo'))
-    BEGIN
-        SELECT RAISE(ABORT, 'review decision does not belong to its region set');
-    END
-    """,
-    # The first decision of any kind freezes the set, in the decision's own transaction.
-    """
-    CREATE TRIGGER review_decisions_freeze_set
-    AFTER INSERT ON review_decisions
-    BEGIN
-        UPDATE region_sets SET frozen_at = NEW.created_at
-        WHERE id = NEW.region_set_id AND frozen_at IS NULL;
-    END
-    """,
+    *_REVIEW_DECISION_TRIGGERS,
     """
     CREATE TRIGGER manual_regions_immutable
     BEFORE UPDATE ON manual_regions
@@ -264,46 +270,6 @@ EDIT_KINDS = ("split", "brush-add", "brush-erase", "vertices", "merge")
 
 #: Where a manual region came from (``manual_regions.origin``; NULL: recorded before v3).
 MANUAL_ORIGINS = ("drawn", "imported", "edit")
-
-
-_REVIEW_DECISION_TRIGGERS = (
-    """
-    CREATE TRIGGER review_decisions_append_only_update
-    BEFORE UPDATE ON review_decisions
-    BEGIN
-        SELECT RAISE(ABORT, 'review decisions are append-only');
-    END
-    """,
-    """
-    CREATE TRIGGER review_decisions_append_only_delete
-    BEFORE DELETE ON review_decisions
-    BEGIN
-        SELECT RAISE(ABORT, 'review decisions are append-only');
-    END
-    """,
-    """
-    CREATE TRIGGER review_decisions_same_set
-    BEFORE INSERT ON review_decisions
-    WHEN (NEW.region_id IS NOT NULL AND NEW.region_set_id IS NOT
-            (SELECT region_set_id FROM regions WHERE id = NEW.region_id))
-        OR (NEW.manual_region_id IS NOT NULL AND NEW.region_set_id IS NOT
-            (SELECT region_set_id FROM manual_regions WHERE id = NEW.manual_region_id))
-        OR (NEW.undoes_id IS NOT NULL AND NOT EXISTS
-            (SELECT 1 FROM review_decisions WHERE id = NEW.undoes_id
-                AND region_set_id = NEW.region_set_id AND action <> 'undo'))
-    BEGIN
-        SELECT RAISE(ABORT, 'review decision does not belong to its region set');
-    END
-    """,
-    """
-    CREATE TRIGGER review_decisions_freeze_set
-    AFTER INSERT ON review_decisions
-    BEGIN
-        UPDATE region_sets SET frozen_at = NEW.created_at
-        WHERE id = NEW.region_set_id AND frozen_at IS NULL;
-    END
-    """,
-)
 
 
 _SCHEMA_V3 = (
