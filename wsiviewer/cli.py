@@ -9,9 +9,9 @@ import argparse
 import json
 import sys
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Generator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar, cast
 
 from wsiviewer import RESEARCH_USE_NOTICE, WsiViewerError, __version__
 from wsiviewer.errors import escape_control
@@ -26,6 +26,8 @@ if TYPE_CHECKING:
     from wsiviewer.training.dataset import PatchSet
     from wsiviewer.training.train import EpochReport, TrainingSettings
 
+_T = TypeVar("_T")
+
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -36,11 +38,13 @@ COMMANDS = (
     "analyze",
     "batch",
     "models",
+    "about-model",
     "gui",
     "train",
     "crossval",
     "evaluate",
     "export",
+    "explain",
 )
 
 if TYPE_CHECKING:
@@ -102,10 +106,12 @@ def build_parser() -> argparse.ArgumentParser:
         _add_analyze,
         _add_batch,
         _add_models,
+        _add_about_model,
         _add_train,
         _add_crossval,
         _add_evaluate,
         _add_export,
+        _add_explain,
         _add_gui,
     ):
         add(commands)
@@ -252,6 +258,34 @@ def _non_negative_int(text: str) -> int:
 
 def _add_models(commands: _Commands) -> None:
     commands.add_parser("models", help="list the installed models")
+
+
+def _add_about_model(commands: _Commands) -> None:
+    about = commands.add_parser(
+        "about-model",
+        help="what a model is, how it was tested and where it does worst, in words",
+        description=(
+            "Print the model's About page, built from its card and its evaluation report: what "
+            "IDC and the dataset's patches are, how the model was trained and validated, its "
+            "sensitivity and specificity at the operating point in words, and the patients "
+            "where it does worst. With --out, also score those patients' patches from the IDC "
+            "dataset (not shipped) and write the most confident errors as PNGs (enlarged 4×) "
+            f"and examples.csv. {RESEARCH_USE_NOTICE}"
+        ),
+    )
+    about.add_argument(
+        "name", nargs="?", metavar="NAME", help="model card name or path (default: the default)"
+    )
+    about.add_argument(
+        "--examples-from",
+        type=Path,
+        metavar="IDC_DIR",
+        help="the IDC dataset folder (<patient>/<0|1>/<patch>) to make example patches from; "
+        "default: $WSIVIEWER_IDC_DATA",
+    )
+    about.add_argument(
+        "--out", type=Path, metavar="DIR", help="write the example patches and examples.csv here"
+    )
 
 
 def _add_train(commands: _Commands) -> None:
@@ -449,6 +483,58 @@ def _add_export(commands: _Commands) -> None:
     )
 
 
+def _add_explain(commands: _Commands) -> None:
+    explain = commands.add_parser(
+        "explain",
+        help="why was a region flagged: its top and lowest patches, with saliency",
+        description=(
+            "Show the evidence of one region of a slide's analysis (the one the viewer shows: "
+            "the region set reviewed most recently, else the latest analysis by the default "
+            "model, unless --analysis or --model says otherwise): its highest and a few of its "
+            "lowest patches, read from the slide at the model's input and at the slide's "
+            "resolution, each scored alone, with Grad-CAM and integrated-gradients saliency "
+            "(captum). Regions are named as in the viewer and the review report (3, M4). "
+            "Prints a table; with --out, writes a contact sheet, each patch's pictures and a "
+            f"CSV, named after the slide's label. {RESEARCH_USE_NOTICE}"
+        ),
+    )
+    explain.add_argument("slide", type=Path, metavar="SLIDE")
+    where = explain.add_mutually_exclusive_group(required=True)
+    where.add_argument("--region", metavar="N", help="region label in the region set: 3, M4")
+    where.add_argument(
+        "--at",
+        nargs=2,
+        type=float,
+        metavar=("X", "Y"),
+        help="the cell under this level-0 point (px, as in the GeoJSON)",
+    )
+    explain.add_argument("--analysis", type=_positive_int, metavar="ID", help="analysis id")
+    explain.add_argument("--model", help="model card name or path (its latest analysis)")
+    explain.add_argument(
+        "--threshold",
+        type=_probability,
+        help="region set at this threshold (default: the reviewed set, else the analysis's)",
+    )
+    explain.add_argument("--out", type=Path, help="write pictures and a CSV into this folder")
+    explain.add_argument(
+        "--top", type=_non_negative_int, default=8, help="highest patches shown (default 8)"
+    )
+    explain.add_argument(
+        "--lowest", type=_non_negative_int, default=3, help="lowest patches shown (default 3)"
+    )
+    explain.add_argument(
+        "--no-saliency", action="store_true", help="patches only, no Grad-CAM or gradients"
+    )
+    explain.add_argument(
+        "--include-filename",
+        action="store_true",
+        help="name the files after the slide's file (default: slide-<hash>_..., privacy)",
+    )
+    explain.add_argument(
+        "--force", action="store_true", help="overwrite files of an earlier explanation"
+    )
+
+
 def _add_gui(commands: _Commands) -> None:
     gui = commands.add_parser(
         "gui",
@@ -474,8 +560,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "analyze": _cmd_analyze,
         "batch": _cmd_batch,
         "models": _cmd_models,
+        "about-model": _cmd_about_model,
         "gui": lambda args: _cmd_gui(args.slide),
         "export": _cmd_export,
+        "explain": _cmd_explain,
         "train": _cmd_train,
         "crossval": _cmd_crossval,
         "evaluate": _cmd_evaluate,
@@ -562,6 +650,50 @@ def _cmd_models(args: argparse.Namespace) -> int:
             f"{card.input_mpp:g} µm/px{scores}  {card.path}"
         )
     print("* the default model. " + RESEARCH_USE_NOTICE)
+    return EXIT_OK
+
+
+def _cmd_about_model(args: argparse.Namespace) -> int:
+    from wsiviewer.core.model.about import IDC_DATA_ENV, describe_model, idc_data_folder
+    from wsiviewer.core.model.cards import resolve_model
+
+    if args.examples_from is not None and args.out is None:
+        _error("--examples-from needs --out DIR: the folder the example patches are written to")
+        return EXIT_USAGE
+    card = resolve_model(args.name)
+    description = describe_model(card)
+    sys.stdout.write(description.to_text())
+    if args.out is None:
+        return EXIT_OK
+    folder = args.examples_from or idc_data_folder()
+    if folder is None:
+        _error(f"no IDC dataset folder: name it with --examples-from IDC_DIR or {IDC_DATA_ENV}")
+        return EXIT_USAGE
+    from tqdm import tqdm
+
+    from wsiviewer.core.progress import run_to_end
+    from wsiviewer.training.failure_examples import (
+        ExamplesProgress,
+        failure_examples,
+        write_failure_examples,
+    )
+
+    with tqdm(
+        total=len(description.weak_patients), desc="patients", file=sys.stderr, disable=None
+    ) as bar:
+
+        def show(progress: ExamplesProgress) -> None:
+            bar.n = progress.done
+            bar.refresh()
+
+        result = run_to_end(failure_examples(card, folder, description), show)
+    written = write_failure_examples(result, card, args.out)
+    for patient in result.missing:
+        print(f"wsiviewer: warning: patient {patient} is not in {folder}", file=sys.stderr)
+    print(
+        f"Wrote {len(result.examples)} example patches and {written[-1]}. {RESEARCH_USE_NOTICE}",
+        file=sys.stderr,
+    )
     return EXIT_OK
 
 
@@ -1098,3 +1230,119 @@ def _cmd_export(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     return EXIT_OK
+
+
+def _cmd_explain(args: argparse.Namespace) -> int:
+    from wsiviewer.core.exports.evidence_images import patch_caption
+    from wsiviewer.core.exports.evidence_outputs import write_evidence
+    from wsiviewer.core.model.cards import ModelCard, available_models, resolve_model
+    from wsiviewer.core.review.evidence import (
+        SaliencyCache,
+        patch_saliency,
+        point_evidence,
+        region_evidence,
+    )
+    from wsiviewer.core.review.log import review_state
+    from wsiviewer.core.review.selection import ensure_region_set, select
+    from wsiviewer.core.slides import open_slide
+    from wsiviewer.core.slides.label import slide_label
+    from wsiviewer.core.store.database import Store
+    from wsiviewer.errors import ModelError, SelectionError
+
+    with open_slide(args.slide) as slide, Store.open() as store:
+        model = resolve_model(args.model) if args.model is not None else None
+        default: ModelCard | None
+        try:
+            default = resolve_model(None)
+        except ModelError:
+            default = None
+        selection = select(
+            store,
+            slide.identity,
+            default_card=default,
+            cards=available_models(),
+            analysis_id=args.analysis,
+            model=model,
+        )
+        if selection is None:
+            raise SelectionError(
+                f"No analysis of {args.slide.name} in the results database; run "
+                f"`wsiviewer analyze {args.slide} --out DIR` or analyse it in the viewer first"
+            )
+        analysis = selection.analysis
+        if args.region is not None:
+            region_set = ensure_region_set(store, selection, args.threshold)
+            state = review_state(store, region_set.id)
+            wanted = args.region.strip().upper().removeprefix("REGION").strip(" -")
+            item = next((item for item in state.items if item.label.upper() == wanted), None)
+            if item is None:
+                labels = ", ".join(item.label for item in state.items) or "none"
+                raise SelectionError(
+                    f"No region {args.region!r} in region set {region_set.id} of analysis "
+                    f"{analysis.id} (its regions: {labels})"
+                )
+            reading = region_evidence(
+                store,
+                slide,
+                analysis,
+                item.polygon,
+                item.label,
+                selection.card,
+                top=args.top,
+                lowest=args.lowest,
+            )
+            evidence = _drive(reading, "Reading patches")
+            name = f"region-{item.label}"
+        else:
+            x, y = args.at
+            evidence = point_evidence(store, slide, analysis, (x, y), selection.card)
+            name = f"at-{x:.0f}-{y:.0f}"
+        maps = None
+        if not args.no_saliency and evidence.patches:
+            if selection.card is None:
+                print(
+                    f"wsiviewer: model {analysis.model.name!r} of analysis {analysis.id} is not "
+                    "installed: no saliency",
+                    file=sys.stderr,
+                )
+            else:
+                from wsiviewer.core.model.saliency import SaliencyExplainer
+
+                computing = patch_saliency(
+                    evidence.patches,
+                    SaliencyExplainer(selection.card),
+                    SaliencyCache(store, analysis),
+                )
+                maps = _drive(computing, "Saliency")
+        print(
+            f"{evidence.title} of analysis {analysis.id} (model {analysis.model.name}; "
+            f"{selection.reason}): {len(evidence.patches)} of {evidence.cell_count} tissue "
+            "cells shown"
+        )
+        for rank, patch in enumerate(evidence.patches, start=1):
+            print(f"  {rank:2d}. " + "; ".join(patch_caption(patch)))
+        if args.out is not None:
+            label = slide_label(slide.identity, args.slide, include_filename=args.include_filename)
+            written = write_evidence(
+                args.out, evidence, maps, label=label, name=name, force=args.force
+            )
+            print(
+                f"Wrote {len(written)} files {label}_{name}_* -> {args.out}. {RESEARCH_USE_NOTICE}",
+                file=sys.stderr,
+            )
+    return EXIT_OK
+
+
+def _drive(work: Generator[tuple[int, int], None, _T], what: str) -> _T:
+    """Run a generator of ``(done, total)`` with a progress bar on stderr; its value."""
+    from tqdm import tqdm
+
+    with tqdm(desc=what, unit="patch", file=sys.stderr, leave=False, disable=None) as bar:
+        while True:
+            try:
+                done, total = next(work)
+            except StopIteration as stop:
+                return cast("_T", stop.value)
+            bar.total = total
+            bar.n = done
+            bar.refresh()

@@ -13,13 +13,14 @@ import shutil
 import threading
 from pathlib import Path
 
-from PySide6.QtCore import QByteArray, QSettings, Qt, QTimer, Signal
+from PySide6.QtCore import QByteArray, QPoint, QSettings, Qt, QTimer, Signal
 from PySide6.QtGui import QAction, QCloseEvent, QDragEnterEvent, QDropEvent, QKeySequence
 from PySide6.QtWidgets import (
     QDockWidget,
     QFileDialog,
     QLabel,
     QMainWindow,
+    QMenu,
     QMessageBox,
     QProgressBar,
     QPushButton,
@@ -38,6 +39,7 @@ from wsiviewer.gui.analysis import AnalysisRunner
 from wsiviewer.gui.analysis_control import AnalysisController
 from wsiviewer.gui.analysis_display import AnalysisDisplay
 from wsiviewer.gui.case_list import CaseListPanel
+from wsiviewer.gui.evidence_panel import EvidencePanel, EvidenceRequest
 from wsiviewer.gui.images import rgb_to_qimage
 from wsiviewer.gui.model_panel import ModelPanel
 from wsiviewer.gui.mpp_dialog import MppDialog
@@ -150,8 +152,9 @@ class MainWindow(QMainWindow):
         self.overview = OverviewWidget()
         self.info_panel = SlideInfoPanel()
         self.overlay_panel = OverlayPanel()
-        self.model_panel = ModelPanel()
+        self.model_panel = ModelPanel(settings=self.settings)
         self.review_panel = ReviewPanel(self.view, self.settings)
+        self.evidence_panel = EvidencePanel()
         self.display = AnalysisDisplay(
             self.view, self.overview, self.overlay_panel, self.review_panel, self
         )
@@ -201,6 +204,7 @@ class MainWindow(QMainWindow):
         )
         self.info_dock = self._dock("Slide", "slide_dock", self.info_panel)
         self.model_dock = self._dock("Model", "model_dock", self.model_panel)
+        self.evidence_dock = self._dock("Evidence", "evidence_dock", self.evidence_panel)
         self.case_list = CaseListPanel(self)
         self.cases_dock = self._dock("Cases", "cases_dock", self.case_list)
         right = Qt.DockWidgetArea.RightDockWidgetArea
@@ -208,6 +212,7 @@ class MainWindow(QMainWindow):
         self.addDockWidget(right, self.overlay_dock)
         self.tabifyDockWidget(self.overlay_dock, self.info_dock)
         self.tabifyDockWidget(self.info_dock, self.model_dock)
+        self.tabifyDockWidget(self.model_dock, self.evidence_dock)
         self.overlay_dock.raise_()
         self.addDockWidget(Qt.DockWidgetArea.LeftDockWidgetArea, self.review_dock)
         # Below the review, hidden until File › Open folder… (not tabified: Qt 6 then keeps a
@@ -229,6 +234,7 @@ class MainWindow(QMainWindow):
             self.overlay_dock,
             self.info_dock,
             self.model_dock,
+            self.evidence_dock,
             self.review_dock,
             self.cases_dock,
         )
@@ -311,6 +317,12 @@ class MainWindow(QMainWindow):
             self, "&Keyboard shortcuts", self.show_shortcuts, standard.HelpContents
         )
         self.about_action = make_action(self, "&About wsiviewer", self.show_about)
+        self.about_model_action = make_action(
+            self,
+            "About this &model…",
+            self.show_about_model,
+            tip="The chosen model in words: how it was tested and where it does worst",
+        )
         self.export_action = make_action(
             self, "&Export…", self.export_review, "Ctrl+E", "Export the reviewed regions"
         )
@@ -331,6 +343,22 @@ class MainWindow(QMainWindow):
         self.ruler.measured.connect(
             lambda _length: self.statusBar().showMessage(f"Length: {self.ruler.text}", 10_000)
         )
+        self.evidence_action = make_action(
+            self,
+            "&Why was this flagged?",
+            self.show_evidence,
+            "W",
+            "The selected region's highest and lowest patches, as the model saw them",
+        )
+        self.saliency_action = make_action(
+            self,
+            "Show &saliency",
+            lambda: self.evidence_panel.saliency_box.toggle(),
+            "Shift+W",
+            "Draw Grad-CAM or integrated gradients over the evidence patches",
+        )
+        self.saliency_action.setCheckable(True)
+        self.evidence_panel.saliency_box.toggled.connect(self.saliency_action.setChecked)
         self.save_view_action = make_action(
             self,
             "Save &view as image…",
@@ -360,6 +388,21 @@ class MainWindow(QMainWindow):
         )
         self.review_panel.review_opened.connect(lambda _state: self.update_actions())
         self.review_panel.review_closed.connect(self.update_actions)
+        self.review_panel.region_selected.connect(lambda _ref: self._request_evidence())
+        # A decision or an edit may change the selected region's outline; a patch explained
+        # from the slide's menu stays until another region is selected.
+        self.review_panel.review_changed.connect(
+            lambda _state: self._request_evidence(keep_point=True)
+        )
+        self.evidence_dock.visibilityChanged.connect(
+            lambda visible: self._request_evidence() if visible else None
+        )
+        self.evidence_panel.centre_requested.connect(self.view.center_on_l0)
+        self.view.setContextMenuPolicy(Qt.ContextMenuPolicy.CustomContextMenu)
+        self.view.customContextMenuRequested.connect(self._show_view_menu)
+        self.evidence_panel.failed.connect(
+            lambda message: self.statusBar().showMessage(f"Evidence: {message}", 8000)
+        )
 
     def update_actions(self) -> None:
         """Enable what the slide, the model, a running analysis and the review allow."""
@@ -558,6 +601,7 @@ class MainWindow(QMainWindow):
         self._slide = None
         self._slide_path = None
         self.review_panel.close_review()
+        self.evidence_panel.clear()
         self.position_label.clear()
         self.probability_label.clear()
         if old is not None:
@@ -800,13 +844,75 @@ class MainWindow(QMainWindow):
         dialog.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
         dialog.open()
 
+    def show_evidence(self) -> None:
+        """Review › Why was this flagged?: the evidence dock, raised, on the selected region."""
+        self.evidence_dock.show()
+        self.evidence_dock.raise_()
+        self._request_evidence()
+
+    def _request_evidence(self, *, keep_point: bool = False) -> None:
+        """Show the selected region's evidence, if the evidence dock is in view (else when it
+        comes into view); nothing is read twice for the same region and outline. With
+        ``keep_point``, a patch explained from the slide's menu is left shown."""
+        panel = self.evidence_panel
+        item = self.review_panel.selected_item()
+        state = self.review_panel.state
+        if state is None or self._slide_path is None:
+            if panel.request is not None:
+                panel.clear()
+            return
+        shows_point = panel.request is not None and panel.request.l0_point is not None
+        if shows_point and (keep_point or item is None):
+            return
+        if item is None:
+            if panel.request is not None:
+                panel.clear()
+            return
+        if not self.evidence_dock.isVisible():
+            return
+        request = EvidenceRequest(self._slide_path, state.analysis_id, item.polygon, item.label)
+        if request != panel.request:
+            panel.show_region(request)
+
+    def explain_point(self, l0_x: float, l0_y: float) -> bool:
+        """The Evidence panel on the patch under a level-0 point of the shown analysis (the
+        slide's context menu: Why this score?); ``False`` without an analysis shown."""
+        state = self.review_panel.state
+        if state is None or self._slide_path is None:
+            return False
+        self.evidence_dock.show()
+        self.evidence_dock.raise_()
+        request = EvidenceRequest(self._slide_path, state.analysis_id, l0_point=(l0_x, l0_y))
+        self.evidence_panel.show_region(request)
+        return True
+
+    def _show_view_menu(self, view_pos: QPoint) -> None:
+        if self._slide is None:
+            return
+        scene = self.view.mapToScene(view_pos)
+        menu = QMenu(self)
+        explain = menu.addAction("Why this score? Evidence of the patch here")
+        explain.setEnabled(self.review_panel.state is not None)
+        menu.addAction(self.evidence_action)
+        explain.triggered.connect(lambda: self.explain_point(scene.x(), scene.y()))
+        menu.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+        menu.popup(self.view.viewport().mapToGlobal(view_pos))
+
     def show_about(self) -> None:
         about_box(self).open()
+
+    def show_about_model(self) -> None:
+        try:
+            self.model_panel.show_about_model()
+        except (WsiViewerError, OSError) as exc:
+            self.show_error("Cannot describe the model", str(exc))
 
     # -- closing ----------------------------------------------------------------------------
 
     def closeEvent(self, event: QCloseEvent) -> None:
         self.case_list.shutdown()
+        self.model_panel.close_about_model()
+        self.evidence_panel.shutdown()
         self.runner.cancel()
         self.runner.wait()
         self._save_settings()

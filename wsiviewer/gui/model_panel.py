@@ -14,7 +14,7 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-from PySide6.QtCore import Qt, QUrl, Signal
+from PySide6.QtCore import QSettings, Qt, QUrl, Signal
 from PySide6.QtGui import QTextDocument
 from PySide6.QtWidgets import (
     QComboBox,
@@ -29,9 +29,10 @@ from PySide6.QtWidgets import (
 )
 
 from wsiviewer import RESEARCH_USE_NOTICE
-from wsiviewer.core.model.cards import ModelCard
+from wsiviewer.core.model.cards import ModelCard, resolve_model
 from wsiviewer.core.units import um_from_px
 from wsiviewer.errors import ModelError
+from wsiviewer.gui.about_model import AboutModelDialog
 from wsiviewer.gui.panels import NOTICE_STYLE, notice_label
 from wsiviewer.gui.plots import (
     CalibrationPlotWidget,
@@ -229,8 +230,10 @@ class ModelPanel(QWidget):
     model_changed = Signal(object)
     add_requested = Signal()
 
-    def __init__(self, parent: QWidget | None = None) -> None:
+    def __init__(self, parent: QWidget | None = None, *, settings: QSettings | None = None) -> None:
         super().__init__(parent)
+        #: Where the About page remembers the IDC dataset folder.
+        self.settings = settings
         self._cards: list[ModelCard] = []
         self.evaluation: ModelEvaluation | None = None
         self.chooser = QComboBox()
@@ -258,6 +261,12 @@ class ModelPanel(QWidget):
             "Metrics on held-out patients, plots and per-patient results of this model"
         )
         self.report_dialog: ReportDialog | None = None
+        self.about_button = QPushButton("About this model…")
+        self.about_button.setToolTip(
+            "The model in words: what it looks at, how it was tested, how often it is right "
+            "and where it does worst, with example patches"
+        )
+        self.about_dialog: AboutModelDialog | None = None
         row = QHBoxLayout()
         row.addWidget(self.chooser, 1)
         row.addWidget(self.add_button)
@@ -265,10 +274,15 @@ class ModelPanel(QWidget):
         layout.addLayout(row)
         layout.addWidget(self.tabs, 1)
         layout.addWidget(notice_label("Research use only: every figure here is model output."))
-        layout.addWidget(self.report_button, 0, Qt.AlignmentFlag.AlignRight)
+        buttons = QHBoxLayout()
+        buttons.addStretch(1)
+        buttons.addWidget(self.about_button)
+        buttons.addWidget(self.report_button)
+        layout.addLayout(buttons)
         self.chooser.currentIndexChanged.connect(self._chosen)
         self.add_button.clicked.connect(self.add_requested)
         self.report_button.clicked.connect(self.show_report)
+        self.about_button.clicked.connect(lambda: self.show_about_model())
 
     @property
     def card(self) -> ModelCard | None:
@@ -338,3 +352,29 @@ class ModelPanel(QWidget):
         self.report_dialog = ReportDialog(card, report, self)
         self.report_dialog.show()
         return self.report_dialog
+
+    def show_about_model(self) -> AboutModelDialog | None:
+        """Open the About page of the chosen model, else of the default one; ``None`` (and
+        an error raised) when there is no model at all.
+
+        Raises
+        ------
+        ModelError
+            If no model is chosen and none is installed.
+        """
+        card = self.card or resolve_model(None)
+        self.close_about_model()
+        self.about_dialog = AboutModelDialog(card, self.settings, self)
+        self.about_dialog.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+        self.about_dialog.destroyed.connect(self._forget_about_dialog)
+        self.about_dialog.show()
+        return self.about_dialog
+
+    def close_about_model(self) -> None:
+        """Close the About page, if open (its example worker stops)."""
+        if self.about_dialog is not None:
+            self.about_dialog.close()
+            self.about_dialog = None
+
+    def _forget_about_dialog(self, *_: object) -> None:
+        self.about_dialog = None

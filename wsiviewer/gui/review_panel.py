@@ -88,6 +88,8 @@ REVIEW_SHORTCUTS: tuple[tuple[str, str], ...] = (
     ("M", "Merge the regions selected in the list (Ctrl+click to select several)"),
     ("Delete", "Delete the selected region (U undoes)"),
     ("O", "Show or hide region outlines"),
+    ("W", "Why was this flagged? The selected region's evidence patches (click one to centre)"),
+    ("Shift+W", "Show or hide saliency (Grad-CAM / integrated gradients) on the evidence"),
     ("Esc", "Cancel the drawing or edit in progress"),
 )
 

@@ -120,9 +120,17 @@ def build_menus(window: MainWindow) -> QMenu:
         if action in (review_panel.draw_action, review_panel.delete_action):
             review_menu.addSeparator()
         review_menu.addAction(action)
+    review_menu.addSeparator()
+    review_menu.addAction(window.evidence_action)
+    review_menu.addAction(window.saliency_action)
 
     help_menu = menus.addMenu("&Help")
-    for action in (window.shortcuts_action, window.info_action, window.about_action):
+    for action in (
+        window.shortcuts_action,
+        window.info_action,
+        window.about_model_action,
+        window.about_action,
+    ):
         help_menu.addAction(action)
     return recent_menu
 

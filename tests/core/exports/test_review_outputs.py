@@ -238,6 +238,7 @@ def test_export_writes_the_report_and_tables(
     assert "<b>&" not in page
     assert "cancernet v1.0" in page
     assert "not available" in page  # no installed card: no metrics
+    assert "not the analysed slide" in page  # the array's identity is not the analysis's
     images = [part.split('"')[0] for part in page.split('src="data:image/png;base64,')[1:]]
     assert len(images) == 4  # thumbnail, overlay and its colour bar, outlines
     for encoded in images:

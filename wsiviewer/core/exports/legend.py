@@ -9,9 +9,10 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
 
 from wsiviewer.core.exports.colormaps import DEFAULT_COLORMAP, legend_rgba
+from wsiviewer.core.exports.fonts import picture_font
 from wsiviewer.core.review.wording import format_threshold
 
 #: Least width of a legend band, px: narrower pictures are widened (transparent or white).
@@ -86,7 +87,7 @@ def legend_band(
     height = legend_height(width) if height is None else height
     band = Image.new("RGB", (width, height), (255, 255, 255))
     draw = ImageDraw.Draw(band)
-    font = ImageFont.load_default(size=round(13 * scale))
+    font = picture_font(round(13 * scale))
     margin = round(10 * scale)
     bar_width = max(60, round(width * (1 - SCALE_BAR_FRACTION)) - 3 * margin)
     if um_per_px is None:

@@ -13,9 +13,11 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
 
 from wsiviewer import RESEARCH_USE_NOTICE, __version__
+from wsiviewer.core.exports.evidence_images import evidence_strip, legend_bar, legend_text
+from wsiviewer.core.exports.fonts import picture_font
 from wsiviewer.core.exports.heatmaps import heatmap_cell_px, heatmap_rgba, overlay_rgb
 from wsiviewer.core.exports.legend import checkerboard, over
 from wsiviewer.core.exports.png import png_bytes
@@ -25,6 +27,7 @@ from wsiviewer.core.review.wording import STATUS_WORDS, format_probability, form
 
 if TYPE_CHECKING:
     from wsiviewer.core.exports.review_outputs import ReviewExport
+    from wsiviewer.core.model.cards import ModelCard
     from wsiviewer.core.slides import Slide
 
 
@@ -94,7 +97,7 @@ def _outlines(base: np.ndarray, state: ReviewState, l0_dimensions: tuple[int, in
     scale = image.size[0] / max(l0_dimensions[0], 1)
     # Sized for the report, which shows three images side by side (~1/3 of their px).
     line = max(2, round(max(image.size) / 160))
-    font = ImageFont.load_default(size=max(12, round(max(image.size) / 22)))
+    font = picture_font(max(12, round(max(image.size) / 22)))
     # Pending first, then rejected, accepted on top.
     order = {"pending": 0, "rejected": 1, "accepted": 2}
     for item in sorted(state.items, key=lambda item: order[item.status]):
@@ -145,6 +148,9 @@ figure img.legend { width: 256px; height: 16px; border: 1px solid #888; vertical
 .status-rejected { color: #2a7fb0; } .status-pending { color: #5a5a5a; }
 tr.undone td { color: #999; text-decoration: line-through; }
 footer { margin-top: 24px; font-size: 0.85em; color: #555; }
+.evidence { margin: 12px 0 20px; } .evidence img.strip { border: 1px solid #ccc; max-width: 100%; }
+.evidence h3 { margin: 0 0 4px; font-size: 1em; }
+img.legend-bar { width: 120px; height: 14px; border: 1px solid #888; vertical-align: middle; }
 """
 
 
@@ -174,10 +180,13 @@ def review_report_html(
     *,
     slide: Slide | None = None,
     slide_name: str | None = None,
+    card: ModelCard | None = None,
 ) -> str:
     """The review report: one self-contained HTML page with the research-use notice, the
     review's progress, the slide, heatmap and outline images, the slide, analysis and model
-    details, every region and the decision log."""
+    details, every region, the evidence of each accepted and rejected region (its top
+    patches and, with the analysis's ``card``, their saliency: read from ``slide``) and the
+    decision log."""
     figures = _figures_html(report_images(export, slide))
     return _page_html(
         export.state,
@@ -186,6 +195,7 @@ def review_report_html(
         slide_table=_meta_table(_slide_rows(summary, slide_name)),
         model_table=_meta_table(_model_rows(summary["model"])),
         region_rows=_region_rows_html(export.state),
+        evidence=_evidence_html(export, slide, card),
         decision_rows=_decision_rows_html(export.history),
     )
 
@@ -349,6 +359,7 @@ def _page_html(
     slide_table: str,
     model_table: str,
     region_rows: str,
+    evidence: str,
     decision_rows: str,
 ) -> str:
     """The page around its parts (a template: its length is the page's)."""
@@ -383,6 +394,8 @@ accepted area {_num(summary["accepted_area_mm2"], 4)} mm²</p>
 <th>Note</th><th>Reviewer</th><th>Decided (UTC)</th></tr>
 {region_rows}
 </table>
+<h2>Why each decision: the evidence of the reviewed regions</h2>
+{evidence}
 <h2>Decision log</h2>
 <p>Every action, oldest first; undone actions are struck through.</p>
 <table class="data">
@@ -398,6 +411,85 @@ reviewed by a pathologist. Coordinates are level-0 px (origin top-left).</p>
 </body>
 </html>
 """
+
+
+#: Patches shown per reviewed region in the report.
+REPORT_EVIDENCE_PATCHES = 3
+
+
+def _evidence_html(export: ReviewExport, slide: Slide | None, card: ModelCard | None) -> str:
+    """Each accepted and rejected region's highest patches, read from the slide, with their
+    saliency when the analysis's card is installed: what the reviewer saw, for an audit."""
+    decided = [item for item in export.state.items if item.status != "pending"]
+    if not decided:
+        return "<p>No region accepted or rejected yet: the evidence of each appears here.</p>"
+    if slide is None:
+        return "<p>The slide was not available when this report was written: no evidence.</p>"
+    if slide.identity != export.analysis.slide_identity:
+        return (
+            "<p>The slide given is not the analysed slide (its identity differs): no evidence.</p>"
+        )
+    from wsiviewer.core.review.evidence import reviewed_evidence
+    from wsiviewer.core.review.selection import installed_card
+
+    # Only the analysis's own model explains its map.
+    card = installed_card(export.analysis, [card]) if card is not None else None
+    found = reviewed_evidence(
+        slide,
+        export.analysis,
+        export.probability_map,
+        decided,
+        card,
+        top=REPORT_EVIDENCE_PATCHES,
+    )
+    explainer = None
+    if card is not None and any(evidence.patches for evidence in found):
+        from wsiviewer.core.model.saliency import SaliencyExplainer
+
+        explainer = SaliencyExplainer(card)
+    rows = ["model input (4 µm/px)", "slide resolution"]
+    if explainer is None:
+        intro = (
+            "<p>Each region's highest patches, read from the slide: at the model's input and "
+            "at the slide's resolution. No saliency: the analysis's model is not installed.</p>"
+        )
+    else:
+        rows += ["Grad-CAM", "integrated gradients"]
+        intro = (
+            "<p>Each region's highest patches, read from the slide; top to bottom: "
+            f"{', '.join(rows)}.</p><p>"
+            + "<br>".join(
+                f'<img class="legend-bar" alt="{_e(method)} scale" '
+                f'src="{_png_data_uri(legend_bar(120, method))}"> {_e(legend_text(method))}'
+                for method in ("gradcam", "integrated_gradients")
+            )
+            + "</p>"
+        )
+    parts = [intro]
+    for item, evidence in zip(decided, found, strict=True):
+        maps = (
+            None
+            if explainer is None
+            else [explainer.explain(patch.model_input[None]) for patch in evidence.patches]
+        )
+        who = f" by {item.reviewer}" if item.reviewer else ""
+        note = f" — “{item.note}”" if item.note else ""
+        heading = (
+            f"Region {item.label}: {_swatch(item.status)}{STATUS_WORDS[item.status]}"
+            f"{_e(who)}{_e(note)}"
+        )
+        if not evidence.patches:
+            parts.append(
+                f'<div class="evidence"><h3>{heading}</h3><p>No tissue cell inside it.</p></div>'
+            )
+            continue
+        strip = _png_data_uri(evidence_strip(evidence, maps))
+        parts.append(
+            f'<div class="evidence"><h3>{heading}</h3>'
+            f'<img class="strip" alt="evidence of region {_e(item.label)}" src="{strip}">'
+            f"<div>{len(evidence.patches)} of its {evidence.cell_count} patches</div></div>"
+        )
+    return "".join(parts)
 
 
 def _warnings_html(notes: Sequence[str]) -> str:

@@ -259,7 +259,7 @@ def _writers(
         writers["report.html"] = lambda path: write_text(
             path,
             lambda handle: handle.write(
-                review_report_html(export, summary, slide=slide, slide_name=slide_name)
+                review_report_html(export, summary, slide=slide, slide_name=slide_name, card=card)
             ),
         )
         writers["review.csv"] = lambda path: write_review_csv(path, state)
