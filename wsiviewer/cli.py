@@ -1311,7 +1311,7 @@ def _cmd_explain(args: argparse.Namespace) -> int:
                 computing = patch_saliency(
                     evidence.patches,
                     SaliencyExplainer(selection.card),
-                    SaliencyCache(store, analysis),
+                    SaliencyCache(store.root, analysis),
                 )
                 maps = _drive(computing, "Saliency")
         print(

@@ -118,7 +118,7 @@ def load_saliency(
         raise ModelError("The analysis's model is not installed: its saliency cannot be computed")
     explainer = SaliencyExplainer(evidence.card)
     with Store.open() as store:
-        cache = SaliencyCache(store, store.analysis(evidence.analysis_id))
+        cache = SaliencyCache(store.root, store.analysis(evidence.analysis_id))
         return (yield from patch_saliency(evidence.patches, explainer, cache))
 
 
@@ -186,7 +186,10 @@ class EvidenceTile(QFrame):
         )
         self.input_label = QLabel()
         self.input_label.setPixmap(_pixmap(enlarge(patch.model_input, 2)))
-        self.input_label.setToolTip("What the model saw: 50×50 px at 4 µm/px, enlarged ×2")
+        side = patch.model_input.shape[0]
+        self.input_label.setToolTip(
+            f"What the model saw: {side}×{side} px at {patch.model_um_per_px:g} µm/px, enlarged ×2"
+        )
         self.saliency_label = QLabel()
         self.saliency_label.hide()
         self.native_label = QLabel()
@@ -228,8 +231,17 @@ class EvidenceTile(QFrame):
         )
         self.saliency_label.show()
 
-    def mouseReleaseEvent(self, event: QMouseEvent) -> None:
+    def mousePressEvent(self, event: QMouseEvent) -> None:
+        # Accepted, so that the release comes here too (QWidget ignores presses).
         if event.button() == Qt.MouseButton.LeftButton:
+            event.accept()
+        else:
+            super().mousePressEvent(event)
+
+    def mouseReleaseEvent(self, event: QMouseEvent) -> None:
+        if event.button() == Qt.MouseButton.LeftButton and self.rect().contains(
+            event.position().toPoint()
+        ):
             l0_x, l0_y, width, height = self.patch.l0_box
             self.clicked.emit(l0_x + width / 2, l0_y + height / 2)
         super().mouseReleaseEvent(event)
@@ -487,7 +499,8 @@ class EvidencePanel(QWidget):
         self._update_columns()
 
     def _update_columns(self) -> None:
-        columns = ["model input (4 µm/px, ×2)"]
+        mpp = self.tiles[0].patch.model_um_per_px if self.tiles else None
+        columns = [f"model input ({mpp:g} µm/px, ×2)" if mpp else "model input (×2)"]
         if self.saliency_box.isChecked() and self._maps is not None:
             columns.append(METHOD_NAMES[self.method])
         columns.append("slide")

@@ -202,6 +202,20 @@ def test_pick_cells_orders_and_leaves_out_unscored_cells() -> None:
     assert pick_cells(probability_map, np.zeros((0, 2), int)) == []
 
 
+def test_on_a_dense_map_the_patches_shown_do_not_overlap() -> None:
+    grid = PatchGrid.for_slide((1200, 400), 1.0, 4.0, 50, subdivision=2)  # 2 × 12 cells
+    probabilities = np.linspace(0.9, 0.3, grid.cell_count, dtype=np.float32).reshape(grid.shape)
+    probability_map = ProbabilityMap(grid, probabilities, np.ones(grid.shape, bool))
+    cells = np.argwhere(np.ones(grid.shape, bool))
+    picked = pick_cells(probability_map, cells, top=3, lowest=2)
+    assert [kind for _, kind in picked] == ["top"] * 3 + ["lowest"] * 2
+    assert [rc for rc, _ in picked[:3]] == [(0, 0), (0, 2), (0, 4)]  # (0, 1) overlaps (0, 0)
+    chosen = np.array([rc for rc, _ in picked])
+    for i in range(len(chosen)):
+        for j in range(i):
+            assert np.abs(chosen[i] - chosen[j]).max() >= 2
+
+
 class CountingExplainer(SaliencyExplainer):
     """The real explainer, counting the patches it explains."""
 
@@ -224,7 +238,7 @@ def test_saliency_is_cached_per_analysis_and_a_damaged_file_recomputed(
             region_evidence(store, slide, record, item.polygon, item.label, card, top=2, lowest=1)
         )
     explainer = CountingExplainer(card)
-    cache = SaliencyCache(store, record)
+    cache = SaliencyCache(store.root, record)
     first = run_to_end(patch_saliency(evidence.patches, explainer, cache))
     assert CountingExplainer.explained == 3
     files = sorted(cache.folder.glob("*.npz"))
@@ -282,6 +296,8 @@ def test_the_report_shows_the_evidence_of_reviewed_regions_only(
     assert [label for label, _ in strips] == [items[0].label], "pending regions are not shown"
     with Image.open(io.BytesIO(base64.b64decode(strips[0][1]))) as strip:
         assert strip.height > 4 * 96  # input, slide, Grad-CAM, integrated gradients
+    cached = sorted((store.root / "saliency" / export.analysis.key).glob("*.npz"))
+    assert len(cached) == 3, "the report's maps are cached with the viewer's"
     (other_page,) = [p.read_text() for p in (tmp_path / "other").glob("*_report.html")]
     assert "No saliency: the analysis's model is not installed" in other_page
     (bare,) = [p.read_text() for p in (tmp_path / "without").glob("*_report.html")]

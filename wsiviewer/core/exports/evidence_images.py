@@ -134,7 +134,8 @@ def evidence_sheet(
     integrated gradients over the model's input; a caption to the right; legends below."""
     font = picture_font(13)
     title_font = picture_font(16)
-    columns = ["model input (4 µm/px)", "slide resolution"]
+    mpp = evidence.patches[0].model_um_per_px if evidence.patches else None
+    columns = [f"model input ({mpp:g} µm/px)" if mpp else "model input", "slide resolution"]
     if maps is not None:
         columns += [METHOD_NAMES["gradcam"], METHOD_NAMES["integrated_gradients"]]
     gap, caption_w, top_h = 8, 260, 58

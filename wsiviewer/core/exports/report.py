@@ -429,7 +429,8 @@ def _evidence_html(export: ReviewExport, slide: Slide | None, card: ModelCard | 
         return (
             "<p>The slide given is not the analysed slide (its identity differs): no evidence.</p>"
         )
-    from wsiviewer.core.review.evidence import reviewed_evidence
+    from wsiviewer.core.progress import run_to_end
+    from wsiviewer.core.review.evidence import SaliencyCache, patch_saliency, reviewed_evidence
     from wsiviewer.core.review.selection import installed_card
 
     # Only the analysis's own model explains its map.
@@ -447,7 +448,7 @@ def _evidence_html(export: ReviewExport, slide: Slide | None, card: ModelCard | 
         from wsiviewer.core.model.saliency import SaliencyExplainer
 
         explainer = SaliencyExplainer(card)
-    rows = ["model input (4 µm/px)", "slide resolution"]
+    rows = [f"model input ({export.analysis.grid.model_mpp:g} µm/px)", "slide resolution"]
     if explainer is None:
         intro = (
             "<p>Each region's highest patches, read from the slide: at the model's input and "
@@ -466,11 +467,14 @@ def _evidence_html(export: ReviewExport, slide: Slide | None, card: ModelCard | 
             + "</p>"
         )
     parts = [intro]
+    cache = None
+    if explainer is not None and export.data_root is not None:
+        cache = SaliencyCache(export.data_root, export.analysis)
     for item, evidence in zip(decided, found, strict=True):
         maps = (
             None
             if explainer is None
-            else [explainer.explain(patch.model_input[None]) for patch in evidence.patches]
+            else run_to_end(patch_saliency(evidence.patches, explainer, cache))
         )
         who = f" by {item.reviewer}" if item.reviewer else ""
         note = f" — “{item.note}”" if item.note else ""

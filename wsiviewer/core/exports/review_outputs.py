@@ -119,6 +119,8 @@ class ReviewExport:
     history: list[dict[str, Any]]
     #: Grid cells ``(N, 2)`` of each model region, by ``regions.id``.
     region_cells: dict[int, np.ndarray]
+    #: The Store's folder, where saliency maps are cached (``None``: computed afresh).
+    data_root: Path | None = None
 
     @property
     def reviewed(self) -> bool:
@@ -154,6 +156,7 @@ def load_review_export(store: Store, region_set_id: int) -> ReviewExport:
         region_cells={
             stored.id: stored.region.grid_cells for stored in store.regions(region_set_id)
         },
+        data_root=store.root,
     )
 
 

@@ -63,7 +63,7 @@ class RegionEvidence:
     @property
     def title(self) -> str:
         if self.region_label is None:
-            return "Cell at the point"
+            return "The patch at the point"
         return f"Region {self.region_label}"
 
 
@@ -125,7 +125,8 @@ def region_evidence(
         If the slide's pixels cannot be read.
     """
     _check_slide(slide, analysis)
-    probability_map = probability_map or store.load_probability_map(analysis)
+    if probability_map is None:
+        probability_map = store.load_probability_map(analysis)
     cells = region_cells(probability_map, polygon)
     chosen = pick_cells(probability_map, cells, top, lowest)
     reader = EvidenceReader(slide, probability_map, card)
@@ -178,7 +179,8 @@ def point_evidence(
         slide is not the analysis's slide.
     """
     _check_slide(slide, analysis)
-    probability_map = probability_map or store.load_probability_map(analysis)
+    if probability_map is None:
+        probability_map = store.load_probability_map(analysis)
     grid_rc = probability_map.grid.grid_rc_at(l0_xy)
     x, y = l0_xy
     if grid_rc is None:
@@ -199,15 +201,15 @@ def _check_slide(slide: Slide, analysis: AnalysisRecord) -> None:
 
 
 class SaliencyCache:
-    """Saliency maps of one analysis's patches, one compressed file per patch in the data
-    directory (``saliency/<analysis key>/<patch sha256>.npz``), written atomically.
+    """Saliency maps of one analysis's patches, one compressed file per patch in the Store's
+    folder ``root`` (``saliency/<analysis key>/<patch sha256>.npz``), written atomically.
 
     A file is found by the sha256 of the patch's model-input pixels and the card's sha256, so
     a cached map always belongs to the pixels it is shown on.
     """
 
-    def __init__(self, store: Store, analysis: AnalysisRecord) -> None:
-        self.folder = store.root / "saliency" / analysis.key
+    def __init__(self, root: Path, analysis: AnalysisRecord) -> None:
+        self.folder = Path(root) / "saliency" / analysis.key
         self.card_sha256 = analysis.model.card_sha256
 
     def _path(self, patch: EvidencePatch) -> Path:
@@ -253,7 +255,10 @@ def patch_saliency(
     cache: SaliencyCache | None = None,
 ) -> Generator[tuple[int, int], None, list[SaliencyMaps]]:
     """The saliency maps of each patch (from ``cache`` where it has them; computed and cached
-    otherwise). Yields ``(done, total)`` after each patch; closing the generator cancels."""
+    otherwise). Yields ``(done, total)`` after each patch; closing the generator cancels.
+
+    One patch at a time: explaining several in one captum call was no faster on the CPU
+    (2.3 s for 11 patches either way), and a cancel comes sooner."""
     maps: list[SaliencyMaps] = []
     for done, patch in enumerate(patches, start=1):
         found = cache.get(patch) if cache is not None else None
