@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     import torch
 
     from wsiviewer.core.model.predictor import Predictor
+    from wsiviewer.core.review.selection import Selection
     from wsiviewer.core.slides import Mpp, Slide
     from wsiviewer.core.store.database import Store
     from wsiviewer.core.workflow import AnalysisParameters
@@ -1173,40 +1174,55 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _selection(args: argparse.Namespace, slide: Slide, store: Store) -> Selection:
+    """The slide's selection (``--analysis``, ``--model``, else the selection rule), as
+    ``export`` and ``explain`` show it.
+
+    Raises
+    ------
+    SelectionError
+        If the slide has no analysis, or the one asked for is not the slide's.
+    """
+    from wsiviewer.core.model.cards import ModelCard, available_models, resolve_model
+    from wsiviewer.core.review.selection import select
+    from wsiviewer.errors import ModelError, SelectionError
+
+    model = resolve_model(args.model) if args.model is not None else None
+    default: ModelCard | None
+    try:
+        default = resolve_model(None)
+    except ModelError:
+        default = None
+    selection = select(
+        store,
+        slide.identity,
+        default_card=default,
+        cards=available_models(),
+        analysis_id=args.analysis,
+        model=model,
+    )
+    if selection is None:
+        raise SelectionError(
+            f"No analysis of {args.slide.name} in the results database; run "
+            f"`wsiviewer analyze {args.slide} --out DIR` or analyse it in the viewer first"
+        )
+    return selection
+
+
 def _cmd_export(args: argparse.Namespace) -> int:
     from wsiviewer.core.exports.review_outputs import (
         EXPORT_KINDS,
         export_review,
         load_review_export,
     )
-    from wsiviewer.core.model.cards import ModelCard, available_models, resolve_model
-    from wsiviewer.core.review.selection import ensure_region_set, select
+    from wsiviewer.core.review.selection import ensure_region_set
     from wsiviewer.core.review.wording import format_threshold
     from wsiviewer.core.slides import open_slide
     from wsiviewer.core.slides.label import slide_label
     from wsiviewer.core.store.database import Store
-    from wsiviewer.errors import ModelError, SelectionError
 
     with open_slide(args.slide) as slide, Store.open() as store:
-        model = resolve_model(args.model) if args.model is not None else None
-        default: ModelCard | None
-        try:
-            default = resolve_model(None)
-        except ModelError:
-            default = None
-        selection = select(
-            store,
-            slide.identity,
-            default_card=default,
-            cards=available_models(),
-            analysis_id=args.analysis,
-            model=model,
-        )
-        if selection is None:
-            raise SelectionError(
-                f"No analysis of {args.slide.name} in the results database; run "
-                f"`wsiviewer analyze {args.slide} --out DIR` or analyse it in the viewer first"
-            )
+        selection = _selection(args, slide, store)
         region_set = ensure_region_set(store, selection, args.threshold)
         export = load_review_export(store, region_set.id)
         label = slide_label(slide.identity, args.slide, include_filename=args.include_filename)
@@ -1235,7 +1251,6 @@ def _cmd_export(args: argparse.Namespace) -> int:
 def _cmd_explain(args: argparse.Namespace) -> int:
     from wsiviewer.core.exports.evidence_images import patch_caption
     from wsiviewer.core.exports.evidence_outputs import write_evidence
-    from wsiviewer.core.model.cards import ModelCard, available_models, resolve_model
     from wsiviewer.core.review.evidence import (
         SaliencyCache,
         patch_saliency,
@@ -1243,32 +1258,14 @@ def _cmd_explain(args: argparse.Namespace) -> int:
         region_evidence,
     )
     from wsiviewer.core.review.log import review_state
-    from wsiviewer.core.review.selection import ensure_region_set, select
+    from wsiviewer.core.review.selection import ensure_region_set
     from wsiviewer.core.slides import open_slide
     from wsiviewer.core.slides.label import slide_label
     from wsiviewer.core.store.database import Store
-    from wsiviewer.errors import ModelError, SelectionError
+    from wsiviewer.errors import SelectionError
 
     with open_slide(args.slide) as slide, Store.open() as store:
-        model = resolve_model(args.model) if args.model is not None else None
-        default: ModelCard | None
-        try:
-            default = resolve_model(None)
-        except ModelError:
-            default = None
-        selection = select(
-            store,
-            slide.identity,
-            default_card=default,
-            cards=available_models(),
-            analysis_id=args.analysis,
-            model=model,
-        )
-        if selection is None:
-            raise SelectionError(
-                f"No analysis of {args.slide.name} in the results database; run "
-                f"`wsiviewer analyze {args.slide} --out DIR` or analyse it in the viewer first"
-            )
+        selection = _selection(args, slide, store)
         analysis = selection.analysis
         if args.region is not None:
             region_set = ensure_region_set(store, selection, args.threshold)

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from wsiviewer.core.model.about import finite_number
 from wsiviewer.core.model.cards import ModelCard
 from wsiviewer.errors import ModelError
 
@@ -38,17 +38,6 @@ PATIENT_COLUMNS = (
 )
 
 
-def _number(value: object) -> float | None:
-    """A finite float, or ``None`` (missing, ``nan``, empty, not a number)."""
-    if isinstance(value, bool) or value is None:
-        return None
-    try:
-        number = float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        return None
-    return number if math.isfinite(number) else None
-
-
 @dataclass(frozen=True)
 class PartMetrics:
     """Patch-level metrics of one part of the split, at the card's threshold."""
@@ -65,7 +54,7 @@ class PartMetrics:
     def from_card(cls, part: str, data: Mapping[str, Any]) -> PartMetrics:
         values: dict[str, float] = {}
         for name, raw in data.items():
-            value = _number(raw)
+            value = finite_number(raw)
             if name != "intervals_95" and value is not None:
                 values[str(name)] = value
         intervals: dict[str, tuple[float, float]] = {}
@@ -73,7 +62,7 @@ class PartMetrics:
         if isinstance(raw_intervals, Mapping):
             for name, pair in raw_intervals.items():
                 if isinstance(pair, list | tuple) and len(pair) == 2:
-                    low, high = _number(pair[0]), _number(pair[1])
+                    low, high = finite_number(pair[0]), finite_number(pair[1])
                     if low is not None and high is not None:
                         intervals[str(name)] = (low, high)
         patients, patches = values.get("patients"), values.get("patches")
@@ -163,9 +152,9 @@ def read_patients_csv(path: Path) -> tuple[PatientResult, ...]:
             raise ModelError(f"{path} lacks the column(s) {', '.join(missing)}")
         rows = []
         for line, row in enumerate(reader, start=2):
-            patches = _number(row["patches"])
-            idc_fraction = _number(row["idc_fraction"])
-            mean_p = _number(row["mean_p_idc"])
+            patches = finite_number(row["patches"])
+            idc_fraction = finite_number(row["idc_fraction"])
+            mean_p = finite_number(row["mean_p_idc"])
             if patches is None or idc_fraction is None or mean_p is None:
                 raise ModelError(f"{path}, line {line}: patches and fractions must be numbers")
             rows.append(
@@ -174,9 +163,9 @@ def read_patients_csv(path: Path) -> tuple[PatientResult, ...]:
                     patches=int(patches),
                     idc_fraction=idc_fraction,
                     mean_p_idc=mean_p,
-                    roc_auc=_number(row["roc_auc"]),
-                    sensitivity=_number(row["sensitivity"]),
-                    specificity=_number(row["specificity"]),
+                    roc_auc=finite_number(row["roc_auc"]),
+                    sensitivity=finite_number(row["sensitivity"]),
+                    specificity=finite_number(row["specificity"]),
                 )
             )
     return tuple(rows)
@@ -216,7 +205,7 @@ def load_model_evaluation(card: ModelCard) -> ModelEvaluation:
     points: dict[str, float] = {}
     if isinstance(raw_points, Mapping):
         for name, raw in raw_points.items():
-            value = _number(raw)
+            value = finite_number(raw)
             if value is not None:
                 points[str(name)] = value
     report_dir = card.path.parent / "reports" / card.name

@@ -410,9 +410,9 @@ def _operating_point_section(
             "card's was." + (f" {spread}" if spread else "")
         )
     whole = metrics.get("out_of_fold_map")
-    if isinstance(whole, Mapping) and _number(whole.get("sensitivity")) is not None:
+    if isinstance(whole, Mapping) and finite_number(whole.get("sensitivity")) is not None:
         sensitivity = float(whole["sensitivity"])
-        specificity = _number(whole.get("specificity"))
+        specificity = finite_number(whole.get("specificity"))
         text = (
             f"On whole sections ({_count(whole.get('patients'))} complete patients rebuilt as "
             f"slides, with spatial context, out of fold): of 100 IDC squares it flags about "
@@ -433,14 +433,15 @@ def _threshold_reason(card: ModelCard) -> str:
     }
     if isinstance(points, Mapping):
         for key, value in points.items():
-            if key in reasons and _number(value) is not None and abs(value - card.threshold) < 1e-6:
+            number = finite_number(value)
+            if key in reasons and number is not None and abs(number - card.threshold) < 1e-6:
                 return f", {reasons[key]}"
     return ""
 
 
 def _fold_spread(folds: Sequence[Mapping[str, str]]) -> str:
-    sensitivities = [v for row in folds if (v := _number(row.get("sensitivity"))) is not None]
-    specificities = [v for row in folds if (v := _number(row.get("specificity"))) is not None]
+    sensitivities = [v for row in folds if (v := finite_number(row.get("sensitivity"))) is not None]
+    specificities = [v for row in folds if (v := finite_number(row.get("specificity"))) is not None]
     if len(sensitivities) < 2 or len(specificities) < 2:
         return ""
     return (
@@ -528,7 +529,7 @@ def _mode_words(mode: FailureMode, folds: Sequence[Mapping[str, str]]) -> str:
     if mode.kind == "misses" and len(shared_folds) == 1 and None not in shared_folds:
         fold = shared_folds.pop()
         row = next((r for r in folds if r.get("fold") == fold), None)
-        sensitivity = _number(row.get("sensitivity")) if row else None
+        sensitivity = finite_number(row.get("sensitivity")) if row else None
         if sensitivity is not None:
             who = "Both were" if len(mode.patients) == 2 else "Each was"
             text += (
@@ -585,15 +586,16 @@ def _measured_point(metrics: Mapping[str, Any]) -> MeasuredPoint | None:
 
 
 def _point(part: str, figures: Mapping[str, Any]) -> MeasuredPoint | None:
-    sensitivity = _number(figures.get("sensitivity"))
-    specificity = _number(figures.get("specificity"))
+    sensitivity = finite_number(figures.get("sensitivity"))
+    specificity = finite_number(figures.get("specificity"))
     if sensitivity is None or specificity is None:
         return None
     if not (0 <= sensitivity <= 1 and 0 <= specificity <= 1):
         return None
     intervals = figures.get("intervals_95")
     intervals = intervals if isinstance(intervals, Mapping) else {}
-    patients, patches = _number(figures.get("patients")), _number(figures.get("patches"))
+    patients = finite_number(figures.get("patients"))
+    patches = finite_number(figures.get("patches"))
     return MeasuredPoint(
         part=part,
         sensitivity=sensitivity,
@@ -602,7 +604,7 @@ def _point(part: str, figures: Mapping[str, Any]) -> MeasuredPoint | None:
         patches=None if patches is None else int(patches),
         sensitivity_interval=_interval(intervals.get("sensitivity")),
         specificity_interval=_interval(intervals.get("specificity")),
-        roc_auc=_number(figures.get("roc_auc")),
+        roc_auc=finite_number(figures.get("roc_auc")),
     )
 
 
@@ -653,12 +655,12 @@ def _read_patients(path: Path) -> list[PatientFigures]:
     held-out (``idc_patches``); rows that do not parse are skipped."""
     out = []
     for row in _read_rows(path):
-        patches = _number(row.get("patches"))
+        patches = finite_number(row.get("patches"))
         if not row.get("patient") or patches is None or patches <= 0:
             continue
-        idc = _number(row.get("idc_patches"))
+        idc = finite_number(row.get("idc_patches"))
         if idc is None:
-            fraction = _number(row.get("idc_fraction"))
+            fraction = finite_number(row.get("idc_fraction"))
             if fraction is None:
                 continue
             idc = round(fraction * patches)
@@ -668,15 +670,15 @@ def _read_patients(path: Path) -> list[PatientFigures]:
                 fold=row.get("fold") or None,
                 patches=int(patches),
                 idc_patches=int(idc),
-                roc_auc=_number(row.get("roc_auc")),
-                sensitivity=_number(row.get("sensitivity")),
-                specificity=_number(row.get("specificity")),
+                roc_auc=finite_number(row.get("roc_auc")),
+                sensitivity=finite_number(row.get("sensitivity")),
+                specificity=finite_number(row.get("specificity")),
             )
         )
     return out
 
 
-def _number(value: object) -> float | None:
+def finite_number(value: object) -> float | None:
     """A finite number from a card value or a CSV cell, else ``None``."""
     if isinstance(value, bool) or value is None:
         return None
@@ -689,12 +691,12 @@ def _number(value: object) -> float | None:
 
 def _interval(value: object) -> tuple[float, float] | None:
     if isinstance(value, list | tuple) and len(value) == 2:
-        low, high = _number(value[0]), _number(value[1])
+        low, high = finite_number(value[0]), finite_number(value[1])
         if low is not None and high is not None:
             return (low, high)
     return None
 
 
 def _count(value: object) -> str:
-    number = _number(value)
+    number = finite_number(value)
     return "?" if number is None else f"{int(number):,}"

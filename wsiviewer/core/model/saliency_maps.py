@@ -34,16 +34,6 @@ class SaliencyMaps:
             raise ValueError(f"Unknown saliency method {name!r}; known: {', '.join(METHODS)}")
         return self.gradcam if name == "gradcam" else self.integrated_gradients
 
-    def take(self, indices: Sequence[int] | np.ndarray) -> SaliencyMaps:
-        """The maps of some of the patches."""
-        index = np.asarray(indices, dtype=np.int64)
-        return SaliencyMaps(
-            self.gradcam[index],
-            self.integrated_gradients[index],
-            self.log_odds[index],
-            self.convergence_delta[index],
-        )
-
     @staticmethod
     def concatenate(parts: Sequence[SaliencyMaps]) -> SaliencyMaps:
         return SaliencyMaps(
