@@ -11,7 +11,7 @@ import sys
 import warnings
 from collections.abc import Callable, Generator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar, cast
+from typing import TYPE_CHECKING, TypeVar
 
 from wsiviewer import RESEARCH_USE_NOTICE, WsiViewerError, __version__
 from wsiviewer.errors import escape_control
@@ -1334,12 +1334,12 @@ def _drive(work: Generator[tuple[int, int], None, _T], what: str) -> _T:
     """Run a generator of ``(done, total)`` with a progress bar on stderr; its value."""
     from tqdm import tqdm
 
+    from wsiviewer.core.progress import run_to_end
+
     with tqdm(desc=what, unit="patch", file=sys.stderr, leave=False, disable=None) as bar:
-        while True:
-            try:
-                done, total = next(work)
-            except StopIteration as stop:
-                return cast("_T", stop.value)
-            bar.total = total
-            bar.n = done
+
+        def show(step: tuple[int, int]) -> None:
+            bar.n, bar.total = step
             bar.refresh()
+
+        return run_to_end(work, show)
