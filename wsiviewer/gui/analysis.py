@@ -16,7 +16,7 @@ import time
 from collections.abc import Generator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 from PySide6.QtCore import QObject, QThreadPool, Signal
@@ -34,6 +34,9 @@ if TYPE_CHECKING:
     from wsiviewer.core.workflow import AnalysisParameters
 
 log = logging.getLogger(__name__)
+
+Y = TypeVar("Y")
+R = TypeVar("R")
 
 
 @dataclass(frozen=True)
@@ -174,9 +177,7 @@ def _run_analysis(job: AnalysisJob) -> Generator[AnalysisUpdate, None, AnalysisO
     )
 
 
-def _forward(
-    gen: Generator[AnalysisUpdate, None, AnalysisOutcome],
-) -> Generator[AnalysisUpdate, None, AnalysisOutcome]:
+def forward_generator(gen: Generator[Y, None, R]) -> Generator[Y, None, R]:
     """superqt's ``GeneratorWorker`` wants a generator function: this one hands on ``gen``."""
     return (yield from gen)
 
@@ -220,7 +221,9 @@ class AnalysisRunner(QObject):
         self._generator = run_analysis(job)
         # Not superqt's create_worker: it would also re-raise every error in the GUI thread,
         # where _on_errored already reports it.
-        worker = GeneratorWorker(_forward, self._generator)
+        worker: GeneratorWorker[AnalysisUpdate, None, AnalysisOutcome] = GeneratorWorker(
+            forward_generator, self._generator
+        )
         # The worker's signals reach this runner's slots (GUI thread), queued.
         worker.yielded.connect(self._on_yielded)
         worker.returned.connect(self._on_returned)

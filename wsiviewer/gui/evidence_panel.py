@@ -46,6 +46,7 @@ from wsiviewer.core.exports.evidence_images import (
 )
 from wsiviewer.core.model.saliency_maps import METHOD_NAMES, METHODS
 from wsiviewer.core.review.wording import format_probability
+from wsiviewer.gui.analysis import forward_generator
 from wsiviewer.gui.images import rgb_to_qimage
 from wsiviewer.gui.panels import notice_label
 
@@ -122,11 +123,6 @@ def load_saliency(
         return (yield from patch_saliency(evidence.patches, explainer, cache))
 
 
-def _forward(gen: Generator[Any, None, Any]) -> Generator[Any, None, Any]:
-    """superqt's ``GeneratorWorker`` wants a generator function: this one hands on ``gen``."""
-    return (yield from gen)
-
-
 class _Job(QObject):
     """One generator on a worker thread; ``progressed``, ``finished(value)``, ``failed``."""
 
@@ -138,7 +134,7 @@ class _Job(QObject):
         super().__init__(parent)
         self._generator: Generator[tuple[int, int], None, Any] | None = generator
         self.worker: GeneratorWorker[tuple[int, int], None, Any] | None = GeneratorWorker(
-            _forward, generator
+            forward_generator, generator
         )
         self.worker.yielded.connect(lambda step: self.progressed.emit(*step))
         self.worker.returned.connect(self.finished.emit)

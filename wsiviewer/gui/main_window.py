@@ -889,12 +889,13 @@ class MainWindow(QMainWindow):
     def _show_view_menu(self, view_pos: QPoint) -> None:
         if self._slide is None:
             return
-        scene = self.view.mapToScene(view_pos)
+        # The scene is in level-0 px.
+        l0_point = self.view.mapToScene(view_pos)
         menu = QMenu(self)
         explain = menu.addAction("Why this score? Evidence of the patch here")
         explain.setEnabled(self.review_panel.state is not None)
         menu.addAction(self.evidence_action)
-        explain.triggered.connect(lambda: self.explain_point(scene.x(), scene.y()))
+        explain.triggered.connect(lambda: self.explain_point(l0_point.x(), l0_point.y()))
         menu.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
         menu.popup(self.view.viewport().mapToGlobal(view_pos))
 

@@ -24,10 +24,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from wsiviewer.core.exports.evidence_images import enlarge, evidence_sheet, saliency_rgb
-from wsiviewer.core.exports.files import finite_or_none, write_staged, write_text
+from wsiviewer.core.exports.files import (
+    finite_or_none,
+    refuse_to_replace,
+    write_staged,
+    write_text,
+)
 from wsiviewer.core.exports.png import write_png
 from wsiviewer.core.model.saliency_maps import SaliencyMaps
-from wsiviewer.errors import OutputExistsError
 
 if TYPE_CHECKING:
     from wsiviewer.core.review.evidence import RegionEvidence
@@ -115,15 +119,8 @@ def write_evidence(
         If the folder or a file cannot be written; nothing is left then.
     """
     names = evidence_file_names(label, name, len(evidence.patches), maps is not None)
-    existing = [Path(out_dir) / file for file in names if (Path(out_dir) / file).exists()]
-    if existing and not force:
-        shown = ", ".join(path.name for path in existing[:3])
-        more = f" and {len(existing) - 3} more" if len(existing) > 3 else ""
-        raise OutputExistsError(
-            f"{len(existing)} file(s) of this explanation exist in {out_dir}: {shown}{more}; "
-            "nothing was written (choose another folder, or overwrite: --force)",
-            tuple(str(path) for path in existing),
-        )
+    if not force:
+        refuse_to_replace(out_dir, names, "this explanation")
     about = {"Description": f"{evidence.title} of analysis {evidence.analysis_id}"}
     writers: dict[str, Callable[[Path], object]] = {
         f"{label}_{name}_evidence.png": lambda path: write_png(

@@ -18,7 +18,7 @@ import re
 import shutil
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -30,7 +30,7 @@ import numpy as np
 
 from wsiviewer.core.atomic import atomic_path
 from wsiviewer.core.paths import pid_tag, process_alive, tagged_pid
-from wsiviewer.errors import ExportError
+from wsiviewer.errors import ExportError, OutputExistsError
 
 #: Keys dropped from any summary we export (``path``, ``card_path``, ``filename``, ``dir``...):
 #: a file name or path must never leak out.
@@ -269,6 +269,21 @@ def without_paths(value: Any) -> Any:
 def finite_or_none(value: float) -> float | None:
     value = float(value)
     return value if math.isfinite(value) else None
+
+
+def refuse_to_replace(out_dir: str | os.PathLike[str], names: Iterable[str], what: str) -> None:
+    """:class:`OutputExistsError` naming the files of ``names`` that exist in ``out_dir``
+    (``what`` they are: "this export", "this explanation"); nothing is written then."""
+    folder = Path(out_dir)
+    existing = [folder / name for name in names if (folder / name).exists()]
+    if existing:
+        shown = ", ".join(path.name for path in existing[:4])
+        more = f" and {len(existing) - 4} more" if len(existing) > 4 else ""
+        raise OutputExistsError(
+            f"{len(existing)} file(s) of {what} exist in {out_dir}: {shown}{more}; "
+            "nothing was written (choose another folder, or overwrite: --force)",
+            tuple(str(path) for path in existing),
+        )
 
 
 def write_text(

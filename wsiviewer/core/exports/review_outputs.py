@@ -41,7 +41,13 @@ import numpy as np
 
 from wsiviewer import RESEARCH_USE_NOTICE, __version__
 from wsiviewer.core.analysis.probability import ProbabilityMap
-from wsiviewer.core.exports.files import finite_or_none, without_paths, write_staged, write_text
+from wsiviewer.core.exports.files import (
+    finite_or_none,
+    refuse_to_replace,
+    without_paths,
+    write_staged,
+    write_text,
+)
 from wsiviewer.core.exports.geojson import write_review_geojson
 from wsiviewer.core.exports.masks import rasterize_regions, write_mask_png, write_mask_tiff
 from wsiviewer.core.exports.report import review_report_html
@@ -51,7 +57,7 @@ from wsiviewer.core.review.wording import STATUS_CLASSES, format_threshold
 from wsiviewer.core.slides.label import slide_label
 from wsiviewer.core.store.database import Store
 from wsiviewer.core.store.records import AnalysisRecord, RegionSetRecord
-from wsiviewer.errors import ExportError, OutputExistsError
+from wsiviewer.errors import ExportError
 
 if TYPE_CHECKING:
     from wsiviewer.core.model.cards import ModelCard
@@ -97,14 +103,6 @@ def export_file_names(what: Iterable[str], label: str) -> list[str]:
             f"Unknown export kind(s) {unknown or kinds}; choose from {', '.join(EXPORT_KINDS)}"
         )
     return [f"{label}_{name}" for kind in kinds for name in REVIEW_EXPORT_NAMES[kind]]
-
-
-def existing_outputs(
-    out_dir: str | os.PathLike[str], what: Iterable[str], label: str
-) -> list[Path]:
-    """The files of an export that exist already in ``out_dir`` (it would replace them)."""
-    folder = Path(out_dir)
-    return [folder / name for name in export_file_names(what, label) if (folder / name).exists()]
 
 
 @dataclass(frozen=True)
@@ -193,7 +191,7 @@ def export_review(
     label = label or slide_label(export.analysis.slide_identity)
     names = export_file_names(kinds, label)
     if not force:
-        _refuse_to_replace(out_dir, kinds, label)
+        refuse_to_replace(out_dir, names, "this export")
     writers = _writers(
         export,
         kinds,
@@ -206,19 +204,6 @@ def export_review(
     named = {f"{label}_{name}": write for name, write in writers.items()}
     assert set(named) == set(names)
     return write_staged(out_dir, named)
-
-
-def _refuse_to_replace(out_dir: str | os.PathLike[str], kinds: list[str], label: str) -> None:
-    """:class:`OutputExistsError` naming the files of this export that exist already."""
-    existing = existing_outputs(out_dir, kinds, label)
-    if existing:
-        shown = ", ".join(path.name for path in existing[:4])
-        more = f" and {len(existing) - 4} more" if len(existing) > 4 else ""
-        raise OutputExistsError(
-            f"{len(existing)} file(s) of this export exist in {out_dir}: {shown}{more}; "
-            "nothing was written (choose another folder, or overwrite: --force)",
-            tuple(str(path) for path in existing),
-        )
 
 
 def _writers(

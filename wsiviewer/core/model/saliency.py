@@ -9,8 +9,8 @@ map's spatial context), the quantity a region's probabilities are made of.
   12×12 for CancerNet, upsampled bilinearly to the patch), positive part only.
 - **Integrated gradients** (Sundararajan et al. 2017) against the training data's mean colour
   (zero after the card's normalisation): each pixel's share of the log-odds difference between
-  the patch and a featureless patch of that colour, signed (vermillion for IDC, blue against), summed
-  over the three colour channels.
+  the patch and a featureless patch of that colour, signed (vermillion for IDC, blue
+  against), summed over the three colour channels.
 
 A saliency map is only worth showing if it depends on the model. :func:`randomise_last_layer`
 makes the control of Adebayo et al. (2018): the same network with its last layer's weights
