@@ -1,6 +1,6 @@
 """From a cross-validation run to a shipped model, on a few real patients: the final card
-carries colour, context and the out-of-distribution model, and the report has the end-to-end
-and compression sections, all measured through the real analysis."""
+carries colour, context, the stain check and the out-of-distribution model, and the report
+has the end-to-end and compression sections, all measured through the real analysis."""
 
 from __future__ import annotations
 
@@ -49,6 +49,8 @@ def test_the_final_card_carries_what_the_analysis_must_apply(run: tuple[Path, Pa
     assert card.colour is not None
     assert card.ood is not None
     assert card.ood.threshold > 0
+    assert card.stain_check is not None
+    assert card.stain_check.threshold > 0
     assert card.context is not None
     assert card.extra["metrics"]["out_of_fold"]["patients"] == 6
     assert 0.0 < card.threshold < 1.0
@@ -63,6 +65,7 @@ def test_the_report_has_every_section_measured(run: tuple[Path, Path]) -> None:
         "## End to end, complete patients out of fold",
         "## Compression, complete patients out of fold",
         "## Out-of-distribution warning",
+        "## Stain check",
     ):
         assert heading in report
     rows = json.loads((cv / "finish-finished" / "end_to_end.json").read_text())

@@ -30,6 +30,7 @@ from PySide6.QtWidgets import (
 
 from wsiviewer import RESEARCH_USE_NOTICE
 from wsiviewer.core.model.cards import ModelCard, resolve_model
+from wsiviewer.core.model.stain_check import describe_stain_check
 from wsiviewer.core.units import um_from_px
 from wsiviewer.errors import ModelError
 from wsiviewer.gui.about_model import AboutModelDialog
@@ -172,6 +173,7 @@ def model_card_html(card: ModelCard) -> str:
             or block(extra.get("operating_points")),
         ),
         ("Intended use", html.escape(card.intended_use)),
+        ("Stain check", html.escape(describe_stain_check(card.stain_check))),
         ("Weights sha256", f"<code>{card.weights_sha256[:16]}…</code>"),
         ("Card", html.escape(str(card.path))),
     ]

@@ -80,7 +80,7 @@ SCALE_BAR_MAX_PX = 160
 MAGNIFICATION_PRESETS = (2.5, 5.0, 10.0, 20.0, 40.0)
 
 #: Research-use notice drawn on the view while the heatmap is shown.
-HEATMAP_NOTICE = "IDC probability heatmap · research use only, not a diagnosis"
+HEATMAP_NOTICE = "IDC probability heatmap · breast H&E model · research use only, not a diagnosis"
 
 #: The heatmap legend on the view: its colour bar, screen px.
 LEGEND_BAR_SIZE = (150, 10)

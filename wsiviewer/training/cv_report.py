@@ -485,3 +485,21 @@ def ood_section(figures: Mapping[str, Any], *, attached: bool = True) -> list[st
         f"patients above it: {', '.join(above) or 'none'}. {carried}",
         "",
     ]
+
+
+def stain_check_section(figures: Mapping[str, Any]) -> list[str]:
+    """How the stain check was calibrated (:mod:`wsiviewer.core.model.stain_check`)."""
+    above = figures.get("above_threshold") or []
+    return [
+        "## Stain check",
+        "",
+        f"Every patient's raw tissue colours (R, G and B percentiles of the sample the colour "
+        f"standardisation is fitted on) scored against a Gaussian fitted on the other folds' "
+        f"patients (Ledoit-Wolf shrinkage; distance in units of the training patients' "
+        f"median): median {_fmt(figures['median'], 2)}, largest {_fmt(figures['max'], 1)} over "
+        f"{figures['patients']} patients. The card's threshold is their "
+        f"{figures['percentile']:g}th percentile, {_fmt(figures['threshold'], 2)}; patients "
+        f"above it: {', '.join(above) or 'none'}. `analyze` warns on a slide above it. It "
+        "checks the stain only, not the tissue.",
+        "",
+    ]

@@ -7,9 +7,11 @@ result in the report folder, so an interrupted run picks up where it stopped:
 1. the recipe trained on every patient (:func:`.recipe.train_final`, checkpointed);
 2. the out-of-distribution score: each patient scored by the fold model that never saw it,
    the warning threshold their 99th percentile (:mod:`.ood_fit`), the final model's feature
-   distribution fitted on every patient;
-3. the card (:func:`.recipe.write_final_card`): calibration, threshold, context, colour and
-   the out-of-distribution model, all from out-of-fold scores;
+   distribution fitted on every patient; and the stain check, calibrated the same way on the
+   patients' raw colours;
+3. the card (:func:`.recipe.write_final_card`): calibration, threshold, context, colour, the
+   stain check and (with ``--ood``) the out-of-distribution model, all from out-of-fold
+   scores;
 4. end to end: every complete patient rebuilt as a slide and analysed by its fold model
    through the real analysis pipeline (:func:`.cv_evaluate.end_to_end`);
 5. compression: the first complete patients (by name) as 40x JPEG pyramids
@@ -46,11 +48,12 @@ from wsiviewer.training.cv_report import (
     context_section,
     end_to_end_section,
     ood_section,
+    stain_check_section,
     write_csv,
     write_cv_report,
 )
 from wsiviewer.training.dataset import PatchSet
-from wsiviewer.training.ood_fit import fit_final, out_of_fold_scores
+from wsiviewer.training.ood_fit import fit_final, fit_stain_check_on_folds, out_of_fold_scores
 from wsiviewer.training.recipe import write_final_card
 from wsiviewer.training.train import TrainingResult
 
@@ -103,6 +106,7 @@ def finish_crossval(
         data = standardise_colours(patches, patient_quantiles(patches), reference)
     ood, ood_figures = fit_final(result.model, data, result.mean, result.std, oof, device)
     del data
+    stain_check, stain_figures = fit_stain_check_on_folds(patient_quantiles(patches), folds)
 
     card_path, figures = write_final_card(
         result,
@@ -115,6 +119,7 @@ def finish_crossval(
         default=default,
         training_summary={"patients": len(patches.patient_ids), "patches": len(patches)},
         ood=ood if attach_ood else None,
+        stain_check=stain_check,
     )
     card = ModelCard.from_file(card_path)
     fold_cards = write_fold_cards(run_dir, scores, complete, card.context, work / "fold-cards")
@@ -136,6 +141,7 @@ def finish_crossval(
         end_to_end_section(e2e),
         compression_section(jpeg),
         ood_section(ood_figures, attached=attach_ood),
+        stain_check_section(stain_figures),
     ]
     report = write_cv_report(card, scores, figures, report_dir, sections=sections)
     write_csv(

@@ -1,10 +1,12 @@
-"""Calibrating the out-of-distribution score on the folds.
+"""Calibrating the out-of-distribution score and the stain check on the folds.
 
 Each fold model's feature distribution is fitted on its own training patients, and each of its
 held-out patients is scored as a slide under analysis would be (the median over a sample of up
 to 256 of its patches): every patient gets an out-of-fold score from a model that never saw it.
 The card's threshold is the 99th percentile of those scores, so about 1 in 100 patients like
 the training ones would be warned; the final model's distribution is fitted on every patient.
+The stain check (:mod:`wsiviewer.core.model.stain_check`) is calibrated the same way on the
+patients' raw colour percentiles (no network involved).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from torch import nn
 from wsiviewer.core.model.colour import ColourReference, sample_cells
 from wsiviewer.core.model.features import penultimate_features
 from wsiviewer.core.model.ood import OodModel, fit_ood
+from wsiviewer.core.model.stain_check import StainCheck, fit_stain_check, stain_statistics
 from wsiviewer.training.crossval import PatientFolds, patient_quantiles, standardise_colours
 from wsiviewer.training.dataset import PatchSet
 
@@ -112,5 +115,32 @@ def fit_final(
         "median": float(np.median(values)),
         "max": float(values.max()),
         "above_threshold": sorted(p for p, v in oof_scores.items() if v > threshold),
+    }
+    return final, figures
+
+
+def fit_stain_check_on_folds(
+    quantiles: dict[str, np.ndarray], folds: PatientFolds
+) -> tuple[StainCheck, dict[str, Any]]:
+    """The stain check of every patient's raw colour ``quantiles`` (:func:`~wsiviewer.
+    training.crossval.patient_quantiles`), its threshold the :data:`THRESHOLD_PERCENTILE`-th
+    percentile of the patients' out-of-fold scores (each scored by a check fitted on the
+    other folds' patients); and the figures."""
+    statistics = {p: stain_statistics(q) for p, q in quantiles.items()}
+    oof: dict[str, float] = {}
+    for fold, held in enumerate(folds.folds):
+        check = fit_stain_check(np.stack([statistics[p] for p in folds.training(fold)]))
+        for patient in held:
+            oof[patient] = float(check.distances(statistics[patient][None])[0])
+    values = np.array(list(oof.values()))
+    threshold = float(np.percentile(values, THRESHOLD_PERCENTILE))
+    final = fit_stain_check(np.stack(list(statistics.values())), threshold)
+    figures = {
+        "threshold": threshold,
+        "percentile": THRESHOLD_PERCENTILE,
+        "patients": len(values),
+        "median": float(np.median(values)),
+        "max": float(values.max()),
+        "above_threshold": sorted(p for p, v in oof.items() if v > threshold),
     }
     return final, figures

@@ -22,6 +22,7 @@ import torch
 from wsiviewer.core.model.colour import ColourReference
 from wsiviewer.core.model.context import ContextSettings
 from wsiviewer.core.model.ood import OodModel
+from wsiviewer.core.model.stain_check import StainCheck
 from wsiviewer.core.model.weights import write_model
 from wsiviewer.training.context_fit import choose_context, patient_maps
 from wsiviewer.training.crossval import (
@@ -76,6 +77,7 @@ def write_final_card(
     default: bool = False,
     training_summary: dict[str, Any] | None = None,
     ood: OodModel | None = None,
+    stain_check: StainCheck | None = None,
 ) -> tuple[Path, dict[str, Any]]:
     """Calibrate, choose and measure on the out-of-fold scores; write weights and card.
 
@@ -132,6 +134,7 @@ def write_final_card(
         "colour": None if reference is None else reference.to_dict(),
         "context": None if context is None else context.to_dict(),
         "ood": None if ood is None else ood.to_dict(),
+        "stain_check": None if stain_check is None else stain_check.to_dict(),
         "operating_points": {
             "balanced_accuracy": round(threshold, 6),
             "patch_balanced_accuracy": round(calibration.threshold, 6),

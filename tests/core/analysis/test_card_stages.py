@@ -19,6 +19,7 @@ from wsiviewer.core.model.colour import ColourReference, slide_quantiles
 from wsiviewer.core.model.context import ContextSettings, apply_context
 from wsiviewer.core.model.ood import OodModel, fit_ood
 from wsiviewer.core.model.predictor import Predictor
+from wsiviewer.core.model.stain_check import PERCENTILES, fit_stain_check, stain_statistics
 from wsiviewer.core.progress import run_to_end
 from wsiviewer.core.slides import ArraySource
 from wsiviewer.errors import ModelError
@@ -117,6 +118,31 @@ def test_an_unusual_slide_is_warned_and_a_usual_one_is_not(trained: Path, tmp_pa
     assert warned(score * 2.0) == []
 
 
+def test_a_slide_stained_otherwise_is_warned_and_the_same_slide_in_h_and_e_is_not(
+    trained: Path, tmp_path: Path
+) -> None:
+    pixels = he_like_slide()
+    slide = ArraySource(pixels, mpp=1.0)
+    plain = ModelCard.from_file(trained)
+    analysis = analysed(slide, plain)
+    quantiles = slide_quantiles(
+        sample_patches(PatchReader(slide, analysis.grid), analysis.probability_map.tissue)
+    )
+    # A check fitted on slides like this one (its percentiles, a little jittered).
+    rng = np.random.default_rng(0)
+    statistics = stain_statistics(quantiles) + rng.normal(0, 4, (20, 3 * len(PERCENTILES)))
+    fitted = fit_stain_check(statistics, threshold=6.0)
+    card = card_with(trained, tmp_path, "stain", stain_check=fitted.to_dict())
+    assert card.stain_check is not None
+    assert card.stain_check.score(quantiles) < 6.0
+    assert not [w for w in analysed(slide, card).warnings if "colours are unlike" in w]
+    other = ArraySource(restained(pixels), mpp=1.0)
+    with pytest.warns(AnalysisWarning, match="colours are unlike the training patients'"):
+        notes = [w for w in analysed(other, card).warnings if "colours are unlike" in w]
+    assert len(notes) == 1
+    assert "above 6.0" in notes[0]
+
+
 @pytest.mark.parametrize(
     ("key", "value"),
     [
@@ -125,6 +151,7 @@ def test_an_unusual_slide_is_warned_and_a_usual_one_is_not(trained: Path, tmp_pa
         ("context", {"method": "gaussian-logits", "sigma_um": -1, "weight": 1}),
         ("context", [1, 2]),
         ("ood", {"method": "mahalanobis-features", "mean": [0.0]}),
+        ("stain_check", {"method": "colour-percentile-gaussian", "mean": [0.0]}),
     ],
 )
 def test_bad_card_stages_are_a_model_error(

@@ -136,6 +136,17 @@ def test_weakest_patients_are_the_reports_lowest_with_enough_patches() -> None:
     assert f"patient {lowest['patient']}" in notes
 
 
+def test_intended_use_says_what_the_stain_check_checks_and_not(tiny_model_card: Path) -> None:
+    card = shipped("resnet8-cv")
+    assert card.stain_check is not None
+    shipped_text = " ".join(describe_model(card).to_text().split())
+    threshold = f"{card.stain_check.threshold:.1f}"
+    assert f"compared with the training patients' (stain check): above {threshold}," in shipped_text
+    assert "It checks the stain only, not the tissue" in shipped_text
+    without = " ".join(describe_model(ModelCard.from_file(tiny_model_card)).to_text().split())
+    assert "has no stain check" in without
+
+
 def test_of_100_rounds_half_up() -> None:
     assert (of_100(0.795), of_100(0.7949), of_100(0.0), of_100(1.0)) == (80, 79, 0, 100)
 

@@ -26,6 +26,7 @@ from wsiviewer.core.model.cards import ModelCard, ModelSummary
 from wsiviewer.core.model.colour import apply_table, lookup_table, sample_cells, slide_quantiles
 from wsiviewer.core.model.context import apply_context
 from wsiviewer.core.model.predictor import Predictor
+from wsiviewer.core.model.stain_check import unusual_stain_note
 from wsiviewer.core.slides import Mpp, Slide
 from wsiviewer.errors import SlideTooLargeError
 
@@ -224,9 +225,10 @@ def analyze(
 
     As the model was trained (the card says how): a slide's colours are standardised to the
     card's reference from a sample of its tissue (``colour``); the sample's distance from the
-    training data is checked, and an unusual slide warned (``ood``); after scoring, the map's
-    log-odds are smoothed over neighbouring cells (``context``, the patches' own probabilities
-    kept in :attr:`ProbabilityMap.patch_probabilities`).
+    training data is checked, and an unusual slide warned (``ood``), as is a slide whose tissue
+    colours before standardisation are unlike the training patients' (``stain_check``); after
+    scoring, the map's log-odds are smoothed over neighbouring cells (``context``, the patches'
+    own probabilities kept in :attr:`ProbabilityMap.patch_probabilities`).
 
     ``subdivision`` k above 1 is a dense map: cells of a k-th of a patch, patches cut at every
     cell (stride of a cell), each cell's probability from the mean log-odds of the k² patches
@@ -280,11 +282,16 @@ def analyze(
     yield AnalysisProgress("tissue", 0, total, probability_map)
 
     table = None
-    if total and (card.colour is not None or card.ood is not None):
+    if total and (card.colour is not None or card.ood is not None or card.stain_check is not None):
         t0 = time.perf_counter()
         sample = sample_patches(reader, tissue)
+        quantiles = slide_quantiles(sample)
+        if card.stain_check is not None:
+            stain_score = card.stain_check.score(quantiles)
+            if stain_score > card.stain_check.threshold:
+                notes.append(unusual_stain_note(stain_score, card.stain_check.threshold))
         if card.colour is not None:
-            table = lookup_table(slide_quantiles(sample), card.colour)
+            table = lookup_table(quantiles, card.colour)
             sample = apply_table(sample, table)
             timings["colour"] = time.perf_counter() - t0
         if card.ood is not None:

@@ -404,8 +404,10 @@ accepted area {_num(summary["accepted_area_mm2"], 4)} mm²</p>
 </table>
 <footer>
 <p><strong>Research use only, not for diagnosis.</strong> IDC probabilities are the output of
-a model trained on 50 × 50 px patches at {input_mpp:.4g} µm/px; every region must be
-reviewed by a pathologist. Coordinates are level-0 px (origin top-left).</p>
+a model trained on 50 × 50 px patches of breast H&amp;E slides at {input_mpp:.4g} µm/px. It
+cannot tell whether a slide is breast tissue: on other tissue its probabilities mean nothing.
+Every region must be reviewed by a pathologist. Coordinates are level-0 px (origin
+top-left).</p>
 <p>Written {_e(summary["written_at"])} by wsiviewer {_e(__version__)}.</p>
 </footer>
 </body>

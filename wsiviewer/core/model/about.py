@@ -558,6 +558,9 @@ def _too_few_to_rank(patients: Sequence[PatientFigures], modes: Sequence[Failure
 
 
 def _intended_use_section(card: ModelCard) -> Section:
+    # numpy behind it: imported only when the page is made, so importing this stays cheap.
+    from wsiviewer.core.model.stain_check import describe_stain_check
+
     return Section(
         "Intended use",
         (
@@ -567,6 +570,7 @@ def _intended_use_section(card: ModelCard) -> Section:
             f"{um_from_px(card.input_size, card.input_mpp):g} µm; it was not trained to "
             "recognise other lesions, and slides of other organs, stains, scanners or "
             "preparations are outside what it has seen.",
+            describe_stain_check(card.stain_check),
         ),
     )
 

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from wsiviewer.core.model.colour import ColourReference
     from wsiviewer.core.model.context import ContextSettings
     from wsiviewer.core.model.ood import OodModel
+    from wsiviewer.core.model.stain_check import StainCheck
 
 _REQUIRED_KEYS = (
     "name",
@@ -96,6 +97,9 @@ class ModelCard:
     context: ContextSettings | None = None
     #: The training features' distribution, to flag unusual slides (``ood``).
     ood: OodModel | None = field(default=None, compare=False)
+    #: The training patients' stain statistics, to flag slides stained otherwise
+    #: (``stain_check``).
+    stain_check: StainCheck | None = field(default=None, compare=False)
     #: Everything else on the card (operating points, metrics, training data, ...).
     extra: Mapping[str, Any] = field(default_factory=dict)
 
@@ -197,7 +201,7 @@ class ModelCard:
         sha = str(data["weights_sha256"]).lower()
         if len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):
             raise ValueError(f"weights_sha256 {sha!r} is not a sha256 hex digest")
-        colour = context = ood = None
+        colour = context = ood = stain_check = None
         if data.get("colour"):
             from wsiviewer.core.model.colour import ColourReference
 
@@ -210,9 +214,14 @@ class ModelCard:
             from wsiviewer.core.model.ood import OodModel
 
             ood = OodModel.from_dict(data["ood"])
+        if data.get("stain_check"):
+            from wsiviewer.core.model.stain_check import StainCheck
+
+            stain_check = StainCheck.from_dict(data["stain_check"])
         known = {
             *_REQUIRED_KEYS,
             *("architecture_args", "logit_bias", "default", "colour", "context", "ood"),
+            "stain_check",
         }
         return cls(
             path=path,
@@ -234,6 +243,7 @@ class ModelCard:
             colour=colour,
             context=context,
             ood=ood,
+            stain_check=stain_check,
             extra={k: v for k, v in data.items() if k not in known},
         )
 
