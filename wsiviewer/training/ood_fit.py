@@ -103,12 +103,24 @@ def fit_final(
     fit = _fit_sample(len(patch_set.labels))
     features = penultimate_features(model, patch_set.pixels[fit], mean, std, device)
     ood = fit_ood(features, patch_set.labels[fit])
+    figures = threshold_figures(oof_scores)
+    final = OodModel(
+        ood.mean,
+        ood.components,
+        ood.class_means,
+        ood.precision,
+        ood.train_median,
+        figures["threshold"],
+    )
+    return final, figures
+
+
+def threshold_figures(oof_scores: dict[str, float]) -> dict[str, Any]:
+    """The warning threshold (the :data:`THRESHOLD_PERCENTILE`-th percentile of the patients'
+    out-of-fold scores) and the figures the report gives about it."""
     values = np.array(list(oof_scores.values()))
     threshold = float(np.percentile(values, THRESHOLD_PERCENTILE))
-    final = OodModel(
-        ood.mean, ood.components, ood.class_means, ood.precision, ood.train_median, threshold
-    )
-    figures = {
+    return {
         "threshold": threshold,
         "percentile": THRESHOLD_PERCENTILE,
         "patients": len(values),
@@ -116,7 +128,6 @@ def fit_final(
         "max": float(values.max()),
         "above_threshold": sorted(p for p, v in oof_scores.items() if v > threshold),
     }
-    return final, figures
 
 
 def fit_stain_check_on_folds(
@@ -132,15 +143,6 @@ def fit_stain_check_on_folds(
         check = fit_stain_check(np.stack([statistics[p] for p in folds.training(fold)]))
         for patient in held:
             oof[patient] = float(check.distances(statistics[patient][None])[0])
-    values = np.array(list(oof.values()))
-    threshold = float(np.percentile(values, THRESHOLD_PERCENTILE))
-    final = fit_stain_check(np.stack(list(statistics.values())), threshold)
-    figures = {
-        "threshold": threshold,
-        "percentile": THRESHOLD_PERCENTILE,
-        "patients": len(values),
-        "median": float(np.median(values)),
-        "max": float(values.max()),
-        "above_threshold": sorted(p for p, v in oof.items() if v > threshold),
-    }
+    figures = threshold_figures(oof)
+    final = fit_stain_check(np.stack(list(statistics.values())), figures["threshold"])
     return final, figures
