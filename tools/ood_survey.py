@@ -60,6 +60,7 @@ from skimage.feature import local_binary_pattern
 
 from wsiviewer.core.analysis.patches import PatchReader
 from wsiviewer.core.analysis.pipeline import analyze, sample_patches
+from wsiviewer.core.atomic import atomic_write_text
 from wsiviewer.core.model.cards import resolve_model
 from wsiviewer.core.model.colour import (
     ColourReference,
@@ -455,7 +456,7 @@ def main(argv: list[str] | None = None) -> int:
     lines = table(result)
     print("\n".join(lines))
     if args.json:
-        args.json.write_text(json.dumps(result, indent=1))
+        atomic_write_text(args.json, json.dumps(result, indent=1) + "\n")
     if args.out:
         header = [
             "# Out-of-distribution candidates",
@@ -469,7 +470,7 @@ def main(argv: list[str] | None = None) -> int:
             "of the training patients' median (slide level).",
             "",
         ]
-        args.out.write_text("\n".join(header + lines) + "\n")
+        atomic_write_text(args.out, "\n".join(header + lines) + "\n")
     return 0
 
 

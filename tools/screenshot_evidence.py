@@ -19,7 +19,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from screenshots import Screenshots, _wait  # type: ignore[import-not-found]
+from screenshots import Screenshots, demo_window  # type: ignore[import-not-found]
 
 
 def _point_screenshots(shots: Screenshots, window: object) -> None:
@@ -68,19 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     data_dir = tempfile.mkdtemp(prefix="wsiviewer-evidence-shots-")
     os.environ["WSIVIEWER_DATA_DIR"] = data_dir
 
-    from PySide6.QtCore import QSettings
-
-    from wsiviewer.gui.app import application
-    from wsiviewer.gui.main_window import MainWindow
-
-    app = application()
-    settings = QSettings(str(Path(data_dir) / "settings.ini"), QSettings.Format.IniFormat)
-    settings.setValue("review/reviewer", "Demo reviewer")
-    window = MainWindow(settings=settings)
-    window.resize(1800, 1100)
-    window.move(0, 0)
-    window.show()
-    _wait(app, window.isVisible)
+    app, window = demo_window(data_dir)
     shots = Screenshots(app, window, out_dir)
     if not window.open_slide(slide_path) or not window.analyze():
         print(f"cannot open or analyse {slide_path}", file=sys.stderr)

@@ -49,6 +49,25 @@ def _wait(app: object, condition: object, timeout: float = 30.0) -> None:
         time.sleep(0.01)
 
 
+def demo_window(data_dir: str) -> tuple:  # type: ignore[type-arg]
+    """``(app, window)``: the main window, shown at 1800×1100, with its settings in
+    ``data_dir`` and a reviewer's name already set (never a modal name prompt here)."""
+    from PySide6.QtCore import QSettings
+
+    from wsiviewer.gui.app import application
+    from wsiviewer.gui.main_window import MainWindow
+
+    app = application()
+    settings = QSettings(str(Path(data_dir) / "settings.ini"), QSettings.Format.IniFormat)
+    settings.setValue("review/reviewer", "Demo reviewer")
+    window = MainWindow(settings=settings)
+    window.resize(1800, 1100)
+    window.move(0, 0)
+    window.show()
+    _wait(app, window.isVisible)
+    return app, window
+
+
 def _synthetic_analysis(slide_path: Path, models_dir: Path) -> Path:
     """Record a synthetic analysis (smooth blobs over tissue) with a random tiny model."""
     import torch
@@ -546,19 +565,7 @@ def main(argv: list[str] | None = None) -> int:
     if synthetic:
         print(f"Synthetic demonstration data in {data_dir} (not real results)")
 
-    from PySide6.QtCore import QSettings
-
-    from wsiviewer.gui.app import application
-    from wsiviewer.gui.main_window import MainWindow
-
-    app = application()
-    settings = QSettings(str(Path(data_dir) / "settings.ini"), QSettings.Format.IniFormat)
-    settings.setValue("review/reviewer", "Demo reviewer")  # never a modal name prompt here
-    window = MainWindow(settings=settings)
-    window.resize(1800, 1100)
-    window.move(0, 0)
-    window.show()
-    _wait(app, window.isVisible)
+    app, window = demo_window(data_dir)
     shots = Screenshots(app, window, out_dir)
 
     if not window.open_slide(slide_path):
