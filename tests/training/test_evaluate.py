@@ -11,6 +11,7 @@ import torch
 
 from tests.training.test_train import write_dataset
 from wsiviewer.core.model.cards import ModelCard
+from wsiviewer.core.model.engines import ONNX_TOLERANCE
 from wsiviewer.core.model.networks import PatchClassifier
 from wsiviewer.core.model.predictor import Predictor
 from wsiviewer.core.model.weights import load_model
@@ -66,7 +67,9 @@ def test_the_classifier_applies_the_card_calibration(tiny_model_card: Path, tmp_
         p = PatchClassifier(model, card)(torch.from_numpy(patches)).numpy()
     np.testing.assert_allclose(p, calibrated_probability(logits, 2.0, -1.25), atol=1e-6)
     # The fast engine computes the same function.
-    np.testing.assert_allclose(Predictor(card, device="cpu").predict(patches), p, atol=1e-5)
+    np.testing.assert_allclose(
+        Predictor(card, device="cpu").predict(patches), p, atol=ONNX_TOLERANCE
+    )
 
 
 def test_bootstrap_resamples_patients_not_patches() -> None:

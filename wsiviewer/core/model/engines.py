@@ -29,7 +29,11 @@ from wsiviewer.core.model.onnx_export import export_onnx, onnx_cache_path
 from wsiviewer.core.model.weights import load_model
 
 #: Largest difference in P(IDC) allowed between an engine and eager float32 torch on the CPU.
-ONNX_TOLERANCE = 1e-5
+#: Both run float32, but with other kernels and summation orders, which depend on the CPU:
+#: on 242 real patches the shipped models differ by at most 5e-7 on one machine, and one
+#: sampled patch differed by 1.3e-5 on another. A wrong export (another graph, other
+#: weights, a missing normalisation) differs by 1e-2 or more; 1e-4 changes no figure shown.
+ONNX_TOLERANCE = 1e-4
 #: Largest difference in P(IDC) allowed for float16 autocast on CUDA.
 CUDA_HALF_TOLERANCE = 1e-3
 #: Patches drawn afresh (unpredictable seed) at every load of an exported model and compared
