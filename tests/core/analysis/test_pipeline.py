@@ -85,6 +85,6 @@ def test_tiny_and_empty_slides_warn_with_empty_maps(predictor: Predictor) -> Non
     assert analysis.probability_map.grid.shape == (0, 0)
     assert analysis.warnings
     glass = ArraySource(np.full((800, 800, 3), 243, np.uint8), mpp=1.0)
-    with pytest.warns(AnalysisWarning, match="No tissue found"):
+    with pytest.warns(AnalysisWarning, match="No tissue found: the slide looks like blank glass"):
         analysis, _ = run(analyze(glass, predictor, mpp=glass.resolve_mpp()))
     assert analysis.probability_map.scored_count == 0

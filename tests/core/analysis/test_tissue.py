@@ -11,7 +11,14 @@ import pytest
 
 from tests.conftest import SHARED_DATA
 from wsiviewer.core.analysis.grid import PatchGrid
-from wsiviewer.core.analysis.tissue import TissueMask, TissueSettings, detect_tissue, tissue_cells
+from wsiviewer.core.analysis.tissue import (
+    TissueMask,
+    TissueSettings,
+    detect_tissue,
+    no_tissue_note,
+    no_tissue_reason,
+    tissue_cells,
+)
 from wsiviewer.core.slides import ArraySource
 
 DATA_DIR = SHARED_DATA
@@ -109,6 +116,45 @@ def test_blank_noisy_glass_has_no_tissue() -> None:
     rng = np.random.default_rng(1)
     tissue_mask = detect_tissue(_to_slide(_glass(500, 500, rng, sd=4.0)))
     assert not tissue_mask.mask.any()
+
+
+def _grey(pixels: np.ndarray) -> np.ndarray:
+    luma = np.rint(pixels.astype(np.float64) @ [0.299, 0.587, 0.114]).astype(np.uint8)
+    return np.repeat(luma[..., None], 3, axis=2)
+
+
+def test_no_tissue_says_why() -> None:
+    rng = np.random.default_rng(2)
+    pixels = _glass(600, 800, rng)
+    _paint_tissue(pixels, _disk((600, 800), (300, 350), 150), rng)
+    faint = np.clip(243 - (243 - pixels.astype(np.int16)) // 8, 0, 255).astype(np.uint8)
+    cases = {
+        "blank glass": _glass(600, 800, rng),
+        "near-black": np.full((600, 800, 3), 8, np.uint8),
+        "greyscale or unstained": _grey(pixels),
+        "too faint or too small": faint,
+    }
+    for reason, image in cases.items():
+        slide = _to_slide(image)
+        assert not detect_tissue(slide).mask.any(), reason
+        note = no_tissue_note(slide)
+        assert note.startswith("No tissue found") and reason in note, (reason, note)
+    assert detect_tissue(_to_slide(pixels)).mask.any()
+
+
+def test_a_greyscale_patient_is_said_to_be_greyscale() -> None:
+    """A real patient's tissue, rebuilt as a slide, loses its tissue once greyscale, and the
+    note says why."""
+    if not (DATA_DIR / "idc_patients.csv").is_file():
+        pytest.skip(f"IDC dataset not found at {DATA_DIR} (shared data absent)")
+    from wsiviewer.training.idc import DATASET_MPP, rebuild_patient
+
+    pixels = rebuild_patient(DATA_DIR / "idc" / _complete_patients()[0]).pixels
+    assert detect_tissue(ArraySource(pixels, mpp=DATASET_MPP)).tissue_fraction > 0.1
+    grey = ArraySource(_grey(pixels), mpp=DATASET_MPP)
+    assert not detect_tissue(grey).mask.any()
+    assert "greyscale or unstained" in no_tissue_note(grey)
+    assert "greyscale" in no_tissue_reason(_grey(pixels)[::2, ::2])
 
 
 @pytest.mark.parametrize("mpp", [None, 0.5, 4.0])

@@ -21,7 +21,12 @@ from wsiviewer.core.analysis.grid import PatchGrid
 from wsiviewer.core.analysis.patches import PatchReader
 from wsiviewer.core.analysis.prefetch import Prefetcher
 from wsiviewer.core.analysis.probability import CellLogOdds, ProbabilityMap
-from wsiviewer.core.analysis.tissue import TissueSettings, detect_tissue, tissue_cells
+from wsiviewer.core.analysis.tissue import (
+    TissueSettings,
+    detect_tissue,
+    no_tissue_note,
+    tissue_cells,
+)
 from wsiviewer.core.model.cards import ModelCard, ModelSummary
 from wsiviewer.core.model.colour import apply_table, lookup_table, sample_cells, slide_quantiles
 from wsiviewer.core.model.context import apply_context
@@ -274,7 +279,7 @@ def analyze(
         tissue_mask = detect_tissue(slide, tissue_settings, mpp=mpp.value)
         tissue = tissue_cells(tissue_mask, grid, tissue_settings)
         if not tissue.any():
-            notes.append("No tissue found on the slide: nothing to analyse")
+            notes.append(no_tissue_note(slide, tissue_settings, mpp=mpp.value))
     timings["tissue"] = time.perf_counter() - t0
     probability_map = ProbabilityMap.empty(grid, tissue)
     reader = PatchReader(slide, grid)

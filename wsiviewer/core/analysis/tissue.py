@@ -276,6 +276,54 @@ def detect_tissue(
     return TissueMask(tissue_from_rgb(overview, mask_mpp, settings), l0_downsample)
 
 
+#: Overview px looked at by :func:`no_tissue_reason` (an even subsample of them).
+REASON_PIXELS = 1_000_000
+
+
+def no_tissue_note(
+    slide: Slide, settings: TissueSettings = TissueSettings(), *, mpp: float | None = None
+) -> str:
+    """Why :func:`detect_tissue` found no tissue on ``slide``: one sentence for the user.
+
+    Reads the same overview again (only when there is no tissue, so the cost is paid once).
+    """
+    l0_downsample, _ = mask_downsample(slide, settings, mpp)
+    return no_tissue_reason(read_overview(slide, l0_downsample), settings)
+
+
+def no_tissue_reason(rgb: np.ndarray, settings: TissueSettings = TissueSettings()) -> str:
+    """Why an ``(H, W, 3) uint8`` overview has no tissue: mostly near-black (a fluorescence or
+    failed scan), blank glass, material without stain colour (greyscale or unstained), or
+    stained areas too faint or too small. Each sentence starts "No tissue found"."""
+    height, width = rgb.shape[:2]
+    step = max(1, math.ceil(math.sqrt(height * width / REASON_PIXELS)))
+    pixels = _unit_float(np.ascontiguousarray(rgb[::step, ::step]).reshape(-1, 3))
+    dark = _channel_max(pixels) < settings.dark_value
+    if dark.mean() > 0.5:
+        return (
+            f"No tissue found: {dark.mean():.0%} of the slide is near-black (a fluorescence "
+            "or failed scan?); the model needs a brightfield H&E slide"
+        )
+    brightness = _brightness(pixels)
+    saturation = _saturation(pixels)
+    glass = float(np.percentile(brightness[~dark], 95))
+    tint = float(np.median(saturation[~dark & (brightness >= glass)]))
+    # Px clearly darker than the glass absorb light (tissue, dirt or pen); px more coloured
+    # than it may be faint stain.
+    absorbing = ~dark & (brightness < 0.85 * glass)
+    coloured = ~dark & (saturation > tint + settings.weak_saturation)
+    if absorbing.mean() < 0.005 and coloured.mean() < 0.005:
+        return "No tissue found: the slide looks like blank glass; nothing to analyse"
+    stain = float(np.median(saturation[absorbing])) if absorbing.any() else math.inf
+    if stain < settings.strong_saturation_bounds[0] / 2:
+        return (
+            f"No tissue found: {absorbing.mean():.0%} of the slide is darker than its glass "
+            f"but without stain colour (median saturation {stain:.2f}); it looks "
+            "greyscale or unstained, and the model needs H&E-stained tissue in colour"
+        )
+    return "No tissue found: the slide's stained areas are too faint or too small to analyse"
+
+
 def tissue_cells(mask: TissueMask, grid: PatchGrid, settings: TissueSettings) -> np.ndarray:
     """``(rows, cols) bool``: the grid cells to analyse (tissue coverage high enough)."""
     return mask.cell_coverage(grid) >= settings.min_cell_coverage
