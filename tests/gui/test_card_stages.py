@@ -74,5 +74,8 @@ def test_the_dense_heatmap_is_a_remembered_menu_option(
     grid = blocker.args[0].analysis.grid
     assert grid.subdivision == 2
     assert window.view.heatmap.image is not None
+    histogram = window.overlay_panel.histogram
+    assert f"{histogram.scored_count:,} cells scored" in histogram.summary_label.text()
+    assert histogram.plot_widget.getAxis("left").labelText == "cells"
     window._save_settings()
     assert window.settings.value("analysis/dense") in (True, "true")

@@ -76,6 +76,7 @@ def test_histogram_counts_the_shown_map_and_clears_with_the_slide(
     # The bars drawn are the counts.
     np.testing.assert_array_equal(histogram.bars.opts["y1"], expected)
     assert "43 patches scored" in histogram.summary_label.text()
+    assert histogram.plot_widget.getAxis("left").labelText == "patches"
     assert "200 µm patch" in window.overlay_panel.caption.text()
 
     window.close_slide()

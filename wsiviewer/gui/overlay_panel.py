@@ -260,7 +260,8 @@ class OverlayPanel(QWidget):
 
     def set_probability_map(self, grid: PatchGrid | None, probabilities: np.ndarray | None) -> None:
         """The map the slide shows (``None``: none): its histogram and its patch size."""
-        self.histogram.set_probabilities(probabilities)
+        dense = grid is not None and grid.subdivision > 1
+        self.histogram.set_probabilities(probabilities, "cells" if dense else "patches")
         if grid is None:
             self.caption.setText(DEFAULT_CAPTION)
         else:

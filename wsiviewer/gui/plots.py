@@ -86,8 +86,9 @@ def make_plot_widget(parent: QWidget, x_label: str, y_label: str) -> pg.PlotWidg
 
 
 class ProbabilityHistogramWidget(QWidget):
-    """How many scored patches the shown map has at each P(IDC), with the threshold as a
-    line: drag the line to move the threshold.
+    """How many scored cells the shown map has at each P(IDC), with the threshold as a
+    line: drag the line to move the threshold. A cell is a patch, or on a dense map a part of
+    one (:meth:`set_probabilities` says which, and the axis and summary follow).
 
     Bars are coloured as the heatmap colours them, faded below the threshold by the same alpha
     ramp. Unscored cells (NaN: no tissue, or not scored yet) are not counted.
@@ -113,7 +114,8 @@ class ProbabilityHistogramWidget(QWidget):
         self._threshold = 0.5
         self._colormap = DEFAULT_COLORMAP
         self._syncing = False
-        self.plot_widget = make_plot_widget(self, "P(IDC), model output", "patches")
+        self._unit = "patches"
+        self.plot_widget = make_plot_widget(self, "P(IDC), model output", self._unit)
         self.plot_widget.setMinimumHeight(150)
         self.plot_widget.setMouseEnabled(x=False, y=True)
         self.plot_widget.setXRange(0.0, 1.0, padding=0.04)
@@ -133,7 +135,7 @@ class ProbabilityHistogramWidget(QWidget):
             labelOpts={"position": 0.92, "color": THRESHOLD_COLOR, "movable": True},
         )
         self.threshold_line.setToolTip(
-            "Drag to change the threshold: patches at or above it are flagged and outlined"
+            "Drag to change the threshold: cells at or above it are flagged and outlined"
         )
         self.plot_widget.addItem(self.threshold_line)
         self.log_box = QCheckBox("Log scale")
@@ -154,7 +156,7 @@ class ProbabilityHistogramWidget(QWidget):
 
     @property
     def counts(self) -> np.ndarray:
-        """Scored patches per bin of :attr:`BIN_EDGES` (a copy)."""
+        """Scored cells per bin of :attr:`BIN_EDGES` (a copy)."""
         return self._counts.copy()
 
     @property
@@ -165,8 +167,11 @@ class ProbabilityHistogramWidget(QWidget):
     def threshold(self) -> float:
         return self._threshold
 
-    def set_probabilities(self, probabilities: np.ndarray | None) -> None:
-        """Count the map's scored patches (``None`` clears the histogram)."""
+    def set_probabilities(self, probabilities: np.ndarray | None, unit: str = "patches") -> None:
+        """Count the map's scored cells (``None`` clears the histogram); ``unit`` names them
+        (``patches``, or ``cells`` on a dense map)."""
+        self._unit = unit
+        self.plot_widget.getAxis("left").setLabel(unit)
         values = np.empty(0) if probabilities is None else np.asarray(probabilities).ravel()
         values = values[np.isfinite(values)]
         self._counts, _ = np.histogram(np.clip(values, 0.0, 1.0), bins=self.BIN_EDGES)
@@ -189,7 +194,7 @@ class ProbabilityHistogramWidget(QWidget):
         self._redraw()
 
     def above_threshold_count(self) -> int:
-        """Scored patches at or above the threshold (flagged), exactly."""
+        """Scored cells at or above the threshold (flagged), exactly."""
         first = np.searchsorted(self._sorted, np.float32(self._threshold), side="left")
         return int(self._sorted.size - first)
 
@@ -222,7 +227,7 @@ class ProbabilityHistogramWidget(QWidget):
         log = self.log_box.isChecked()
         counts = self._counts.astype(np.float64)
         if log:
-            # Bars start at 10^-0.3 (about 0.5 patches), so a bin of one patch still shows.
+            # Bars start at 10^-0.3 (about half a cell), so a bin of one cell still shows.
             base = -0.3
             heights = np.where(counts > 0, np.log10(np.maximum(counts, 1)), base)
             self.bars.setOpts(y0=np.full_like(heights, base), y1=heights)
@@ -232,11 +237,11 @@ class ProbabilityHistogramWidget(QWidget):
         self.plot_widget.getAxis("left").setLogMode(False, log)
         self.plot_widget.enableAutoRange(axis="y")
         if self._scored == 0:
-            self.summary_label.setText("No scored patches shown.")
+            self.summary_label.setText(f"No scored {self._unit} shown.")
             return
         above = self.above_threshold_count()
         self.summary_label.setText(
-            f"{self._scored:,} patches scored; {above:,} ({100 * above / self._scored:.1f} %) "
+            f"{self._scored:,} {self._unit} scored; {above:,} ({100 * above / self._scored:.1f} %) "
             f"flagged at P ≥ {format_threshold(self._threshold)}"
         )
 
