@@ -1060,30 +1060,30 @@ def _train_from_crossval(
     import json
 
     from wsiviewer.core.progress import run_to_end
-    from wsiviewer.training.crossval import FoldScores, PatientFolds
+    from wsiviewer.training.crossval import add_validation_scores
     from wsiviewer.training.finish import finish_crossval
-    from wsiviewer.training.recipe import final_epochs, train_final
+    from wsiviewer.training.recipe import train_final
     from wsiviewer.training.train import TrainingSettings
 
     run = args.from_crossval
-    folds = PatientFolds.load(run / "folds.json")
     recipe = json.loads((run / "recipe.json").read_text())
     settings = TrainingSettings(**recipe["settings"])
-    scores = [FoldScores.load(run / f"fold-{k}.npz", k) for k in range(len(folds))]
-    epochs = final_epochs(scores)
+    print("Scores of each fold model's validation patients (its calibration) ...", file=sys.stderr)
+    add_validation_scores(patches, run, complete, device)
     print(
-        f"Training {settings.architecture} on all {len(patches.patient_ids)} patients for "
-        f"{epochs} epochs (the folds' median best epoch)",
+        f"Training {settings.architecture} on all {len(patches.patient_ids)} patients as each "
+        f"fold model was (up to {settings.epochs} epochs, 10 % of the patients held back for "
+        "early stopping and calibration)",
         file=sys.stderr,
     )
-    show, close = _epoch_printer(epochs)
+    show, close = _epoch_printer(settings.epochs)
     try:
-        result, reference = run_to_end(
+        final = run_to_end(
             train_final(
                 patches,
                 settings,
-                scores,
                 device,
+                complete=complete,
                 colour=bool(recipe["colour"]),
                 checkpoint=args.out / f"{args.name}.checkpoint",
             ),
@@ -1092,8 +1092,7 @@ def _train_from_crossval(
     finally:
         close()
     card_path, report = finish_crossval(
-        result,
-        reference,
+        final,
         run,
         patches,
         complete,

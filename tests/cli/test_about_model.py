@@ -47,17 +47,17 @@ def test_writes_examples_from_the_dataset(
     idc_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     subset = tmp_path / "idc"
-    shutil.copytree(idc_dir / "9258", subset / "9258")
+    shutil.copytree(idc_dir / "13916", subset / "13916")
     out = tmp_path / "out"
     code = cli.main(
         ["about-model", "resnet8-cv", "--examples-from", str(subset), "--out", str(out)]
     )
     err = capsys.readouterr().err
     assert code == cli.EXIT_OK, err
-    assert "patient 9077 is not in" in err
+    assert "patient 13694 is not in" in err
     with (out / "examples.csv").open(newline="") as handle:
         rows = list(csv.DictReader(handle))
     assert rows
-    assert {row["patient"] for row in rows} == {"9258"}
+    assert {row["patient"] for row in rows} == {"13916"}
     assert {row["error"] for row in rows} == {"false positive"}
     assert sorted(p.name for p in out.glob("*.png")) == sorted(row["file"] for row in rows)

@@ -24,7 +24,7 @@ def card() -> ModelCard:
 @pytest.fixture
 def idc_subset(idc_dir: Path, tmp_path: Path) -> Path:
     folder = tmp_path / "idc"
-    shutil.copytree(idc_dir / "9258", folder / "9258")
+    shutil.copytree(idc_dir / "13916", folder / "13916")
     return folder
 
 
@@ -65,7 +65,7 @@ def test_chosen_folder_makes_examples_and_is_remembered(
     assert dialog.gallery.count() > 0
     for row in range(dialog.gallery.count()):
         item = dialog.gallery.item(row)
-        assert item.text().startswith("9258 · non-IDC")
+        assert item.text().startswith("13916 · non-IDC")
         assert not item.icon().isNull()
     assert "Not in the folder" in dialog.status.text()
     # A new dialog finds the remembered folder by itself.

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -11,13 +13,17 @@ import torch
 from tests.training.test_train import write_dataset
 from wsiviewer.core.progress import run_to_end
 from wsiviewer.training.crossval import (
+    FoldScores,
     PatientFolds,
+    add_validation_scores,
     cross_validate,
     fit_calibration,
     make_folds,
     out_of_fold_figures,
+    out_of_fold_probabilities,
 )
 from wsiviewer.training.dataset import load_patch_set, split_patients
+from wsiviewer.training.metrics import best_balanced_accuracy_threshold
 from wsiviewer.training.train import TrainingSettings, train
 
 TINY = TrainingSettings(
@@ -97,13 +103,47 @@ def test_cross_validation_scores_every_patient_once_and_resumes(patches, tmp_pat
     figures = out_of_fold_figures(scores, bootstrap=20)
     assert len(figures["folds"]) == 3
     assert len(figures["patients"]) == len(patches.patient_ids)
-    # Fold 0's threshold was chosen on folds 1 and 2 only (cross-fitting).
-    others = [s for s in scores if s.fold != 0]
-    expected = fit_calibration(
-        np.concatenate([s.log_odds for s in others]), np.concatenate([s.labels for s in others])
+    # Each fold model is calibrated on its own validation patients ...
+    probabilities = out_of_fold_probabilities(scores)
+    for fold, p in zip(scores, probabilities, strict=True):
+        assert fold.validation_log_odds is not None
+        assert fold.validation_labels is not None
+        assert len(fold.validation_log_odds) == len(fold.validation_labels) > 0
+        own = fit_calibration(fold.validation_log_odds, fold.validation_labels)
+        np.testing.assert_allclose(p, own.probabilities(fold.log_odds), rtol=1e-6)
+    # ... and fold 0's threshold was chosen on folds 1 and 2 only (cross-fitting).
+    expected = best_balanced_accuracy_threshold(
+        np.concatenate([s.labels for s in scores[1:]]), np.concatenate(probabilities[1:])
     )
-    assert figures["folds"][0]["threshold"] == pytest.approx(expected.threshold)
+    assert figures["folds"][0]["threshold"] == pytest.approx(expected)
     assert 0.0 <= figures["pooled"]["roc_auc"] <= 1.0
+
+
+def test_a_run_without_validation_scores_gets_them_from_its_weights(
+    patches, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    """A run of an older version kept no validation scores: they are computed again from each
+    fold's weights, its validation patients dealt by the same rule, exactly as stored."""
+    folds = make_folds(patches, set(), k=3, seed=0)
+    settings = TrainingSettings(**{**TINY.__dict__, "epochs": 1})
+    scores = run_to_end(cross_validate(patches, folds, settings, tmp_path, torch.device("cpu")))
+    recipe = {"settings": settings.__dict__, "colour": True, "folds": 3}
+    (tmp_path / "recipe.json").write_text(json.dumps(recipe))
+    for fold in scores:
+        replace(fold, validation_log_odds=None, validation_labels=None).save(
+            tmp_path / f"fold-{fold.fold}.npz"
+        )
+    assert FoldScores.load(tmp_path / "fold-0.npz", 0).own_calibration() is None
+    again = add_validation_scores(patches, tmp_path, set(), torch.device("cpu"))
+    for stored, computed in zip(scores, again, strict=True):
+        assert computed.validation_log_odds is not None
+        assert stored.validation_log_odds is not None
+        np.testing.assert_allclose(
+            computed.validation_log_odds, stored.validation_log_odds, atol=1e-5
+        )
+        np.testing.assert_array_equal(computed.validation_labels, stored.validation_labels)
+        reloaded = FoldScores.load(tmp_path / f"fold-{stored.fold}.npz", stored.fold)
+        assert reloaded.own_calibration() == computed.own_calibration()
 
 
 def test_penultimate_features_are_the_last_linear_layers_input(patches) -> None:  # type: ignore[no-untyped-def]

@@ -54,6 +54,9 @@ def test_the_final_card_carries_what_the_analysis_must_apply(run: tuple[Path, Pa
     assert card.context is not None
     assert card.extra["metrics"]["out_of_fold"]["patients"] == 6
     assert 0.0 < card.threshold < 1.0
+    # Trained and calibrated as each fold model: some patients held back for both.
+    assert card.extra["training_data"]["validation_patients"] >= 1
+    assert "validation patients" in card.extra["calibration"]
 
 
 def test_the_report_has_every_section_measured(run: tuple[Path, Path]) -> None:

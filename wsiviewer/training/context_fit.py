@@ -1,10 +1,11 @@
 """Choosing the spatial context on the folds: complete patients' out-of-fold maps.
 
 A complete patient's patches tile back into its whole tissue section, so its out-of-fold
-log-odds form a map on which neighbourhood smoothing can be measured (the other patients are
-random subsamples: their neighbours are missing). Each candidate of :data:`CANDIDATES` is
-scored on every fold's complete patients with its calibration fitted on the other folds'
-complete patients (cross-fitting); the candidate with the best pooled ROC AUC wins, a simpler
+log-odds (calibrated by their fold model's own calibration, :func:`~.crossval.calibrated_folds`)
+form a map on which neighbourhood smoothing can be measured (the other patients are random
+subsamples: their neighbours are missing). Each candidate of :data:`CANDIDATES` is scored on
+every fold's complete patients with the recalibration of the smoothed map fitted on the other
+folds' complete patients (cross-fitting); the candidate with the best pooled ROC AUC wins, a simpler
 one (less smoothing) where the difference is within :data:`TIE_AUC`.
 """
 
@@ -20,7 +21,11 @@ import numpy as np
 from wsiviewer.core.model.context import ContextSettings, smooth_log_odds
 from wsiviewer.training.crossval import FoldScores, fit_calibration
 from wsiviewer.training.idc import PATCH_SIZE
-from wsiviewer.training.metrics import classification_metrics, roc_auc
+from wsiviewer.training.metrics import (
+    best_balanced_accuracy_threshold,
+    classification_metrics,
+    roc_auc,
+)
 
 #: ``(weight, sigma in cells)``: none, then Gaussian-weighted neighbourhoods.
 CANDIDATES: tuple[tuple[float, float], ...] = (
@@ -75,7 +80,11 @@ def patient_maps(scores: Sequence[FoldScores], complete: set[str]) -> list[Patie
     return maps
 
 
-def _flat(maps: Sequence[PatientMap], weight: float, sigma: float) -> tuple[np.ndarray, ...]:
+def smoothed_cells(
+    maps: Sequence[PatientMap], weight: float, sigma: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """The scored cells of ``maps``, smoothed (``weight``, ``sigma`` in cells): log-odds and
+    labels, concatenated."""
     if not maps:
         return np.zeros(0), np.zeros(0, np.int8)
     z = [m.smoothed(weight, sigma)[m.scored] for m in maps]
@@ -90,7 +99,7 @@ def evaluate_candidate(maps: Sequence[PatientMap], weight: float, sigma: float) 
     inter = total = 0
     for fold in folds:
         mine = [m for m in maps if m.fold == fold]
-        z_other, y_other = _flat([m for m in maps if m.fold != fold], weight, sigma)
+        z_other, y_other = smoothed_cells([m for m in maps if m.fold != fold], weight, sigma)
         if not len(z_other) or len(set(y_other.tolist())) < 2:
             continue
         calibration = fit_calibration(z_other, y_other)
@@ -141,25 +150,28 @@ def evaluate_candidate(maps: Sequence[PatientMap], weight: float, sigma: float) 
     }
 
 
+def map_threshold(maps: Sequence[PatientMap], context: ContextSettings, patch_um: float) -> float:
+    """The best-balanced-accuracy threshold of the complete patients' context maps (their
+    log-odds on the calibrated scale, as the card's context smooths them)."""
+    z, y = smoothed_cells(maps, context.weight, context.sigma_um / patch_um)
+    p = 1.0 / (1.0 + np.exp(-(context.slope * z + context.bias)))
+    return best_balanced_accuracy_threshold(y, p)
+
+
 def _dice(predicted: np.ndarray, truth: np.ndarray) -> float:
     total = int(predicted.sum() + truth.sum())
     return 2 * int((predicted & truth).sum()) / total if total else math.nan
 
 
 def choose_context(
-    maps: Sequence[PatientMap],
-    patch_um: float,
-    *,
-    patch_temperature: float = 1.0,
-    patch_bias: float = 0.0,
+    maps: Sequence[PatientMap], patch_um: float
 ) -> tuple[ContextSettings | None, list[dict[str, Any]]]:
     """The winning candidate as card settings (``None`` when no smoothing wins), with every
     candidate's figures. The recalibration of the smoothed log-odds is fitted on all the
     complete patients (each score out of fold).
 
-    The maps hold raw log-odds ``z``; the analysis smooths the card's calibrated log-odds
-    ``z / T + b`` (``patch_temperature``, ``patch_bias``). Smoothing is affine-equivariant
-    (its weights sum to 1), so the recalibration is re-expressed on that scale.
+    The maps hold calibrated log-odds, as the analysis smooths the card's calibrated
+    log-odds: the recalibration applies to them as it is.
     """
     results = [evaluate_candidate(maps, weight, sigma) for weight, sigma in CANDIDATES]
     best_auc = max(r["roc_auc"] for r in results)
@@ -170,14 +182,12 @@ def choose_context(
         result["chosen"] = result is chosen
     if chosen["weight"] == 0:
         return None, results
-    z, y = _flat(maps, chosen["weight"], chosen["sigma_cells"])
+    z, y = smoothed_cells(maps, chosen["weight"], chosen["sigma_cells"])
     calibration = fit_calibration(z, y)
-    # P = sigmoid(s / Tc + bc) with s = T (s_cal - b): the same on the calibrated scale.
-    slope = patch_temperature / calibration.temperature
     settings = ContextSettings(
         sigma_um=chosen["sigma_cells"] * patch_um,
         weight=chosen["weight"],
-        slope=slope,
-        bias=calibration.bias - slope * patch_bias,
+        slope=1.0 / calibration.temperature,
+        bias=calibration.bias,
     )
     return settings, results

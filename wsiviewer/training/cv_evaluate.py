@@ -3,10 +3,10 @@ that never saw them, through the real analysis pipeline (colour standardisation 
 slide's own sample, patch scores, spatial context), and the compression check.
 
 Each fold model gets a full card here (:func:`write_fold_cards`): its own weights,
-normalisation and colour reference, the patch calibration and threshold fitted on the *other*
-folds' out-of-fold scores, and the chosen spatial context with its recalibration and the map's
-threshold fitted on the other folds' complete patients. So no figure of a patient uses its own
-labels for a choice.
+normalisation and colour reference, its calibration on its own validation patients, the patch
+threshold chosen on the *other* folds' calibrated out-of-fold scores, and the chosen spatial
+context with its recalibration and the map's threshold fitted on the other folds' complete
+patients. So no figure of a patient uses its own labels for a choice.
 
 Compression: the same patients rebuilt as 40x pyramids whose levels are JPEG-compressed, read
 by the analysis the way it reads any slide (the 4 µm/px level, or a finer level averaged down
@@ -29,11 +29,18 @@ import numpy as np
 from wsiviewer.core.atomic import atomic_write_text
 from wsiviewer.core.model.context import ContextSettings
 from wsiviewer.core.model.weights import sha256_file
-from wsiviewer.training.context_fit import PatientMap, patient_maps
-from wsiviewer.training.crossval import FoldScores, PatientFolds, fit_calibration
+from wsiviewer.training.context_fit import patient_maps, smoothed_cells
+from wsiviewer.training.crossval import (
+    FoldScores,
+    PatientFolds,
+    calibrated_folds,
+    cross_fitted_thresholds,
+    fit_calibration,
+    fold_calibration,
+    out_of_fold_probabilities,
+)
 from wsiviewer.training.idc import DATASET_MPP, PATCH_SIZE, RebuiltPatient, rebuild_patient
 from wsiviewer.training.metrics import (
-    best_balanced_accuracy_threshold,
     classification_metrics,
     roc_auc,
 )
@@ -54,14 +61,6 @@ class EvaluationStep:
     total: int
 
 
-def _context_probabilities(
-    maps: Sequence[PatientMap], weight: float, sigma: float, patch_t: float, patch_b: float
-) -> tuple[np.ndarray, np.ndarray]:
-    z = np.concatenate([m.smoothed(weight, sigma)[m.scored] for m in maps])
-    y = np.concatenate([m.labels[m.scored] for m in maps])
-    return z / patch_t + patch_b, y
-
-
 def write_fold_cards(
     run_dir: Path,
     scores: Sequence[FoldScores],
@@ -73,24 +72,17 @@ def write_fold_cards(
     recipe = json.loads((run_dir / "recipe.json").read_text())
     settings = recipe["settings"]
     out_dir.mkdir(parents=True, exist_ok=True)
+    calibrated = calibrated_folds(scores)
+    thresholds = cross_fitted_thresholds(scores, out_of_fold_probabilities(scores))
     cards: dict[int, Path] = {}
-    for fold in scores:
-        others = [s for s in scores if s.fold != fold.fold]
-        calibration = fit_calibration(
-            np.concatenate([s.log_odds for s in others]),
-            np.concatenate([s.labels for s in others]),
-        )
-        threshold = calibration.threshold
+    for index, fold in enumerate(scores):
+        calibration = fold_calibration(scores, fold)
+        threshold = thresholds[index]
         context_dict = None
         if context is not None:
             sigma_cells = context.sigma_um / (PATCH_SIZE * DATASET_MPP)
-            z_cal, y = _context_probabilities(
-                patient_maps(others, complete),
-                context.weight,
-                sigma_cells,
-                calibration.temperature,
-                calibration.bias,
-            )
+            others = [s for s in calibrated if s.fold != fold.fold]
+            z_cal, y = smoothed_cells(patient_maps(others, complete), context.weight, sigma_cells)
             recalibration = fit_calibration(z_cal, y)
             fold_context = ContextSettings(
                 context.sigma_um,
@@ -326,14 +318,3 @@ def _differences(difference: np.ndarray, suffix: str = "") -> dict[str, float]:
         return {f"{key}{suffix}": math.nan for key in keys}
     values = ((difference <= 0.05).mean(), difference.mean(), difference.max())
     return {f"{key}{suffix}": float(value) for key, value in zip(keys, values, strict=True)}
-
-
-def map_threshold(
-    maps: Sequence[PatientMap], context: ContextSettings, patch_t: float, patch_b: float
-) -> float:
-    """The best-balanced-accuracy threshold of the complete patients' context maps."""
-    z_cal, y = _context_probabilities(
-        maps, context.weight, context.sigma_um / (PATCH_SIZE * DATASET_MPP), patch_t, patch_b
-    )
-    p = 1 / (1 + np.exp(-(context.slope * z_cal + context.bias)))
-    return best_balanced_accuracy_threshold(y, p)

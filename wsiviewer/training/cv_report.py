@@ -1,7 +1,8 @@
 """The evaluation report of a cross-validated model: out-of-fold figures, plots and tables.
 
 Everything here is measured on out-of-fold scores (each patient scored by a fold model that
-never saw it), with the calibration and threshold of each fold cross-fitted on the other folds.
+never saw it), each fold model calibrated on its own validation patients and its threshold
+cross-fitted on the other folds.
 Written beside the model as ``reports/<name>/``: ``report.md``, ``metrics.json``,
 ``patients.csv`` (one row per patient, the columns the viewer reads), ``folds.csv`` and the
 plots. Sections whose data is given (the recipe screening, the end-to-end slides, the
@@ -23,7 +24,7 @@ import numpy as np
 from wsiviewer import RESEARCH_USE_NOTICE, __version__
 from wsiviewer.core.atomic import atomic_write_bytes, atomic_write_text
 from wsiviewer.core.model.cards import ModelCard
-from wsiviewer.training.crossval import FoldScores, fit_calibration
+from wsiviewer.training.crossval import FoldScores, out_of_fold_probabilities
 from wsiviewer.training.metrics import classification_metrics, reliability_bins, roc_auc
 
 #: Okabe-Ito colours, distinguishable with the common colour-vision deficiencies.
@@ -41,19 +42,6 @@ def _fmt(value: object, digits: int = 3) -> str:
 def _interval(figures: Mapping[str, Any], key: str) -> str:
     low, high = figures["pooled_intervals_95"].get(key, (math.nan, math.nan))
     return f"{_fmt(figures['pooled'][key])} ({_fmt(low)}–{_fmt(high)})"
-
-
-def cross_fitted_probabilities(scores: Sequence[FoldScores]) -> list[np.ndarray]:
-    """Each fold's calibrated probabilities, calibration fitted on the other folds."""
-    out = []
-    for fold in scores:
-        others = [s for s in scores if s.fold != fold.fold]
-        calibration = fit_calibration(
-            np.concatenate([s.log_odds for s in others]),
-            np.concatenate([s.labels for s in others]),
-        )
-        out.append(calibration.probabilities(fold.log_odds))
-    return out
 
 
 # --------------------------------------------------------------------------- plots
@@ -77,7 +65,7 @@ def write_plots(
 
     from wsiviewer.training.evaluate import roc_points
 
-    probabilities = cross_fitted_probabilities(scores)
+    probabilities = out_of_fold_probabilities(scores)
     p = np.concatenate(probabilities)
     y = np.concatenate([s.labels for s in scores]).astype(bool)
     plots: dict[str, str] = {}
@@ -157,7 +145,7 @@ def write_csv(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
 def patient_rows(scores: Sequence[FoldScores], figures: Mapping[str, Any]) -> list[dict[str, Any]]:
     """``patients.csv``: the columns the viewer's model panel reads, plus the fold."""
     fold_of = {p: s.fold for s in scores for p in set(s.patients.tolist())}
-    probabilities = cross_fitted_probabilities(scores)
+    probabilities = out_of_fold_probabilities(scores)
     thresholds = {f["fold"]: f["threshold"] for f in figures["folds"]}
     rows = []
     for row in figures["patients"]:
@@ -251,9 +239,9 @@ def _summary(
         f"> {RESEARCH_USE_NOTICE}",
         "",
         f"- Model: `{card.name}` ({card.architecture} {json.dumps(card.architecture_args)}), "
-        f"input {card.input_size}×{card.input_size} px at {card.input_mpp:g} µm/px; trained on "
-        f"all {patients} patients ({patches:,} patches) for "
-        f"{settings.get('epochs', '?')} epochs, the median of the folds' best epochs",
+        f"input {card.input_size}×{card.input_size} px at {card.input_mpp:g} µm/px; trained as "
+        f"each fold model was, on all {patients} patients ({patches:,} patches): "
+        f"{_validation_words(card)}",
         f"- Recipe: stain jitter ±{settings.get('stain_jitter', 0):g}, brightness/contrast "
         f"±{settings.get('brightness_contrast', 0):g}, HSV ±{settings.get('hsv_jitter', 0):g}, "
         f"JPEG {settings.get('jpeg_probability', 0):.0%} of patches; per-slide colour "
@@ -261,12 +249,25 @@ def _summary(
         f"{_context_words(card)}",
         f"- {len(scores)} folds by patient (stratified by completeness and IDC fraction, seed "
         f"0); every figure below is out of fold: each patient scored by a model that never saw "
-        f"it, calibration and threshold for a fold fitted on the other folds",
-        f"- Card: threshold {card.threshold:.4f}, temperature {card.temperature:.3f}, logit "
-        f"bias {card.logit_bias:+.3f} (Platt on all out-of-fold log-odds); wsiviewer "
-        f"{__version__}",
+        f"it, each model calibrated on its own validation patients, a fold's threshold chosen "
+        f"on the other folds",
+        f"- Card: threshold {card.threshold:.4f} (chosen on all out-of-fold scores), "
+        f"temperature {card.temperature:.3f}, logit bias {card.logit_bias:+.3f} (Platt on the "
+        f"model's validation patients); wsiviewer {__version__}",
         "",
     ]
+
+
+def _validation_words(card: ModelCard) -> str:
+    training = card.extra.get("training") or {}
+    validation = (card.extra.get("training_data") or {}).get("validation_patients")
+    if validation is None:  # a model of an older version: every patient, fixed epochs
+        epochs = (training.get("settings") or {}).get("epochs", "?")
+        return f"{epochs} epochs, the median of the folds' best epochs"
+    return (
+        f"{validation} of them held back as validation patients for early stopping (best "
+        f"epoch {training.get('best_epoch', '?')}) and calibration"
+    )
 
 
 def _context_words(card: ModelCard) -> str:
@@ -350,8 +351,9 @@ def context_section(candidates: Sequence[Mapping[str, Any]]) -> list[str]:
         "## Spatial context, complete patients out of fold",
         "",
         "Candidates scored on the complete patients' out-of-fold maps (patches placed by their "
-        "position), calibration and threshold cross-fitted on the other folds' complete "
-        "patients; the least smoothing within 0.002 ROC AUC of the best is chosen.",
+        "position) on the calibrated scale of their fold models, the recalibration and "
+        "threshold of the smoothed map cross-fitted on the other folds' complete patients; the "
+        "least smoothing within 0.002 ROC AUC of the best is chosen.",
         "",
         "| weight | σ (cells of 200 µm) | ROC AUC | Dice (pooled) | chosen |",
         "|---|---|---|---|---|",
@@ -408,7 +410,8 @@ def end_to_end_section(rows: Sequence[Mapping[str, Any]]) -> list[str]:
         "",
         "Each complete patient rebuilt as a slide (its patches placed by position, enlarged to "
         "2 µm/px), analysed by `analyze` with the fold model that never saw it (colour sample, "
-        "patches, context), every choice cross-fitted on the other folds. Cells are scored "
+        "patches, context), calibrated on its validation patients, every other choice "
+        "cross-fitted on the other folds. Cells are scored "
         "against the patch labels; Dice of the flagged cells (P ≥ the fold card's threshold) "
         "against the IDC cells. *Patch AUC* is the same cells before context.",
         "",
@@ -436,7 +439,7 @@ def end_to_end_section(rows: Sequence[Mapping[str, Any]]) -> list[str]:
 
 
 def compression_section(rows: Sequence[Mapping[str, Any]]) -> list[str]:
-    """Reading a JPEG 4 µm/px level against averaging a finer JPEG level, per patient."""
+    """JPEG pyramids against the lossless patches, per patient."""
     if not rows:
         return []
     lines = [
@@ -444,13 +447,15 @@ def compression_section(rows: Sequence[Mapping[str, Any]]) -> list[str]:
         "",
         f"Each patient as a 40x (0.25 µm/px) JPEG pyramid (quality {rows[0]['quality']}), "
         "analysed as any slide is, against its lossless patches (patch scores before context, "
-        "cell by cell). *4 µm level*: the pyramid has levels 1, 4, 16, 64, so the analysis "
-        "reads the JPEG-compressed 4 µm/px level (the level rule before these figures chose "
-        "the finer level: with the rule now, both pyramids are read at 1 µm/px). *1 µm "
-        "level*: levels 1, 4, 32, so it reads the 1 µm/px level and averages it 4 × 4.",
+        "cell by cell), in two pyramids: levels 1, 4, 16, 64 and levels 1, 4, 32. The level "
+        "rule (a level at least twice as fine as the model's 4 µm/px) reads both pyramids' "
+        "patches from their 1 µm/px level, averaged 4 × 4; tissue detection reads the coarsest "
+        "level fine enough for its 8 µm/px overview (the 4 µm/px level, against the 8 µm/px "
+        "one), so their tissue cells, and the sample the colour standardisation is fitted "
+        "on, can differ.",
         "",
-        "| patient | cells | lossless AUC | 4 µm level: AUC, within 0.05, max diff. | "
-        "1 µm level: AUC, within 0.05, max diff. |",
+        "| patient | cells | lossless AUC | levels 1, 4, 16, 64: AUC, within 0.05, max diff. | "
+        "levels 1, 4, 32: AUC, within 0.05, max diff. |",
         "|---|---|---|---|---|",
     ]
     for r in rows:

@@ -4,14 +4,16 @@ out-of-distribution check, its card, and the report of what every figure was mea
 ``wsiviewer train --from-crossval RUN`` runs these steps in order; each slow step keeps its
 result in the report folder, so an interrupted run picks up where it stopped:
 
-1. the recipe trained on every patient (:func:`.recipe.train_final`, checkpointed);
+1. the recipe trained on every patient, as each fold model was (:func:`.recipe.train_final`,
+   checkpointed), after the folds' validation scores are made sure of
+   (:func:`.crossval.add_validation_scores`: a run of an older version lacks them);
 2. the out-of-distribution score: each patient scored by the fold model that never saw it,
    the warning threshold their 99th percentile (:mod:`.ood_fit`), the final model's feature
    distribution fitted on every patient; and the stain check, calibrated the same way on the
    patients' raw colours;
-3. the card (:func:`.recipe.write_final_card`): calibration, threshold, context, colour, the
-   stain check and (with ``--ood``) the out-of-distribution model, all from out-of-fold
-   scores;
+3. the card (:func:`.recipe.write_final_card`): calibration (the model's validation
+   patients), threshold, context, colour, the stain check and (with ``--ood``) the
+   out-of-distribution model, all from out-of-fold scores;
 4. end to end: every complete patient rebuilt as a slide and analysed by its fold model
    through the real analysis pipeline (:func:`.cv_evaluate.end_to_end`);
 5. compression: the first complete patients (by name) as 40x JPEG pyramids
@@ -34,7 +36,6 @@ import torch
 
 from wsiviewer.core.atomic import atomic_write_text
 from wsiviewer.core.model.cards import ModelCard
-from wsiviewer.core.model.colour import ColourReference
 from wsiviewer.core.progress import run_to_end
 from wsiviewer.training.crossval import (
     FoldScores,
@@ -54,8 +55,7 @@ from wsiviewer.training.cv_report import (
 )
 from wsiviewer.training.dataset import PatchSet
 from wsiviewer.training.ood_fit import fit_final, fit_stain_check_on_folds, out_of_fold_scores
-from wsiviewer.training.recipe import write_final_card
-from wsiviewer.training.train import TrainingResult
+from wsiviewer.training.recipe import FinalModel, write_final_card
 
 #: Complete patients rebuilt as 40x JPEG pyramids for the compression check (the first by
 #: name: each takes about a minute on 2 cores).
@@ -72,8 +72,7 @@ def _cached(path: Path, compute: Callable[[], Any]) -> Any:
 
 
 def finish_crossval(
-    result: TrainingResult,
-    reference: ColourReference | None,
+    final: FinalModel,
     run_dir: Path,
     patches: PatchSet,
     complete: set[str],
@@ -101,6 +100,7 @@ def finish_crossval(
     oof = _cached(
         work / "ood_out_of_fold.json", lambda: out_of_fold_scores(patches, folds, run_dir, device)
     )
+    result, reference = final.result, final.reference
     data = patches
     if reference is not None:
         data = standardise_colours(patches, patient_quantiles(patches), reference)
@@ -109,8 +109,7 @@ def finish_crossval(
     stain_check, stain_figures = fit_stain_check_on_folds(patient_quantiles(patches), folds)
 
     card_path, figures = write_final_card(
-        result,
-        reference,
+        final,
         scores,
         folds,
         complete,

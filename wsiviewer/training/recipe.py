@@ -1,18 +1,22 @@
 """The final model of a cross-validated recipe: trained on every patient, chosen on the folds.
 
 Once cross-validation (:mod:`.crossval`) has fixed the recipe, the shipped model is that
-recipe trained on all the patients, for the median of the folds' best epochs (no patient is
-left to stop on). Everything else it needs comes from the out-of-fold scores, which no model
-saw while training: the Platt calibration, the threshold of the best balanced accuracy and the
-≥ 0.90-sensitivity operating point (patch level), and the spatial context with its own
-calibration and threshold (chosen on the complete patients' out-of-fold maps, see
-:mod:`.context_fit`). The card carries the out-of-fold figures as its metrics and says so.
+recipe trained on all the patients exactly as each fold model was on its share: 10 % of them
+held back as its validation patients, which choose its epoch (early stopping) and calibrate
+it (Platt scaling). Its out-of-fold estimates are then those of this very procedure.
+Everything else it needs comes from the folds' out-of-fold scores (each fold model calibrated
+on its own validation patients), which no model saw while training: the threshold of the best
+balanced accuracy and the ≥ 0.90-sensitivity operating point (patch level), and the spatial
+context with its own recalibration and threshold (chosen on the complete patients'
+out-of-fold maps, see :mod:`.context_fit`). The card carries the out-of-fold figures as its
+metrics and says so.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Generator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,50 +28,77 @@ from wsiviewer.core.model.context import ContextSettings
 from wsiviewer.core.model.ood import OodModel
 from wsiviewer.core.model.stain_check import StainCheck
 from wsiviewer.core.model.weights import write_model
-from wsiviewer.training.context_fit import choose_context, patient_maps
+from wsiviewer.errors import DatasetError
+from wsiviewer.training.context_fit import choose_context, map_threshold, patient_maps
 from wsiviewer.training.crossval import (
+    Calibration,
     FoldScores,
     PatientFolds,
+    calibrated_folds,
     fit_calibration,
+    hold_back_validation,
     out_of_fold_figures,
     patient_quantiles,
+    raw_log_odds,
     standardise_colours,
 )
 from wsiviewer.training.dataset import PatchSet
 from wsiviewer.training.idc import DATASET_MPP, PATCH_SIZE
-from wsiviewer.training.metrics import best_balanced_accuracy_threshold
+from wsiviewer.training.metrics import (
+    best_balanced_accuracy_threshold,
+    sensitivity_operating_point,
+)
 from wsiviewer.training.train import EpochReport, TrainingResult, TrainingSettings, train
 
 
-def final_epochs(scores: Sequence[FoldScores]) -> int:
-    """The median of the folds' best epochs (rounded up), at least 1."""
-    return max(1, int(np.ceil(np.median([s.best_epoch for s in scores]))))
+@dataclass(frozen=True)
+class FinalModel:
+    """The recipe trained on every patient, and what its validation patients gave it."""
+
+    result: TrainingResult
+    reference: ColourReference | None
+    #: The patients held back from training: early stopping and calibration.
+    validation_patients: tuple[str, ...]
+    #: Platt scaling fitted on the validation patients' log-odds.
+    calibration: Calibration
 
 
 def train_final(
     patch_set: PatchSet,
     settings: TrainingSettings,
-    scores: Sequence[FoldScores],
     device: torch.device,
     *,
+    complete: set[str] | None,
     colour: bool,
     checkpoint: Path | None = None,
-) -> Generator[EpochReport, None, tuple[TrainingResult, ColourReference | None]]:
-    """Train the recipe on every patient for :func:`final_epochs` epochs."""
+) -> Generator[EpochReport, None, FinalModel]:
+    """Train the recipe on every patient as each fold model was (:func:`.crossval.
+    hold_back_validation`, early stopping), then calibrate it on its validation patients."""
+    train_patients, validation_patients = hold_back_validation(
+        patch_set, patch_set.patient_ids, complete, settings.seed
+    )
     reference = None
     data = patch_set
     if colour:
         quantiles = patient_quantiles(patch_set)
-        reference = ColourReference.mean_of(list(quantiles.values()))
+        reference = ColourReference.mean_of([quantiles[p] for p in train_patients])
         data = standardise_colours(patch_set, quantiles, reference)
-    final_settings = TrainingSettings(**{**settings.__dict__, "epochs": final_epochs(scores)})
-    result = yield from train(data, None, final_settings, device, checkpoint=checkpoint)
-    return result, reference
+    validation = data.subset(validation_patients)
+    result = yield from train(
+        data.subset(train_patients), validation, settings, device, checkpoint=checkpoint
+    )
+    if len(set(validation.labels.tolist())) < 2:
+        raise DatasetError(
+            f"The final model's validation patients ({', '.join(validation_patients)}) have "
+            "patches of one class only: it cannot be calibrated on them"
+        )
+    log_odds = raw_log_odds(result.model, result.mean, result.std, validation.pixels, device)
+    calibration = fit_calibration(log_odds, validation.labels)
+    return FinalModel(result, reference, tuple(validation_patients), calibration)
 
 
 def write_final_card(
-    result: TrainingResult,
-    reference: ColourReference | None,
+    final: FinalModel,
     scores: Sequence[FoldScores],
     folds: PatientFolds,
     complete: set[str],
@@ -79,46 +110,37 @@ def write_final_card(
     ood: OodModel | None = None,
     stain_check: StainCheck | None = None,
 ) -> tuple[Path, dict[str, Any]]:
-    """Calibrate, choose and measure on the out-of-fold scores; write weights and card.
+    """Choose and measure on the out-of-fold scores; write weights and card.
 
     Returns the card's path and the out-of-fold figures (with every context candidate's).
     """
     from wsiviewer.training.train import _training_record
 
-    log_odds = np.concatenate([s.log_odds for s in scores])
-    labels = np.concatenate([s.labels for s in scores])
-    calibration = fit_calibration(log_odds, labels)
+    result, calibration = final.result, final.calibration
+    calibrated = calibrated_folds(scores)
+    labels = np.concatenate([s.labels for s in calibrated])
+    probabilities = 1.0 / (1.0 + np.exp(-np.concatenate([s.log_odds for s in calibrated])))
+    patch_threshold = best_balanced_accuracy_threshold(labels, probabilities)
+    sensitive_threshold = sensitivity_operating_point(labels, probabilities, 0.9)
     figures = out_of_fold_figures(scores)
-    maps = patient_maps(scores, complete)
+    maps = patient_maps(calibrated, complete)
     context: ContextSettings | None = None
     candidates: list[dict[str, Any]] = []
-    threshold = calibration.threshold
     if maps:
-        context, candidates = choose_context(
-            maps,
-            PATCH_SIZE * DATASET_MPP,
-            patch_temperature=calibration.temperature,
-            patch_bias=calibration.bias,
-        )
+        context, candidates = choose_context(maps, PATCH_SIZE * DATASET_MPP)
     map_figures = next((c for c in candidates if c.get("chosen")), None)
-    if context is not None:
-        # Regions are drawn on the context map: its threshold is chosen on the complete
-        # patients' out-of-fold context maps.
-        z = np.concatenate(
-            [
-                m.smoothed(context.weight, context.sigma_um / (PATCH_SIZE * DATASET_MPP))[m.scored]
-                for m in maps
-            ]
-        )
-        y = np.concatenate([m.labels[m.scored] for m in maps])
-        z_cal = z / calibration.temperature + calibration.bias
-        p = 1.0 / (1.0 + np.exp(-(context.slope * z_cal + context.bias)))
-        threshold = best_balanced_accuracy_threshold(y, p)
+    # Regions are drawn on the context map: its threshold is chosen on the complete patients'
+    # out-of-fold context maps.
+    threshold = (
+        patch_threshold
+        if context is None
+        else map_threshold(maps, context, PATCH_SIZE * DATASET_MPP)
+    )
     folds_name = f"{name}-folds.json"
     folds.save(out_dir / folds_name)
     card: dict[str, Any] = {
         "name": name,
-        "version": "0.2.0",
+        "version": "0.3.0",
         "architecture": result.settings.architecture,
         "architecture_args": dict(result.settings.architecture_args),
         "input_size": PATCH_SIZE,
@@ -128,23 +150,25 @@ def write_final_card(
         "threshold": round(threshold, 6),
         "temperature": round(calibration.temperature, 6),
         "logit_bias": round(calibration.bias, 6),
-        "calibration": "Platt scaling on the out-of-fold log-odds of patient-level "
-        f"{len(scores)}-fold cross-validation: P(IDC) = sigmoid(log-odds / temperature "
-        "+ logit_bias)",
-        "colour": None if reference is None else reference.to_dict(),
+        "calibration": f"Platt scaling on the model's {len(final.validation_patients)} "
+        "validation patients (held back from training; they also chose its epoch), as each "
+        f"fold model of the patient-level {len(scores)}-fold cross-validation was calibrated "
+        "on its own: P(IDC) = sigmoid(log-odds / temperature + logit_bias)",
+        "colour": None if final.reference is None else final.reference.to_dict(),
         "context": None if context is None else context.to_dict(),
         "ood": None if ood is None else ood.to_dict(),
         "stain_check": None if stain_check is None else stain_check.to_dict(),
         "operating_points": {
             "balanced_accuracy": round(threshold, 6),
-            "patch_balanced_accuracy": round(calibration.threshold, 6),
-            "patch_sensitivity_0.90": round(calibration.sensitive_threshold, 6),
+            "patch_balanced_accuracy": round(patch_threshold, 6),
+            "patch_sensitivity_0.90": round(sensitive_threshold, 6),
         },
         "training_data": {
             "dataset": "IDC breast histology patches (Janowczyk & Madabhushi 2016), 50×50 px "
             "at ≈4 µm/px",
             "patients": "all: the final model of a recipe chosen by patient-level cross-validation",
             **(training_summary or {}),
+            "validation_patients": len(final.validation_patients),
         },
         "split": folds_name,
         "metrics": {

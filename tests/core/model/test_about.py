@@ -147,6 +147,15 @@ def test_intended_use_says_what_the_stain_check_checks_and_not(tiny_model_card: 
     assert "has no stain check" in without
 
 
+def test_the_shipped_model_says_which_patients_chose_its_epoch_and_calibration() -> None:
+    card = shipped("resnet8-cv")
+    text = " ".join(describe_model(card).to_text().split())
+    held = card.extra["training_data"]["validation_patients"]
+    epoch = card.extra["training"]["best_epoch"]
+    assert f"with {held} held back to choose its epoch ({epoch}) and calibrate it" in text
+    assert "No patient was kept back" not in text
+
+
 def test_of_100_rounds_half_up() -> None:
     assert (of_100(0.795), of_100(0.7949), of_100(0.0), of_100(1.0)) == (80, 79, 0, 100)
 

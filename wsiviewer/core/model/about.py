@@ -285,20 +285,37 @@ def _training_section(card: ModelCard, cross_validated: bool) -> Section:
             f"It was validated by {k}-fold cross-validation by patient: the patients were dealt "
             f"into {k} folds, no patient in two, and each fold was scored by a model trained "
             f"on the other folds only. Every figure below is out of fold: each patient scored "
-            "by a model that never saw any of its patches, with the calibration and threshold "
-            "also fitted on the other folds."
+            "by a model that never saw any of its patches, each model calibrated on patients "
+            "held back from its own training, its threshold chosen on the other folds."
         )
-        shipped = "The model shipped was then trained the same way on all"
-        if isinstance(patients, int) and isinstance(patches, int):
-            shipped += f" {patients:,} patients ({patches:,} patches)"
+        validation = data.get("validation_patients")
+        best = training.get("best_epoch")
+        counted = isinstance(patients, int) and isinstance(patches, int)
+        if (
+            isinstance(patients, int)
+            and isinstance(patches, int)
+            and isinstance(validation, int)
+            and isinstance(best, int)
+        ):
+            paragraphs.append(
+                f"The model shipped was then made the same way from all {patients:,} patients "
+                f"({patches:,} patches): trained on {patients - validation:,} of them, with "
+                f"{validation} held back to choose its epoch ({best}) and calibrate it, as each "
+                "fold's model was. The out-of-fold figures are the estimate of how it does on "
+                "patients it has not seen."
+            )
         else:
-            shipped += " the patients"
-        if isinstance(epochs, int):
-            shipped += f" for {epochs} epochs"
-        paragraphs.append(
-            shipped + ". No patient was kept back from it, so the out-of-fold figures are the "
-            "estimate of how it does on patients it has not seen."
-        )
+            shipped = "The model shipped was then trained the same way on all"
+            if counted:
+                shipped += f" {patients:,} patients ({patches:,} patches)"
+            else:
+                shipped += " the patients"
+            if isinstance(epochs, int):
+                shipped += f" for {epochs} epochs"
+            paragraphs.append(
+                shipped + ". No patient was kept back from it, so the out-of-fold figures are "
+                "the estimate of how it does on patients it has not seen."
+            )
     elif isinstance(patients, Mapping) and isinstance(patches, Mapping):
         parts = [
             f"{patients.get(part, '?')} for {word} ({_count(patches.get(part))} patches)"
