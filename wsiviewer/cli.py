@@ -787,12 +787,13 @@ def _analyze_one(
             bar.close()
     for note in result.analysis.warnings:
         print(f"wsiviewer: warning: {escape_control(str(slide_path))}: {note}", file=sys.stderr)
-    from wsiviewer.core.review.wording import flagged_text
+    from wsiviewer.core.review.wording import flagged_text, scored_text
 
     region_set = result.region_set
+    pmap = result.analysis.probability_map
+    scored = scored_text(pmap.scored_count, pmap.grid.subdivision)
     print(
-        f"{escape_control(slide_path.name)}: {result.analysis.probability_map.scored_count} "
-        "patches scored, "
+        f"{escape_control(slide_path.name)}: {scored}, "
         f"{flagged_text(len(region_set), region_set.threshold)}, area ≥ "
         f"{region_set.min_area_mm2:g} mm² (analysis {result.analysis_id}) -> {out_dir}",
         file=sys.stderr,

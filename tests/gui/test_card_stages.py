@@ -77,5 +77,8 @@ def test_the_dense_heatmap_is_a_remembered_menu_option(
     histogram = window.overlay_panel.histogram
     assert f"{histogram.scored_count:,} cells scored" in histogram.summary_label.text()
     assert histogram.plot_widget.getAxis("left").labelText == "cells"
+    assert f"{histogram.scored_count:,} cells scored on" in (
+        window.overlay_panel.analysis_label.text()
+    )
     window._save_settings()
     assert window.settings.value("analysis/dense") in (True, "true")

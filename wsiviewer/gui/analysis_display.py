@@ -24,7 +24,7 @@ from PySide6.QtWidgets import QMessageBox, QWidget
 from wsiviewer import WsiViewerError
 from wsiviewer.core.analysis.grid import PatchGrid
 from wsiviewer.core.model.cards import ModelCard, available_models
-from wsiviewer.core.review.wording import flagged_text
+from wsiviewer.core.review.wording import flagged_text, scored_text
 
 if TYPE_CHECKING:
     from wsiviewer.core.review.log import ReviewState
@@ -224,7 +224,7 @@ class AnalysisDisplay(QObject):
         self._overlay_panel.analysis_label.setText(
             f"Stored analysis #{record.id}: {html.escape(record.model.name)} "
             f"v{html.escape(record.model.version)}{other}, {record.finished_at}, "
-            f"{record.scored_count:,} patches scored on {record.device}, "
+            f"{scored_text(record.scored_count, record.grid.subdivision)} on {record.device}, "
             f"{record.mpp.value:.4g} µm/px ({record.mpp.source}); shown: "
             f"{html.escape(reason)}."
         )
@@ -308,8 +308,9 @@ class AnalysisDisplay(QObject):
         )
         self._overlay_panel.analysis_label.setText(
             f"Analysis #{outcome.analysis_id}: {html.escape(analysis.model.name)} "
-            f"v{html.escape(analysis.model.version)}, {pmap.scored_count:,} patches scored "
-            f"on {analysis.device} in {analysis.timings_s.get('total', 0):.1f} s, "
+            f"v{html.escape(analysis.model.version)}, "
+            f"{scored_text(pmap.scored_count, pmap.grid.subdivision)} on {analysis.device} "
+            f"in {analysis.timings_s.get('total', 0):.1f} s, "
             f"{flagged_text(outcome.region_count, outcome.threshold)}. Earlier analyses and "
             "reviews are in the review panel's history."
         )

@@ -53,3 +53,10 @@ def flagged_text(count: int, threshold: float) -> str:
     """E.g. ``"4 regions flagged at P ≥ 0.138"`` (never "4 IDC regions")."""
     noun = "region" if count == 1 else "regions"
     return f"{count} {noun} flagged at P ≥ {format_threshold(threshold)}"
+
+
+def scored_text(count: int, subdivision: int = 1) -> str:
+    """E.g. ``"2,227 patches scored"``; on a dense map (``subdivision`` > 1, each cell the
+    mean of the patches covering it) ``"8,866 cells scored"``."""
+    noun = "patch" if subdivision == 1 else "cell"
+    return f"{count:,} {noun}{'' if count == 1 else ('es' if noun == 'patch' else 's')} scored"
