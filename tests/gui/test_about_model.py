@@ -144,3 +144,13 @@ def test_help_menu_without_any_model_shows_an_error(qtbot, window: MainWindow) -
         window.about_model_action.trigger()
     assert "No model is installed" in shown.args[0]
     assert window.model_panel.about_dialog is None
+
+
+def test_the_card_reads_its_threshold_to_three_decimals(card: ModelCard) -> None:
+    from dataclasses import replace
+
+    from wsiviewer.gui.model_panel import model_card_html
+
+    text = model_card_html(replace(card, threshold=0.137872))
+    assert "P ≥ 0.138 (regions are drawn at this probability)" in text
+    assert "0.137872" not in text

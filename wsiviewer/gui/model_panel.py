@@ -31,6 +31,7 @@ from PySide6.QtWidgets import (
 from wsiviewer import RESEARCH_USE_NOTICE
 from wsiviewer.core.model.cards import ModelCard, resolve_model
 from wsiviewer.core.model.stain_check import describe_stain_check
+from wsiviewer.core.review.wording import format_threshold
 from wsiviewer.core.units import um_from_px
 from wsiviewer.errors import ModelError
 from wsiviewer.gui.about_model import AboutModelDialog
@@ -116,7 +117,7 @@ def _operating_points_html(points: object) -> str:
     if not isinstance(points, dict) or not points:
         return ""
     return "<br>".join(
-        f"P ≥ {value:.3f}: {html.escape(names.get(str(key), str(key)))}"
+        f"P ≥ {format_threshold(value)}: {html.escape(names.get(str(key), str(key)))}"
         for key, value in points.items()
         if isinstance(value, int | float)
     )
@@ -163,7 +164,10 @@ def model_card_html(card: ModelCard) -> str:
             f"({field_um:g} µm square patches)",
         ),
         ("Classes", html.escape(", ".join(card.classes))),
-        ("Threshold", f"{card.threshold:g} (regions are drawn at this probability)"),
+        (
+            "Threshold",
+            f"P ≥ {format_threshold(card.threshold)} (regions are drawn at this probability)",
+        ),
         ("Trained on", block(training_data)),
         ("Split", block(extra.get("split"))),
         ("Metrics", metric_html),
