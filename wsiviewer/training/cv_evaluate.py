@@ -9,8 +9,8 @@ context with its recalibration and the map's threshold fitted on the other folds
 patients. So no figure of a patient uses its own labels for a choice.
 
 Compression: the same patients rebuilt as 40x pyramids whose levels are JPEG-compressed, read
-by the analysis the way it reads any slide (the 4 µm/px level, or a finer level averaged down
-when the pyramid has none), against the lossless patches.
+by the analysis the way it reads any slide (the level rule,
+:meth:`~wsiviewer.core.analysis.grid.PatchGrid.model_level`), against the lossless patches.
 """
 
 from __future__ import annotations
@@ -251,9 +251,9 @@ def compression(
     *,
     quality: int = 90,
 ) -> Generator[EvaluationStep, None, list[dict[str, Any]]]:
-    """Each patient as a 40x JPEG pyramid, with a 4 µm/px level (read directly) and without
-    one (a 1 µm/px level read and averaged 4 × 4), against the lossless patches (the rebuilt
-    slide at 4 µm/px); the patch-level scores (before context) are compared cell by cell."""
+    """Each patient as two 40x JPEG pyramids, with a 4 µm/px level (levels 1, 4, 16, 64) and
+    without one (1, 4, 32), against the lossless patches (the rebuilt slide at 4 µm/px); the
+    patch-level scores (before context) are compared cell by cell."""
     from wsiviewer.core.analysis.pipeline import analyze
     from wsiviewer.core.exports.pyramid_tiff import UpsampledSource, write_pyramid_tiff
     from wsiviewer.core.model.cards import ModelCard

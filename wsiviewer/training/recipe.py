@@ -38,6 +38,7 @@ from wsiviewer.training.crossval import (
     fit_calibration,
     hold_back_validation,
     out_of_fold_figures,
+    out_of_fold_probabilities,
     patient_quantiles,
     raw_log_odds,
     standardise_colours,
@@ -84,14 +85,14 @@ def train_final(
         reference = ColourReference.mean_of([quantiles[p] for p in train_patients])
         data = standardise_colours(patch_set, quantiles, reference)
     validation = data.subset(validation_patients)
-    result = yield from train(
-        data.subset(train_patients), validation, settings, device, checkpoint=checkpoint
-    )
     if len(set(validation.labels.tolist())) < 2:
         raise DatasetError(
             f"The final model's validation patients ({', '.join(validation_patients)}) have "
             "patches of one class only: it cannot be calibrated on them"
         )
+    result = yield from train(
+        data.subset(train_patients), validation, settings, device, checkpoint=checkpoint
+    )
     log_odds = raw_log_odds(result.model, result.mean, result.std, validation.pixels, device)
     calibration = fit_calibration(log_odds, validation.labels)
     return FinalModel(result, reference, tuple(validation_patients), calibration)
@@ -118,8 +119,8 @@ def write_final_card(
 
     result, calibration = final.result, final.calibration
     calibrated = calibrated_folds(scores)
-    labels = np.concatenate([s.labels for s in calibrated])
-    probabilities = 1.0 / (1.0 + np.exp(-np.concatenate([s.log_odds for s in calibrated])))
+    labels = np.concatenate([s.labels for s in scores])
+    probabilities = np.concatenate(out_of_fold_probabilities(scores))
     patch_threshold = best_balanced_accuracy_threshold(labels, probabilities)
     sensitive_threshold = sensitivity_operating_point(labels, probabilities, 0.9)
     figures = out_of_fold_figures(scores)
