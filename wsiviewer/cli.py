@@ -296,8 +296,9 @@ def _add_train(commands: _Commands) -> None:
         description="Train on the IDC patch dataset (<patient>/<0|1>/*.png or .webp), split by "
         "patient; threshold, operating point and temperature are chosen on validation, and "
         "the test patients are scored once at the end. With --from-crossval, train a "
-        "cross-validated recipe's final model on every patient instead: epochs, calibration, "
-        "threshold and spatial context come from the run's out-of-fold scores.",
+        "cross-validated recipe's final model on every patient instead, as each fold model "
+        "was (10 % of them held back to stop on and calibrate on); threshold and spatial "
+        "context come from the run's out-of-fold scores.",
     )
     train.add_argument("--data", type=Path, required=True, help="the dataset folder")
     train.add_argument("--out", type=Path, required=True, help="folder for weights, card, split")
