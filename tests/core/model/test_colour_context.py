@@ -11,6 +11,7 @@ from wsiviewer.core.model.colour import (
     apply_table,
     lookup_table,
     sample_cells,
+    sample_positions,
     slide_quantiles,
     tissue_pixels,
 )
@@ -68,6 +69,30 @@ def test_cell_sample_is_reproducible_and_bounded() -> None:
     first = sample_cells(10_000, seed=3)
     assert len(first) == SAMPLE_CELLS
     assert first.tolist() == sample_cells(10_000, seed=3).tolist()
+
+
+def test_a_slide_sample_by_position_moves_only_with_the_cells_that_change() -> None:
+    rows, cols = np.mgrid[0:60, 0:80]
+    section = (rows - 30) ** 2 / 30**2 + (cols - 40) ** 2 / 40**2 < 1  # an oval of tissue
+    cells = np.argwhere(section)
+    chosen = cells[sample_positions(cells)]
+    assert len(chosen) == SAMPLE_CELLS
+    assert sample_positions(cells[:10]).tolist() == list(range(10))
+    assert sample_positions(cells).tolist() == sorted(sample_positions(cells).tolist())
+    # Spread over the whole section, as a uniform draw is (each quarter holds about 64).
+    quarters = np.bincount((chosen[:, 0] >= 30) * 2 + (chosen[:, 1] >= 40), minlength=4)
+    assert quarters.min() > 40
+    # A mask a few cells smaller at its edge: the sample differs by those cells at most.
+    edge = section & ~np.pad(section, 1)[2:, 1:-1]  # tissue cells whose lower neighbour is not
+    smaller = section.copy()
+    smaller[tuple(np.argwhere(edge)[:12].T)] = False
+    fewer = np.argwhere(smaller)
+    kept = {tuple(c) for c in fewer[sample_positions(fewer)]}
+    assert len({tuple(c) for c in chosen} - kept) <= 12
+    # A fresh random draw of the same cells changes almost all of it.
+    drawn = {tuple(c) for c in fewer[sample_cells(len(fewer))]}
+    assert len({tuple(c) for c in cells[sample_cells(len(cells))]} - drawn) > SAMPLE_CELLS // 2
+    assert sample_positions(cells, seed=1).tolist() != sample_positions(cells).tolist()
 
 
 def test_context_smooths_over_tissue_only_and_keeps_gaps() -> None:

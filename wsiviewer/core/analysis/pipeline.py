@@ -28,7 +28,12 @@ from wsiviewer.core.analysis.tissue import (
     tissue_cells,
 )
 from wsiviewer.core.model.cards import ModelCard, ModelSummary
-from wsiviewer.core.model.colour import apply_table, lookup_table, sample_cells, slide_quantiles
+from wsiviewer.core.model.colour import (
+    apply_table,
+    lookup_table,
+    sample_positions,
+    slide_quantiles,
+)
 from wsiviewer.core.model.context import apply_context
 from wsiviewer.core.model.predictor import Predictor
 from wsiviewer.core.model.stain_check import unusual_stain_note
@@ -199,14 +204,15 @@ def prepare_slide(
 
 def sample_patches(reader: PatchReader, tissue: np.ndarray, seed: int = 0) -> np.ndarray:
     """``(N, n, n, 3) uint8``: the patches of up to
-    :data:`~wsiviewer.core.model.colour.SAMPLE_CELLS` tissue cells drawn at random
-    (reproducibly), the slide's sample for colour statistics and the out-of-distribution
-    score, as a training patient's are drawn."""
+    :data:`~wsiviewer.core.model.colour.SAMPLE_CELLS` tissue cells drawn at random by
+    position (:func:`~wsiviewer.core.model.colour.sample_positions`: a tissue mask a few cells
+    different draws nearly the same sample), the slide's sample for colour statistics, the
+    stain check and the out-of-distribution score; a training patient's are a random draw of
+    its patches too."""
     cells = np.argwhere(tissue)
     k = reader.grid.subdivision
-    return np.stack(
-        [reader.read_cells(int(r), int(c), k, k) for r, c in cells[sample_cells(len(cells), seed)]]
-    )
+    chosen = cells[sample_positions(cells, seed)]
+    return np.stack([reader.read_cells(int(r), int(c), k, k) for r, c in chosen])
 
 
 def unusual_slide_note(score: float, threshold: float) -> str:

@@ -119,7 +119,32 @@ def apply_table(patches: np.ndarray, table: np.ndarray) -> np.ndarray:
 
 
 def sample_cells(count: int, seed: int = 0) -> np.ndarray:
-    """Indices of up to :data:`SAMPLE_CELLS` of ``count`` cells, at random but reproducibly."""
+    """Indices of up to :data:`SAMPLE_CELLS` of ``count`` cells, at random but reproducibly
+    (a training patient's patches)."""
     if count <= SAMPLE_CELLS:
         return np.arange(count)
     return np.sort(np.random.default_rng(seed).choice(count, SAMPLE_CELLS, replace=False))
+
+
+def sample_positions(cells: np.ndarray, seed: int = 0) -> np.ndarray:
+    """Indices of up to :data:`SAMPLE_CELLS` of the ``(N, 2)`` grid cells ``(row, col)``, at
+    random by position: each cell's key is a hash of its row and column, and the cells with
+    the smallest keys are taken (a slide's tissue cells).
+
+    A uniform random draw, as :func:`sample_cells`'s, but stable: a tissue mask a few cells
+    different (the same slide read from another pyramid level) changes the sample by those
+    cells only, where a fresh draw would change it all. On real patients a fresh draw of 256
+    moved up to 5 % of the cells' scores by more than 0.05.
+    """
+    cells = np.asarray(cells, dtype=np.int64).reshape(-1, 2)
+    if len(cells) <= SAMPLE_CELLS:
+        return np.arange(len(cells))
+    # splitmix64 of (row, col, seed): uint64 arithmetic wraps, as the hash wants.
+    key = (cells[:, 0].astype(np.uint64) << np.uint64(32)) | cells[:, 1].astype(np.uint64)
+    key ^= np.uint64((seed * 0x9E3779B97F4A7C15) % 2**64)
+    key ^= key >> np.uint64(30)
+    key *= np.uint64(0xBF58476D1CE4E5B9)
+    key ^= key >> np.uint64(27)
+    key *= np.uint64(0x94D049BB133111EB)
+    key ^= key >> np.uint64(31)
+    return np.sort(np.argsort(key, kind="stable")[:SAMPLE_CELLS])
