@@ -139,7 +139,7 @@ def sample_positions(cells: np.ndarray, seed: int = 0) -> np.ndarray:
     cells = np.asarray(cells, dtype=np.int64).reshape(-1, 2)
     if len(cells) <= SAMPLE_CELLS:
         return np.arange(len(cells))
-    # splitmix64 of (row, col, seed): uint64 arithmetic wraps, as the hash wants.
+    # splitmix64's finaliser on (row, col) mixed with the seed; uint64 arithmetic wraps.
     key = (cells[:, 0].astype(np.uint64) << np.uint64(32)) | cells[:, 1].astype(np.uint64)
     key ^= np.uint64((seed * 0x9E3779B97F4A7C15) % 2**64)
     key ^= key >> np.uint64(30)
