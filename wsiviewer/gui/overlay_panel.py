@@ -29,7 +29,7 @@ from PySide6.QtWidgets import (
 from wsiviewer.core.analysis.grid import PatchGrid
 from wsiviewer.core.exports.colormaps import COLORMAP_NAMES, DEFAULT_COLORMAP, legend_rgba
 from wsiviewer.core.exports.legend import checkerboard, over
-from wsiviewer.core.review.wording import format_threshold
+from wsiviewer.core.review.wording import format_threshold, map_units
 from wsiviewer.core.units import um_from_px
 from wsiviewer.gui.panels import notice_label
 from wsiviewer.gui.plots import THRESHOLD_COLOR, ProbabilityHistogramWidget
@@ -260,8 +260,8 @@ class OverlayPanel(QWidget):
 
     def set_probability_map(self, grid: PatchGrid | None, probabilities: np.ndarray | None) -> None:
         """The map the slide shows (``None``: none): its histogram and its patch size."""
-        dense = grid is not None and grid.subdivision > 1
-        self.histogram.set_probabilities(probabilities, "cells" if dense else "patches")
+        units = map_units(grid.subdivision if grid is not None else 1)
+        self.histogram.set_probabilities(probabilities, units)
         if grid is None:
             self.caption.setText(DEFAULT_CAPTION)
         else:

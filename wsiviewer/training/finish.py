@@ -101,12 +101,13 @@ def finish_crossval(
         work / "ood_out_of_fold.json", lambda: out_of_fold_scores(patches, folds, run_dir, device)
     )
     result, reference = final.result, final.reference
+    quantiles = patient_quantiles(patches)
     data = patches
     if reference is not None:
-        data = standardise_colours(patches, patient_quantiles(patches), reference)
+        data = standardise_colours(patches, quantiles, reference)
     ood, ood_figures = fit_final(result.model, data, result.mean, result.std, oof, device)
     del data
-    stain_check, stain_figures = fit_stain_check_on_folds(patient_quantiles(patches), folds)
+    stain_check, stain_figures = fit_stain_check_on_folds(quantiles, folds)
 
     card_path, figures = write_final_card(
         final,

@@ -55,8 +55,14 @@ def flagged_text(count: int, threshold: float) -> str:
     return f"{count} {noun} flagged at P ≥ {format_threshold(threshold)}"
 
 
+def map_units(subdivision: int = 1, count: int = 2) -> str:
+    """What a map's scored units are called: ``"patches"`` (``"patch"`` for one), or on a
+    dense map (``subdivision`` > 1, each cell the mean of the patches covering it)
+    ``"cells"``."""
+    singular, plural = ("patch", "patches") if subdivision == 1 else ("cell", "cells")
+    return singular if count == 1 else plural
+
+
 def scored_text(count: int, subdivision: int = 1) -> str:
-    """E.g. ``"2,227 patches scored"``; on a dense map (``subdivision`` > 1, each cell the
-    mean of the patches covering it) ``"8,866 cells scored"``."""
-    noun = "patch" if subdivision == 1 else "cell"
-    return f"{count:,} {noun}{'' if count == 1 else ('es' if noun == 'patch' else 's')} scored"
+    """E.g. ``"2,227 patches scored"``, ``"8,866 cells scored"`` on a dense map."""
+    return f"{count:,} {map_units(subdivision, count)} scored"
